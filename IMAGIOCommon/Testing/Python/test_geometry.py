@@ -1,0 +1,108 @@
+"""One physical point lands on the same voxel through every path: SimpleITK <-> MRML <-> file."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from imagio import geometry as g
+from imagio import io, mrml
+from imagio.scene import new_scene
+from imagio.testing import oblique_image
+
+
+def _marked_image():
+    img = oblique_image(pixel=sitk.sitkInt16)
+    arr = np.zeros(img.GetSize()[::-1], np.int16)
+    arr[17, 11, 23] = 1000  # k, j, i
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
+
+
+def test_lps_ras_flip_and_matrix_against_sitk():
+    img = _marked_image()
+    ijk = np.array([23.0, 11.0, 17.0])
+    lps = np.array(img.TransformContinuousIndexToPhysicalPoint(ijk.tolist()))
+    ras = g.ijk_to_ras(img, ijk)
+    assert np.allclose(ras, [-lps[0], -lps[1], lps[2]], atol=1e-9)
+    assert np.allclose(g.ras_to_ijk(img, ras), ijk, atol=1e-9)
+    assert np.allclose(g.ras_to_lps(g.lps_to_ras(lps)), lps)
+    # the image really is oblique and anisotropic
+    assert not np.allclose(np.array(img.GetDirection()).reshape(3, 3), np.eye(3), atol=0.1)
+    assert len(set(np.round(img.GetSpacing(), 3))) == 3
+
+
+def test_point_survives_mrml_and_files(tmp_path):
+    img = _marked_image()
+    target_ras = g.ijk_to_ras(img, [23, 11, 17])
+    scene = new_scene()
+    node = mrml.volume_node_from_image(scene, img, "ct")
+    # MRML path: node's own IJK->RAS matrix
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetRASToIJKMatrix(m)
+    ijk = np.array(m.MultiplyPoint([*target_ras, 1.0])[:3])
+    assert np.allclose(ijk, [23, 11, 17], atol=1e-4)
+    back = mrml.image_from_volume_node(node)
+    assert g.same_grid(back, img, tol_mm=1e-4)
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
+    for name in ("v.nrrd", "v.nii.gz", "v.mha"):
+        io.write_image(tmp_path / name, back)
+        reread = io.read_image(tmp_path / name)
+        kji = np.argwhere(sitk.GetArrayFromImage(reread) == 1000)[0]
+        assert np.allclose(g.ijk_to_ras(reread, kji[::-1]), target_ras, atol=1e-4), name
+
+
+def test_segmentation_roundtrip_oblique(tmp_path):
+    ref = oblique_image()
+    arr = np.zeros(ref.GetSize()[::-1], np.uint8)
+    arr[5:20, 8:25, 10:30] = 1
+    arr2 = np.zeros_like(arr)
+    arr2[22:27, 3:6, 2:9] = 1
+    segs = [io.Segment("tumour", g.copy_geometry(arr, ref), (1, 0, 0)),
+            io.Segment("vessel", g.copy_geometry(arr2, ref), (0, 0, 1))]
+    out = io.write_segmentation(tmp_path / "s.seg.nrrd", segs)
+    back = io.read_segmentation(out, reference=ref)
+    assert [s.name for s in back] == ["tumour", "vessel"]
+    assert np.allclose(back[1].color, (0, 0, 1), atol=1e-3)
+    assert np.array_equal(back[0].array(), arr > 0)
+    assert np.array_equal(back[1].array(), arr2 > 0)
+    scene = new_scene()
+    vol = mrml.volume_node_from_image(scene, ref, "ref")
+    node = mrml.segmentation_node_from_segments(scene, segs, "seg", vol)
+    again = mrml.segments_from_segmentation_node(node, vol)
+    assert np.array_equal(again[0].array(), arr > 0)
+    assert np.allclose(g.centroid_ras(again[1].mask), g.centroid_ras(segs[1].mask), atol=1e-4)
+
+
+def test_surface_is_in_ras():
+    ref = oblique_image(size=(30, 30, 30), spacing=(1.0, 1.0, 1.0))
+    arr = np.zeros(ref.GetSize()[::-1], np.uint8)
+    arr[10:20, 10:20, 10:20] = 1
+    mask = g.copy_geometry(arr, ref)
+    poly = mrml.mask_to_surface_ras(mask, smoothing=False)
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    pts = vtk_to_numpy(poly.GetPoints().GetData())
+    assert np.allclose(pts.mean(axis=0), g.centroid_ras(mask), atol=0.3)
+
+
+def test_label_map_and_bad_inputs(tmp_path):
+    ref = oblique_image()
+    arr = np.zeros(ref.GetSize()[::-1], np.uint8)
+    arr[1:4, 1:4, 1:4] = 2
+    arr[10:14, 10:14, 10:14] = 5
+    sitk.WriteImage(g.copy_geometry(arr, ref), str(tmp_path / "labels.nii.gz"))
+    segs = io.read_segmentation(tmp_path / "labels.nii.gz")
+    assert [s.label_value for s in segs] == [2, 5]
+    assert [s.voxel_count() for s in segs] == [27, 64]
+    (tmp_path / "junk.nrrd").write_text("not an image")
+    from imagio.errors import ImagioError
+
+    with pytest.raises(ImagioError, match="not an image file"):
+        io.read_image(tmp_path / "junk.nrrd")
+    with pytest.raises(ImagioError, match="does not exist"):
+        io.read_image(tmp_path / "missing.nrrd")
+    far = oblique_image(origin_ras=(900, 900, 900))
+    with pytest.raises(ImagioError, match="outside the image"):
+        io.on_reference_grid(segs[0].mask, far)
