@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imagio import bundle, geometry as g, io
+from imagio import bundle, io
+from imagio import geometry as g
 from imagio.testing import data_path, oblique_image
 
 

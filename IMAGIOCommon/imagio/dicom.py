@@ -225,7 +225,14 @@ def read_dicom_seg(path: Path) -> list[tuple[str, tuple, int, sitk.Image]]:
     normal = np.cross(row, col)
     per_frame = ds.PerFrameFunctionalGroupsSequence
     ipps = np.array([np.array(f.PlanePositionSequence[0].ImagePositionPatient, float) for f in per_frame])
-    seg_nums = np.array([int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) for f in per_frame])
+    def _segment_number(fg):
+        for group in (fg, shared):
+            if "SegmentIdentificationSequence" in group:
+                return int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        return int(ds.SegmentSequence[0].SegmentNumber) if len(ds.SegmentSequence) == 1 else 0
+
+    seg_nums = np.array([_segment_number(f) for f in per_frame])
+    labelmap = str(ds.get("SegmentationType", "")) == "LABELMAP"
     d = ipps @ normal
     levels = np.unique(np.round(d, 3))
     if len(levels) > 1:
@@ -242,9 +249,11 @@ def read_dicom_seg(path: Path) -> list[tuple[str, tuple, int, sitk.Image]]:
     for seg in ds.SegmentSequence:
         num = int(seg.SegmentNumber)
         arr = np.zeros((nk, frames.shape[1], frames.shape[2]), np.uint8)
-        for fi in np.nonzero(seg_nums == num)[0]:
+        frame_ids = range(len(per_frame)) if labelmap else np.nonzero(seg_nums == num)[0]
+        for fi in frame_ids:
             k = int(np.round((d[fi] - levels[0]) / spacing))
-            arr[k] |= (frames[fi] > 0).astype(np.uint8)
+            hit = frames[fi] == num if labelmap else frames[fi] > 0
+            arr[k] |= hit.astype(np.uint8)
         img = sitk.GetImageFromArray(arr)
         img.SetOrigin(tuple(origin))
         img.SetSpacing((col_sp, row_sp, spacing))

@@ -4,6 +4,7 @@ import zipfile
 
 import numpy as np
 import pytest
+
 from imagio import bundle, io, mrml
 from imagio import geometry as g
 from imagio.cli_utils import parse_point, staged_output

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from imagio import geometry as g
 from imagio import io, mrml
 from imagio.scene import new_scene

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from imagio import geometry as g
 from imagio import io
 from imagio.errors import ImagioError
