@@ -107,3 +107,17 @@ def test_convert_dicom_rtstruct_case(tmp_path):
     assert gtv["volume_ml"] == pytest.approx(156.3, rel=0.02)
     segs = io.read_segmentation(out / "segmentation.seg.nrrd", reference=io.read_image(out / "ct.nrrd"))
     assert io.find_segment(segs, "GTV-1").voxel_count() == gtv["voxels"]
+
+
+def test_phantom_command_writes_readable_truth(tmp_path):
+    out = tmp_path / "ph"
+    r = run_imagio("phantom", "--out", out, "--seed", "2")
+    assert r.returncode == 0, r.stderr
+    ct = io.read_image(out / "ct.nrrd")
+    truth = {s.name: s for s in io.read_segmentation(out / "truth.seg.nrrd", reference=ct)}
+    assert {"airway_lumen", "airway_wall", "liver_tumor", "lung_nodule", "hepatic_vessels", "ribs"} <= set(truth)
+    info = json.loads((out / "case.json").read_text())
+    assert truth["liver_tumor"].volume_ml() == pytest.approx(info["volumes_ml"]["liver_tumor"], rel=1e-6)
+    assert np.allclose(g.centroid_ras(truth["lung_nodule"].mask), info["lung_nodule_center_ras"], atol=2.0)
+    lines = json.loads((out / "airway_centerlines.json").read_text())
+    assert max(b["generation"] for b in lines["branches"]) >= 5
