@@ -1,0 +1,1 @@
+"""IMAGIOLungNav algorithms: airway segmentation, centerline graph, bronchoscopic route (no Qt)."""
