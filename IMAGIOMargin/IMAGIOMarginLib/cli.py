@@ -1,0 +1,123 @@
+"""`imagio margin`: post-ablation margin assessment from the command line.
+
+    imagio margin --tumor SEG --ablation SEG [--pre-ct CT --post-ct CT --register none|rigid|deformable]
+                  [--threshold-mm 5] [--sigma-mm S] --out DIR
+
+writes DIR/margin.json (metrics, units in the key names) and DIR/margin.mrb.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from imagio.errors import ImagioError
+
+
+def _pick(path, name, reference, role):
+    from imagio.io import find_segment, read_segmentation
+
+    segments = read_segmentation(path, reference=reference)
+    if name is None and len(segments) > 1:
+        raise ImagioError(
+            f"The {role} file {path} holds {len(segments)} segments (not a single binary mask)",
+            f"Choose one with --{'tumor' if role == 'tumour' else 'ablation'}-segment NAME; segments: "
+            + ", ".join(s.name for s in segments[:12]) + (" ..." if len(segments) > 12 else ""))
+    return find_segment(segments, name)
+
+
+def _landmarks(path):
+    import numpy as np
+
+    if path is None:
+        return None
+    from imagio.io import _check_path
+
+    p = _check_path(path)
+    try:
+        pts = np.loadtxt(p, delimiter=",", ndmin=2)
+    except ValueError as e:
+        raise ImagioError(f"{p} is not a list of R,A,S points", "One landmark per line: R,A,S in mm") from e
+    if pts.shape[1] != 3:
+        raise ImagioError(f"{p} has {pts.shape[1]} columns", "One landmark per line: R,A,S in mm")
+    return pts
+
+
+def run(args) -> int:
+    from imagio.bundle import save_mrb
+    from imagio.cli_utils import staged_output, write_json
+    from imagio.io import read_image
+    from imagio.mrml import volume_node_from_image
+    from imagio.progress import Progress
+    from imagio.scene import new_scene
+
+    from .logic import MarginLogic
+
+    if (args.pre_ct is None) != (args.post_ct is None):
+        raise ImagioError("Only one of --pre-ct and --post-ct was given", "Give both CTs, or neither")
+    if args.register != "none" and args.pre_ct is None:
+        raise ImagioError(f"--register {args.register} needs --pre-ct and --post-ct",
+                          "Give both CTs, or use --register none for masks already in one frame")
+    pre = read_image(args.pre_ct) if args.pre_ct else None
+    post = read_image(args.post_ct) if args.post_ct else None
+    tumor = _pick(args.tumor, args.tumor_segment, pre, "tumour")
+    zone = _pick(args.ablation, args.ablation_segment, post, "ablation zone")
+    last = [-1.0]
+
+    def show(fraction, message):
+        if fraction - last[0] >= 0.1 or fraction >= 1.0:
+            last[0] = fraction
+            print(f"[{fraction * 100:5.1f}%] {message}", flush=True)
+
+    scene = new_scene()
+    logic = MarginLogic(scene)
+    result = logic.assess(tumor, zone, pre, post, register_mode=args.register, threshold_mm=args.threshold_mm,
+                          sigma_mm=args.sigma_mm, landmarks_pre_ras=_landmarks(args.landmarks_pre),
+                          landmarks_post_ras=_landmarks(args.landmarks_post), n_samples=args.samples,
+                          seed=args.seed, progress=Progress(show))
+    if post is not None:
+        volume_node_from_image(scene, post, "post-treatment CT")
+    logic.add_to_scene(result)
+    inputs = [p for p in (args.tumor, args.ablation, args.pre_ct, args.post_ct, args.landmarks_pre,
+                          args.landmarks_post) if p]
+    data = result.to_dict()
+    data["inputs"] = {"tumor": str(args.tumor), "tumor_segment": tumor.name, "ablation": str(args.ablation),
+                      "ablation_segment": zone.name, "pre_ct": args.pre_ct, "post_ct": args.post_ct}
+    with staged_output(args.out, inputs=inputs) as stage:
+        write_json(stage / "margin.json", data)
+        save_mrb(scene, stage / "margin.mrb")
+    ci = data["margin_ci_mm"]
+    print(f"minimal margin {data['minimal_margin_mm']:.2f} mm (95% interval {ci[0]:.2f} to {ci[1]:.2f} mm, "
+          f"sigma {data['sigma_mm']:g} mm), coverage {data['coverage_percent']:.2f} %, "
+          f"residual tumour {data['residual_tumor_ml']:.3f} ml, "
+          f"P(margin >= {data['threshold_mm']:g} mm) = {100 * data['p_margin_ge_threshold']:.1f} %")
+    print(f"verdict: {data['verdict_text']}")
+    for note in data["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {args.out}/margin.json and {args.out}/margin.mrb")
+    return 0
+
+
+def register_cli(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "margin", help="post-ablation margin: minimal ablative margin (mm), coverage, uncertainty, verdict",
+        description="Margin of a tumour (segmented on the pre-treatment CT) by an ablation zone (segmented on the "
+                    "post-treatment CT). Points in RAS mm. Writes OUT/margin.json and OUT/margin.mrb.")
+    p.add_argument("--tumor", required=True, help="tumour segmentation (.seg.nrrd, label/binary NRRD/NIfTI, "
+                   "RTSTRUCT (needs --pre-ct), DICOM SEG)")
+    p.add_argument("--ablation", required=True, help="ablation-zone segmentation (same formats; RTSTRUCT needs --post-ct)")
+    p.add_argument("--tumor-segment", help="segment name in the tumour file (needed when it holds several)")
+    p.add_argument("--ablation-segment", help="segment name in the ablation file (needed when it holds several)")
+    p.add_argument("--pre-ct", help="pre-treatment CT (DICOM folder or image file)")
+    p.add_argument("--post-ct", help="post-treatment CT (DICOM folder or image file)")
+    p.add_argument("--register", choices=("none", "rigid", "deformable"), default="none",
+                   help="registration of the pre- to the post-treatment CT (default none: masks share a frame)")
+    p.add_argument("--threshold-mm", type=float, default=5.0, help="margin threshold for the verdict (mm, default 5)")
+    p.add_argument("--sigma-mm", type=float, default=None,
+                   help="registration/segmentation uncertainty per axis (mm; default: landmark error, else 1.6)")
+    p.add_argument("--landmarks-pre", help="text file of R,A,S landmarks (mm) on the pre-treatment CT")
+    p.add_argument("--landmarks-post", help="the same landmarks, same order, on the post-treatment CT")
+    p.add_argument("--samples", type=int, default=400, help="Monte-Carlo samples for the uncertainty (default 400)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output folder (margin.json, margin.mrb)")
+    p.set_defaults(func=run)
+    return p

@@ -1,0 +1,313 @@
+"""MarginLogic: post-ablation margin assessment on a vtkMRMLScene (no Qt, no global scene).
+
+``MarginLogic(scene).assess(tumor, zone, ...)`` registers (optionally), computes
+the margin metrics (:mod:`.metrics`), their uncertainty (:mod:`.uncertainty`)
+and a verdict; ``add_to_scene(result)`` makes the MRML outputs: the tumour
+surface model with a per-point ``margin_mm`` scalar and a colour map, a
+markup at the thinnest point, a table with every metric and a histogram plot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from imagio.errors import ImagioError
+from imagio.geometry import bounds_overlap, describe_grid, same_grid
+from imagio.io import Segment
+from imagio.progress import ensure
+
+from .metrics import MarginMetrics, check_binary, compute_margin
+from .registration import MODES, RegistrationResult, bring_tumor_to_zone, register
+from .uncertainty import DEFAULT_SIGMA_MM, MarginUncertainty, margin_uncertainty
+
+CONVENTION = ("Masks are unions of voxel boxes; margins are exact Euclidean distances (mm) from the tumour box "
+              "surface (sampled at voxel corners, edge midpoints and face centres) to the ablation-zone box surface, "
+              "positive inside the zone. Shell r mm: voxels whose centres lie within r mm of the tumour (tumour "
+              "included).")
+
+
+@dataclass
+class MarginResult:
+    metrics: MarginMetrics
+    uncertainty: MarginUncertainty
+    registration: RegistrationResult | None
+    threshold_mm: float
+    sigma_source: str
+    verdict: str
+    verdict_text: str
+    verdict_confident: bool
+    registration_flag: bool
+    tumor_on_zone: sitk.Image
+    zone: sitk.Image
+    runtime_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Every metric, JSON-ready, units in the key names (the contract of margin.json)."""
+        m, u = self.metrics, self.uncertainty
+        reg = {"mode": self.registration.mode if self.registration else "none"}
+        if self.registration is not None:
+            reg.update(self.registration.quality)
+            reg["error_estimate_mm"] = self.registration.error_estimate_mm
+        return {
+            "minimal_margin_mm": round(m.minimal_margin_mm, 3),
+            "coverage_percent": round(m.coverage_percent, 3),
+            "shell_coverage_percent": {k: round(v, 3) for k, v in m.shell_coverage_percent.items()},
+            "residual_tumor_ml": round(m.residual_tumor_ml, 4),
+            "thinnest_point_ras": [round(float(v), 3) for v in m.thinnest_point_ras],
+            "margin_ci_mm": [round(u.margin_ci_mm[0], 3), round(u.margin_ci_mm[1], 3)],
+            "margin_ci_level_percent": 95,
+            "p_margin_ge_threshold": round(u.p_margin_ge_threshold, 4),
+            "verdict": self.verdict,
+            "verdict_text": self.verdict_text,
+            "verdict_confident": self.verdict_confident,
+            "threshold_mm": self.threshold_mm,
+            "sigma_mm": u.sigma_mm,
+            "sigma_source": self.sigma_source,
+            "uncertainty_samples": u.n_samples,
+            "uncertainty_seed": u.seed,
+            "registration_error_comparable_to_margin": self.registration_flag,
+            "registration": reg,
+            "tumor_volume_ml": round(m.tumor_volume_ml, 4),
+            "ablation_zone_volume_ml": round(m.zone_volume_ml, 4),
+            "mean_margin_mm": round(m.mean_margin_mm, 3),
+            "median_margin_mm": round(m.median_margin_mm, 3),
+            "surface_below_threshold_percent": round(m.surface_margin_below_threshold_percent, 3),
+            "histogram": {"edges_mm": [round(float(v), 3) for v in m.histogram_edges_mm],
+                          "surface_area_percent": [round(float(v), 4) for v in m.histogram_area_percent]},
+            "distance_cap_mm": m.cap_mm,
+            "margin_exact_within_cap": m.exact,
+            "grid": describe_grid(self.zone),
+            "convention": CONVENTION,
+            "notes": self.notes + m.notes,
+            "runtime_s": round(self.runtime_s, 3),
+        }
+
+    def table_rows(self) -> list[dict]:
+        """(metric, value, unit) rows for a table node or a report."""
+        m, u = self.metrics, self.uncertainty
+        rows = [
+            ("Minimal ablative margin", m.minimal_margin_mm, "mm"),
+            ("Margin 95% interval low", u.margin_ci_mm[0], "mm"),
+            ("Margin 95% interval high", u.margin_ci_mm[1], "mm"),
+            (f"P(margin >= {self.threshold_mm:g} mm)", 100.0 * u.p_margin_ge_threshold, "%"),
+            ("Tumour coverage", m.coverage_percent, "%"),
+        ]
+        rows += [(f"Coverage of tumour + {k} mm shell", v, "%") for k, v in m.shell_coverage_percent.items()]
+        rows += [
+            ("Residual tumour", m.residual_tumor_ml, "ml"),
+            ("Tumour volume", m.tumor_volume_ml, "ml"),
+            ("Ablation zone volume", m.zone_volume_ml, "ml"),
+            ("Mean surface margin", m.mean_margin_mm, "mm"),
+            ("Median surface margin", m.median_margin_mm, "mm"),
+            (f"Tumour surface with margin < {self.threshold_mm:g} mm", m.surface_margin_below_threshold_percent, "%"),
+            ("Threshold", self.threshold_mm, "mm"),
+            ("Registration/segmentation sigma", u.sigma_mm, "mm"),
+        ]
+        for name, v in zip(("Thinnest point R", "Thinnest point A", "Thinnest point S"), m.thinnest_point_ras,
+                           strict=True):
+            rows.append((name, float(v), "mm"))
+        out = [{"metric": n, "value": f"{float(v):.2f}", "unit": unit} for n, v, unit in rows]
+        out.append({"metric": "Verdict", "value": self.verdict, "unit": self.verdict_text})
+        return out
+
+
+@dataclass
+class MarginNodes:
+    model: object
+    color: object
+    thinnest: object
+    table: object
+    histogram_table: object
+    plot_chart: object
+    segmentation: object | None = None
+
+
+def _mask_of(x, role: str) -> sitk.Image:
+    if isinstance(x, Segment):
+        x = x.mask
+    if not isinstance(x, sitk.Image):
+        raise ImagioError(f"The {role} is not a mask image", "Give a segment or a binary SimpleITK image")
+    check_binary(x, role)
+    return sitk.Cast(x, sitk.sitkUInt8)
+
+
+def _verdict(mam: float, threshold: float, residual_ml: float, ci) -> tuple[str, str, bool]:
+    if mam < 0:
+        verdict = "incomplete"
+        text = (f"Incomplete ablation: {residual_ml:.2f} ml of tumour outside the zone, "
+                f"tumour up to {-mam:.1f} mm beyond the zone surface (minimal margin {mam:.1f} mm)")
+    elif mam < threshold:
+        verdict = "insufficient"
+        text = f"Insufficient margin: minimal margin {mam:.1f} mm < {threshold:g} mm"
+    else:
+        verdict = "sufficient"
+        text = f"Sufficient margin: minimal margin {mam:.1f} mm >= {threshold:g} mm"
+    confident = bool(ci[0] >= threshold or ci[1] < threshold)
+    if not confident:
+        text += f"; uncertain: the 95% interval {ci[0]:.1f} to {ci[1]:.1f} mm contains {threshold:g} mm"
+    return verdict, text, confident
+
+
+class MarginLogic:
+    """Margin assessment working on ``scene`` (a vtkMRMLScene)."""
+
+    def __init__(self, scene=None):
+        from imagio.scene import get_scene
+
+        self.scene = get_scene(scene)
+
+    def assess(self, tumor, zone, pre_ct: sitk.Image | None = None, post_ct: sitk.Image | None = None,
+               register_mode: str = "none", threshold_mm: float = 5.0, sigma_mm: float | None = None,
+               landmarks_pre_ras=None, landmarks_post_ras=None, n_samples: int = 400, seed: int = 0,
+               progress=None) -> MarginResult:
+        """Assess the margin of ``tumor`` (on the pre-treatment grid) by ``zone`` (post-treatment grid).
+
+        ``tumor``/``zone``: :class:`imagio.io.Segment` or binary SimpleITK images.
+        ``register_mode``: "none" (masks share a frame), "rigid" or "deformable" (needs both CTs).
+        """
+        t0 = time.perf_counter()
+        progress = ensure(progress)
+        if register_mode not in MODES:
+            raise ImagioError(f"Unknown registration mode '{register_mode}'", f"Use one of: {', '.join(MODES)}")
+        if threshold_mm is None or not np.isfinite(threshold_mm) or threshold_mm < 0:
+            raise ImagioError(f"Margin threshold {threshold_mm} mm is not valid", "Give a threshold of 0 mm or more")
+        if sigma_mm is not None and (not np.isfinite(sigma_mm) or sigma_mm < 0):
+            raise ImagioError(f"Sigma {sigma_mm} mm is not valid", "Give a registration uncertainty of 0 mm or more")
+        if n_samples < 20:
+            raise ImagioError(f"{n_samples} uncertainty samples are too few", "Use at least 20 (default 400)")
+        tumor_m = _mask_of(tumor, "tumour")
+        zone_m = _mask_of(zone, "ablation zone")
+        notes: list[str] = []
+        reg = None
+        if register_mode == "none":
+            if pre_ct is not None and post_ct is not None and not bounds_overlap(pre_ct, post_ct):
+                raise ImagioError("The pre- and post-treatment CTs do not overlap in space: they are in different "
+                                  "frames", "Use --register rigid or deformable")
+        else:
+            if pre_ct is None or post_ct is None:
+                raise ImagioError(f"Registration '{register_mode}' needs the pre- and post-treatment CTs",
+                                  "Give both CTs, or use registration 'none' for masks already in one frame")
+            if not same_grid(tumor_m, pre_ct):
+                if not bounds_overlap(tumor_m, pre_ct):
+                    raise ImagioError("The tumour mask lies outside the pre-treatment CT",
+                                      "Give the tumour segmented on the pre-treatment CT")
+            if not same_grid(zone_m, post_ct) and not bounds_overlap(zone_m, post_ct):
+                raise ImagioError("The ablation-zone mask lies outside the post-treatment CT",
+                                  "Give the zone segmented on the post-treatment CT")
+            reg = register(pre_ct, post_ct, register_mode, tumor_m, zone_m, landmarks_pre_ras, landmarks_post_ras,
+                           seed=seed, progress=progress.sub(0.0, 0.6))
+        tumor_z = bring_tumor_to_zone(tumor_m, zone_m, reg)
+        before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))
+        after = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_z))) * float(np.prod(tumor_z.GetSpacing()))
+        if after == 0:
+            raise ImagioError("The tumour falls outside the ablation-zone image after alignment",
+                              "Check that the masks belong to the same patient and the registration")
+        if after < 0.9 * before:
+            raise ImagioError(f"Only {100 * after / before:.0f} % of the tumour volume lies inside the ablation-zone "
+                              "image", "Give an ablation-zone segmentation whose image covers the whole tumour")
+        if abs(after - before) > 0.05 * before:
+            notes.append(f"Resampling the tumour onto the zone grid changed its volume by "
+                         f"{100 * (after - before) / before:+.1f} %")
+        metrics = compute_margin(tumor_z, zone_m, threshold_mm, progress=progress.sub(0.6, 0.9))
+        if not np.any(sitk.GetArrayViewFromImage(tumor_z) & sitk.GetArrayViewFromImage(zone_m)):
+            notes.append("The ablation zone does not touch the tumour: check the registration and the segments")
+        if sigma_mm is not None:
+            sigma, source = float(sigma_mm), "given by the user"
+        elif reg is not None and reg.error_estimate_mm is not None:
+            sigma, source = float(reg.error_estimate_mm), "landmark registration error (RMS)"
+        else:
+            sigma, source = DEFAULT_SIGMA_MM, "default: published mean registration error 1.6 mm, used per axis"
+        progress.update(0.92, "Uncertainty")
+        unc = margin_uncertainty(metrics, threshold_mm, sigma, n_samples=n_samples, seed=seed)
+        verdict, text, confident = _verdict(metrics.minimal_margin_mm, threshold_mm, metrics.residual_tumor_ml,
+                                            unc.margin_ci_mm)
+        reg_err = reg.error_estimate_mm if (reg is not None and reg.error_estimate_mm is not None) else sigma
+        flag = bool(reg_err >= 0.5 * abs(metrics.minimal_margin_mm))
+        if flag:
+            notes.append(f"Registration error ({reg_err:.1f} mm) is comparable to the margin "
+                         f"({metrics.minimal_margin_mm:.1f} mm): read the margin with its interval")
+        progress.update(1.0, "Margin assessment done")
+        return MarginResult(metrics, unc, reg, float(threshold_mm), source, verdict, text, confident, flag,
+                            tumor_z, zone_m, time.perf_counter() - t0, notes)
+
+    def assess_nodes(self, tumor_segmentation_node, tumor_segment_id: str, zone_segmentation_node,
+                     zone_segment_id: str, pre_ct_node=None, post_ct_node=None, **kwargs) -> MarginResult:
+        """``assess`` on MRML nodes (what the Slicer module calls)."""
+        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
+
+        def pick(node, sid, ref, role):
+            if node is None:
+                raise ImagioError(f"No {role} segmentation chosen", f"Choose the {role} segmentation")
+            segment = node.GetSegmentation().GetSegment(sid) if sid else None
+            if segment is None:
+                raise ImagioError(f"No {role} segment chosen", f"Choose the {role} segment")
+            for s in segments_from_segmentation_node(node, ref):
+                if s.name == segment.GetName():
+                    return s
+            raise ImagioError(f"Segment '{segment.GetName()}' could not be read")
+
+        pre = image_from_volume_node(pre_ct_node) if pre_ct_node is not None else None
+        post = image_from_volume_node(post_ct_node) if post_ct_node is not None else None
+        tumor = pick(tumor_segmentation_node, tumor_segment_id, pre_ct_node, "tumour")
+        zone = pick(zone_segmentation_node, zone_segment_id, post_ct_node, "ablation zone")
+        return self.assess(tumor, zone, pre, post, **kwargs)
+
+    def add_to_scene(self, result: MarginResult, name: str = "Margin", add_segmentation: bool = True) -> MarginNodes:
+        """New MRML nodes for ``result`` (never modifies existing nodes)."""
+        import slicer
+        from vtk.util import numpy_support
+
+        from imagio.geometry import ras_to_ijk
+        from imagio.mrml import add_color_map, add_fiducials, add_model, add_table, mask_to_surface_ras
+
+        scene = self.scene
+        m = result.metrics
+        thr = result.threshold_mm
+        poly = mask_to_surface_ras(result.tumor_on_zone, smoothing=True)
+        pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
+        # the smoothed surface lies within a voxel of the box surface: sample the field there
+        values = m.field.sample_ijk(ras_to_ijk(result.zone, pts)) if len(pts) else np.zeros(0)
+        arr = numpy_support.numpy_to_vtk(values.astype(np.float32), deep=True)
+        arr.SetName("margin_mm")
+        poly.GetPointData().AddArray(arr)
+        poly.GetPointData().SetActiveScalars("margin_mm")
+        top = max(2.0 * thr, 10.0)
+        color = add_color_map(scene, f"{name} colour map (mm)", [
+            (-top, 0.5, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.5 * thr, 1.0, 0.55, 0.0), (thr, 1.0, 1.0, 0.0),
+            (1.5 * thr, 0.4, 0.85, 0.2), (top, 0.0, 0.6, 0.2)])
+        model = add_model(scene, f"{name} tumour surface (margin mm)", poly, scalars="margin_mm", color_node=color,
+                          scalar_range=(-top, top))
+        thinnest = add_fiducials(scene, f"{name} thinnest point", [m.thinnest_point_ras],
+                                 labels=[f"MAM {m.minimal_margin_mm:.1f} mm"])
+        table = add_table(scene, f"{name} metrics", result.table_rows())
+        centers = 0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:])
+        hist_table = add_table(scene, f"{name} margin histogram",
+                               [{"margin_mm": float(c), "surface_area_percent": float(v)}
+                                for c, v in zip(centers, m.histogram_area_percent, strict=True)])
+        series = slicer.vtkMRMLPlotSeriesNode()
+        series.SetName(scene.GenerateUniqueName(f"{name} margin histogram"))
+        scene.AddNode(series)
+        series.SetAndObserveTableNodeID(hist_table.GetID())
+        series.SetXColumnName("margin_mm")
+        series.SetYColumnName("surface_area_percent")
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+        chart = slicer.vtkMRMLPlotChartNode()
+        chart.SetName(scene.GenerateUniqueName(f"{name} margin histogram chart"))
+        scene.AddNode(chart)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle("Tumour surface margin")
+        chart.SetXAxisTitle("signed margin (mm)")
+        chart.SetYAxisTitle("tumour surface (%)")
+        seg_node = None
+        if add_segmentation:
+            from imagio.mrml import segmentation_node_from_segments
+
+            seg_node = segmentation_node_from_segments(scene, [
+                Segment("tumour (on zone grid)", result.tumor_on_zone, (0.9, 0.2, 0.2), 1),
+                Segment("ablation zone", result.zone, (0.2, 0.6, 0.9), 2)], f"{name} masks")
+        return MarginNodes(model, color, thinnest, table, hist_table, chart, seg_node)
