@@ -1,0 +1,134 @@
+"""Command line: ``imagio segment``, ``imagio models``, ``imagio export-onnx``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from imagio.errors import ImagioError
+from imagio.progress import Progress
+
+KIND_CHOICES = ("lung-nodule", "liver-tumor", "soft-tissue")
+
+
+def _terminal_progress(fraction: float, message: str) -> None:
+    print(f"\r[{fraction * 100:5.1f} %] {message[:70]:<70}", end="", file=sys.stderr, flush=True)
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("segment", help="segment lesions in a CT with an ONNX model (--model) or from a "
+                              "click (--seed R,A,S); writes segmentation.seg.nrrd, segment.json, segment.mrb")
+    p.add_argument("--ct", required=True, help="CT: DICOM series folder or image file (NRRD, NIfTI, MHA)")
+    p.add_argument("--series-uid", help="series to read when the DICOM folder holds several")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", help="model card (.json), its folder, its .onnx, or a name listed by `imagio models`")
+    g.add_argument("--seed", help="seed point R,A,S in mm (RAS, as Slicer shows it) inside the lesion")
+    p.add_argument("--kind", choices=KIND_CHOICES, default="lung-nodule", help="lesion kind for --seed "
+                   "(default lung-nodule)")
+    p.add_argument("--radius", type=float, help="approximate lesion radius in mm for --seed (estimated if left out)")
+    p.add_argument("--mirroring", choices=("card", "on", "off"), default="card",
+                   help="test-time mirroring for --model (default: as the card says)")
+    p.add_argument("--largest-component", action="store_true", help="keep each label's largest connected component")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress on the terminal")
+    p.set_defaults(func=cmd_segment)
+
+    p = subparsers.add_parser("models", help="list the model cards found (shipped, and folders on $IMAGIO_MODELS)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = subparsers.add_parser("export-onnx", help="convert an nnU-Net v2 trained-model folder to .onnx + model card "
+                              "(needs the optional 'export' extra: torch, nnunetv2)")
+    p.add_argument("--model-dir", required=True, help="nnU-Net v2 trained-model folder (plans.json, dataset.json, "
+                   "fold_X/checkpoint_*.pth)")
+    p.add_argument("--fold", default="0", help="fold to export (default 0)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
+    p.add_argument("--configuration", default="3d_fullres", help="plans configuration (default 3d_fullres)")
+    p.add_argument("--name", help="model name (default: the dataset name)")
+    p.add_argument("--out", required=True, help="output folder for <name>.onnx and <name>.json")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_segment(args) -> int:
+    from imagio.bundle import save_mrb
+    from imagio.cli_utils import parse_point, staged_output, write_json
+    from imagio.io import read_image, write_segmentation
+    from imagio.mrml import segments_from_segmentation_node, volume_node_from_image
+    from imagio.scene import new_scene
+
+    from .logic import PlanningLogic, resolve_card
+
+    t0 = time.perf_counter()
+    progress = Progress(None if args.quiet else _terminal_progress)
+    seed = parse_point(args.seed, "seed point") if args.seed else None
+    if seed is None and args.radius is not None:
+        raise ImagioError("--radius applies to --seed only", "Leave --radius out with --model")
+    card = resolve_card(args.model) if args.model else None
+    ct_path = Path(args.ct)
+    ct = read_image(ct_path, args.series_uid)
+    scene = new_scene()
+    ct_node = volume_node_from_image(scene, ct, "CT")
+    logic = PlanningLogic(scene)
+    try:
+        with staged_output(args.out, inputs=[ct_path] + ([card.path, card.onnx_path] if card else [])) as stage:
+            if card is not None:
+                mirroring = None if args.mirroring == "card" else args.mirroring == "on"
+                res = logic.segment_with_model(ct_node, card, mirroring=mirroring,
+                                               largest_component=args.largest_component, progress=progress)
+            else:
+                res = logic.segment_from_seed(ct_node, seed, args.kind, args.radius, progress=progress)
+            segments = segments_from_segmentation_node(res.node, ct_node)
+            write_segmentation(stage / "segmentation.seg.nrrd", segments, ct)
+            save_mrb(scene, stage / "segment.mrb")
+            summary = {"ct": str(ct_path), **res.summary(), "total_runtime_s": round(time.perf_counter() - t0, 3),
+                       "files": ["segmentation.seg.nrrd", "segment.json", "segment.mrb"]}
+            write_json(stage / "segment.json", summary)
+    finally:
+        if not args.quiet:
+            print(file=sys.stderr)
+    for s in res.segments:
+        print(f"{s['name']}: {s['volume_ml']:.2f} ml ({s['voxel_count']} voxels)")
+    for name in res.empty_labels:
+        print(f"{name}: not found (empty, not written)")
+    print(f"run time {res.runtime_s:.1f} s" + (f" on {res.execution_provider}" if res.execution_provider else "")
+          + f"; wrote {Path(args.out) / 'segmentation.seg.nrrd'}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .card import find_cards, model_dirs
+
+    cards = find_cards()
+    if args.json:
+        print(json.dumps({"searched": [str(d) for d in model_dirs()], "models": [c.summary() for c in cards]},
+                         indent=2))
+        return 0
+    if not cards:
+        print("No model cards found in: " + ", ".join(str(d) for d in model_dirs()))
+        return 0
+    for c in cards:
+        sp = "x".join(f"{s:g}" for s in c.target_spacing_kji_mm)
+        use = "research only, not for clinical use" if not c.clinical_use else "clinical use per its card"
+        print(f"{c.name}  [{', '.join(lab.name for lab in c.labels[1:])}]  {', '.join(c.modality)}, spacing {sp} mm "
+              f"(k,j,i), {use}\n    {c.path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from imagio.cli_utils import staged_output
+
+    from .export import export_nnunet
+
+    model_dir = Path(args.model_dir)
+    with staged_output(args.out, inputs=[model_dir]) as stage:
+        card = export_nnunet(model_dir, stage, fold=args.fold, checkpoint=args.checkpoint,
+                             configuration=args.configuration, name=args.name)
+        name = card.name
+        out = Path(args.out)
+        for f in (out / name, out / card.with_suffix(".onnx").name):
+            if f.exists():
+                raise ImagioError(f"{f} exists already", "Choose an empty output folder")
+    print(f"wrote {Path(args.out) / name} and {Path(args.out) / Path(name).with_suffix('.onnx')}")
+    return 0
