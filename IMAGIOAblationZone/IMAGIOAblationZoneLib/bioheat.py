@@ -386,3 +386,18 @@ def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float =
     _CALIBRATION_CACHE[key] = out
     progress.update(1.0, "source calibrated")
     return out
+
+
+def ray_extent_mm(zone: np.ndarray, grid: sitk.Image, origin_ras, direction, tube_mm: float = 1.0) -> float:
+    """How far (mm) a zone reaches from ``origin_ras`` along ``direction``: the farthest zone voxel centre within
+    ``tube_mm`` of the ray (e.g. the zone radius towards a vessel)."""
+    kji = np.argwhere(zone > 0)
+    if len(kji) == 0:
+        return 0.0
+    d = np.asarray(direction, float)
+    d /= np.linalg.norm(d)
+    q = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float)) - np.asarray(origin_ras, float)
+    s = q @ d
+    off = np.linalg.norm(q - np.outer(s, d), axis=1)
+    sel = (s >= 0) & (off <= tube_mm)
+    return float(s[sel].max()) if sel.any() else 0.0

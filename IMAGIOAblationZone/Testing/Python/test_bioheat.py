@@ -1,0 +1,105 @@
+"""Pennes solver: against the analytic point source, against the device table, and the vessel heat sink."""
+
+import numpy as np
+import pytest
+
+from imagio import geometry
+from imagio.errors import ImagioError
+from imagio.scene import new_scene
+from imagio.testing import oblique_image
+from IMAGIOAblationZoneLib import bioheat as bh
+from IMAGIOAblationZoneLib.logic import AblationZoneLogic
+
+LIVER = bh.TISSUES["liver"]
+
+
+def _point_source_run(perfusion_per_s, duration_s, power_w=2.0):
+    grid = oblique_image(size=(61, 61, 49), spacing=(1.0, 1.0, 1.25), origin_ras=(-30.0, -30.0, -30.0))
+    shape = grid.GetSize()[::-1]
+    k = np.full(shape, LIVER.k_w_per_m_k, np.float32)
+    rc = np.full(shape, LIVER.rho_c_j_per_m3_k, np.float32)
+    w = np.full(shape, perfusion_per_s, np.float32)
+    c = geometry.ijk_to_ras(grid, [30, 30, 24])
+    res = bh.simulate(grid, k, rc, w, bh.point_source(grid, c, power_w), duration_s, perfusion_shutdown_c=None)
+    kji = np.argwhere(np.ones(shape, bool))
+    r = np.linalg.norm(geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float)) - c, axis=1)
+    return r, (res.t_final_c - bh.BODY_C).ravel()
+
+
+def test_point_source_matches_the_transient_analytic_solution_with_perfusion():
+    r, rise = _point_source_run(LIVER.perfusion_per_s, 300.0)
+    sel = (r >= 5.0) & (r <= 16.0)
+    exact = bh.analytic_point_source(r[sel], 300.0, 2.0, LIVER.k_w_per_m_k, LIVER.rho_c_j_per_m3_k, LIVER.perfusion_per_s)
+    rel = np.abs(rise[sel] - exact) / exact
+    assert np.median(rel) < 0.01 and rel.max() < 0.05  # the single-voxel source is coarse at 5 mm
+
+
+def test_point_source_reaches_the_steady_state_p_over_4_pi_k_r():
+    w = 6e-3  # strong perfusion: steady within 1500 s (time constant rho c / (w rho_b c_b) ~ 170 s)
+    r, rise = _point_source_run(w, 1500.0)
+    sel = (r >= 5.0) & (r <= 16.0)
+    steady = bh.analytic_point_source(r[sel], float("inf"), 2.0, LIVER.k_w_per_m_k, LIVER.rho_c_j_per_m3_k, w)
+    rel = np.abs(rise[sel] - steady) / steady
+    assert np.median(rel) < 0.01 and rel.max() < 0.05  # the single-voxel source is coarse at 5 mm
+    # and it is not the no-perfusion 1/r field: perfusion matters
+    assert np.median(np.abs(rise[sel] - 2.0 / (4 * np.pi * LIVER.k_w_per_m_k * r[sel] * 1e-3))) > 1.0
+
+
+def _probe_grid():
+    grid = oblique_image(size=(80, 80, 60), spacing=(1.0, 1.0, 1.25), origin_ras=(-40.0, -40.0, -40.0))
+    c = geometry.ijk_to_ras(grid, [40, 40, 30])
+    u = np.array([0.2, 0.3, 0.93])
+    u /= np.linalg.norm(u)
+    return grid, c, u
+
+
+def test_calibrated_source_reproduces_the_table_on_another_grid():
+    grid, c, u = _probe_grid()
+    logic = AblationZoneLogic(new_scene())
+    s = logic.device("emprint").setting(100, 600)
+    tip = c + s.tip_offset_mm * u
+    r = logic.bioheat_zone(logic.prepare(grid), tip, tip - 100 * u, "emprint", 100, 600, perfusion=False)
+    long_mm, short_mm, _ = r.metrics["zone_axes_mm"]
+    assert abs(short_mm - s.zone_short_mm) <= 2.0  # calibrated on a 1.5 mm axis-aligned grid; here oblique 1 x 1 x 1.25
+    assert abs(long_mm - s.zone_long_mm) <= 2.5
+    assert "calibrated" in r.metrics["calibration"]
+    # perfusion (in vivo) shrinks the zone
+    r2 = logic.bioheat_zone(logic.prepare(grid), tip, tip - 100 * u, "emprint", 100, 600, perfusion=True)
+    assert r2.metrics["zone_volume_ml"] < r.metrics["zone_volume_ml"]
+
+
+def test_vessel_heat_sink_shrinks_the_zone_towards_the_vessel_only():
+    grid, c, u = _probe_grid()
+    logic = AblationZoneLogic(new_scene())
+    s = logic.device("emprint").setting(100, 600)
+    tip = c + s.tip_offset_mm * u
+    side = np.cross(u, [1.0, 0, 0])
+    side /= np.linalg.norm(side)
+    kji = np.argwhere(np.ones(grid.GetSize()[::-1], bool))
+    q = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float)) - (c + 16.0 * side)
+    vessel = (np.linalg.norm(q - np.outer(q @ u, u), axis=1) <= 3.0).reshape(grid.GetSize()[::-1])  # 6 mm vessel
+    ctx = logic.prepare(grid)
+    free = logic.bioheat_zone(ctx, tip, tip - 100 * u, "emprint", 100, 600, perfusion=True)
+    sink = logic.bioheat_zone(ctx, tip, tip - 100 * u, "emprint", 100, 600, perfusion=True, vessels=vessel)
+    g = free.bioheat.grid
+    toward = bh.ray_extent_mm(free.mask_box, g, c, side) - bh.ray_extent_mm(sink.mask_box, g, c, side)
+    away = bh.ray_extent_mm(free.mask_box, g, c, -side) - bh.ray_extent_mm(sink.mask_box, g, c, -side)
+    assert toward >= 5.0  # the zone stops at the vessel wall, 13 mm from the probe axis, instead of ~21 mm
+    assert abs(away) <= 1.5
+    lumen_in_free = int((free.mask_box.astype(bool) & vessel[tuple(slice(a, b) for a, b in
+                                                                   zip(free.box[::2], free.box[1::2], strict=True))]).sum())
+    lost_tissue = int(free.mask_box.sum()) - int(sink.mask_box.sum()) - lumen_in_free
+    assert lost_tissue > 0  # tissue next to the vessel that is no longer ablated (not only the lumen)
+
+
+def test_bad_bioheat_input():
+    grid, c, u = _probe_grid()
+    logic = AblationZoneLogic(new_scene())
+    with pytest.raises(ImagioError, match="cryo"):
+        logic.bioheat_zone(logic.prepare(grid), c, c - 50 * u, "icerod", 0, 600)
+    shape = grid.GetSize()[::-1]
+    ones = np.ones(shape, np.float32)
+    with pytest.raises(ImagioError, match="stable limit"):
+        bh.simulate(grid, ones * 0.5, ones * 3.8e6, ones * 0, ones * 0, 10.0, dt_s=100.0)
+    with pytest.raises(ImagioError, match="shape"):
+        bh.simulate(grid, ones[:-1], ones, ones, ones, 10.0)
