@@ -26,6 +26,10 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
+from IMAGIOAblationZoneLib.devices import load_library
+
+#: Device ids of the bundled library (the combo box choices).
+DEVICE_IDS = list(load_library())
 
 
 class IMAGIOAblationZone(ScriptedLoadableModule):
@@ -58,7 +62,7 @@ class IMAGIOAblationZoneParameterNode:
     vesselSegmentNames: str = "hepatic_vessels"
     avoidSegmentNames: str = "hepatic_vessels,ribs,lungs"
     probeLine: vtkMRMLMarkupsLineNode
-    deviceId: str = "emprint"
+    deviceId: Annotated[str, Choice(DEVICE_IDS)] = "emprint"
     powerW: Annotated[float, WithinRange(0.0, 300.0)] = 100.0
     timeS: Annotated[float, WithinRange(0.0, 3600.0)] = 600.0
     model: Annotated[str, Choice(["table", "bioheat"])] = "table"
@@ -85,11 +89,7 @@ class IMAGIOAblationZoneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = IMAGIOAblationZoneLogic()
-        for device_id in self.logic.impl.library:
-            self.ui.deviceComboBox.addItem(device_id)
-        self.ui.modelComboBox.addItem("table")
-        self.ui.modelComboBox.addItem("bioheat")
+        self.logic = IMAGIOAblationZoneLogic()  # the combo boxes are filled from the Choice annotations
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)

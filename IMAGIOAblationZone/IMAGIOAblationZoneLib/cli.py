@@ -45,6 +45,8 @@ def register_cli(subparsers) -> None:
     z.add_argument("--model", choices=("table", "bioheat"), default="table", help="zone model (default: table)")
     z.add_argument("--margin-mm", type=float, default=5.0, help="margin for margin_coverage_percent (default 5 mm)")
     z.add_argument("--no-perfusion", action="store_true", help="bioheat: no blood perfusion (ex-vivo conditions)")
+    z.add_argument("--criterion", choices=("isotherm", "cem43"), default="isotherm",
+                   help="bioheat zone: max temperature >= 60 C (default) or thermal dose CEM43 >= 240 min")
     z.add_argument("--library", help="a device library JSON file (default: the bundled one)")
     z.add_argument("--out", required=True, help="output folder")
     z.set_defaults(func=_cmd_zone)
@@ -183,7 +185,7 @@ def _cmd_zone(args) -> int:
         res = logic.table_zone(ctx, tip, entry, dev.id, args.power, args.time)
     else:
         res = logic.bioheat_zone(ctx, tip, entry, dev.id, args.power, args.time, vessels=vessels,
-                                 perfusion=not args.no_perfusion)
+                                 perfusion=not args.no_perfusion, criterion=args.criterion)
     m = dict(res.metrics)
     m.setdefault("coverage_percent", None)
     m.setdefault("margin_coverage_percent", None)

@@ -258,7 +258,9 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
     a, b = largest.zone_long_mm / 2, largest.zone_short_mm / 2
     need = required_percent / 100.0
     best_overall = (0.0, None)
-    for n in range(1, max_probes + 1):
+    # n zones cover at most n zone volumes: fewer probes than that cannot reach the required coverage
+    n_min = max(1, int(np.ceil(need * target_ml / largest.volume_ml - 1e-9)))
+    for n in range(min(n_min, max_probes), max_probes + 1):
         progress.update(0.1 + 0.8 * (n - 1) / max_probes, f"trying {n} probe(s)")
         found = []
         for _length, u, _clear in cand:

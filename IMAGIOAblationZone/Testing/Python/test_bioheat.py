@@ -68,6 +68,21 @@ def test_calibrated_source_reproduces_the_table_on_another_grid():
     assert r2.metrics["zone_volume_ml"] < r.metrics["zone_volume_ml"]
 
 
+def test_thermal_dose_zone_contains_the_60c_isotherm():
+    grid = oblique_image(size=(50, 50, 40), spacing=(1.5, 1.5, 1.8), origin_ras=(-37.0, -37.0, -36.0))
+    c = geometry.ijk_to_ras(grid, [25, 25, 20])
+    u = np.array([0.0, 0.0, 1.0])
+    logic = AblationZoneLogic(new_scene())
+    s = logic.device("emprint").setting(45, 150)
+    tip = c + s.tip_offset_mm * u
+    iso = logic.bioheat_zone(logic.prepare(grid), tip, tip - 100 * u, "emprint", 45, 150)
+    dose = logic.bioheat_zone(logic.prepare(grid), tip, tip - 100 * u, "emprint", 45, 150, criterion="cem43")
+    assert np.array_equal(iso.bioheat.t_max_c, dose.bioheat.t_max_c)
+    a, b = iso.mask_box.astype(bool), dose.mask_box.astype(bool)
+    assert a.any() and not (a & ~b).any() and b.sum() > a.sum()  # >= 60 C for one step is >= 240 CEM43 min
+    assert "CEM43" in dose.metrics["criterion"]
+
+
 def test_vessel_heat_sink_shrinks_the_zone_towards_the_vessel_only():
     grid, c, u = _probe_grid()
     logic = AblationZoneLogic(new_scene())

@@ -1,0 +1,342 @@
+"""Benchmark: IMAGIOAblationZone plans, live updates and the bioheat solver, each against a named peer in the same run.
+
+    python benchmarks/bench_ablation.py [--out bench_ablation.json] [--quick]
+
+Needs the real data (IMAGIO_DATA, default ../shared/data) and scipy (peer only).
+
+1. Plans on the Med-MPD liver tumours (medmpd-liver-p1..p4, every nodule*): device Emprint, margin 5 mm,
+   paths keeping 3 mm from the hepatic artery, hepatic vein and portal vein (no CT in this data set, so the
+   entry is where the path leaves the image). Coverage of tumour + 5 mm, tumour coverage, probes, minimal
+   margin, run time; and the planned ablation volume over the tumour + margin volume (over-treatment).
+2. Live update on a clinical CT grid (medmpd-liver-p2, 512 x 512 x 87, 0.78 x 0.78 x 2.5 mm, with its tumour
+   and vessels): a probe dragged over 40 positions; per update: table zone (bounding box only), coverage,
+   margin, structure fractions, and the segment + model nodes. Peer: the same zone and metrics recomputed on
+   the full volume (every voxel tested), as a naive implementation would. Ratio = full / live.
+3. Bioheat: a 10-minute ablation (Emprint 100 W, calibrated source, perfused liver) on 100^3 voxels at 1 mm.
+   Peer: a reference explicit scheme written the textbook way, float64 with scipy.ndimage.laplace for a
+   homogeneous medium, the same time step, on the same grid; both results must agree. Ratio = peer / IMAGIO.
+4. Validation figures: the solver against the analytic point source (transient with perfusion, and steady
+   state), the calibrated source against the device table in vessel-free, non-perfused liver, and the
+   heat-sink shrinkage next to a 6 mm vessel; the table-zone axes on oblique, anisotropic grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "IMAGIOCommon"))
+sys.path.insert(0, str(REPO / "IMAGIOAblationZone"))
+
+from imagio import geometry  # noqa: E402
+from imagio.scene import new_scene  # noqa: E402
+from imagio.testing import data_root, oblique_image  # noqa: E402
+from IMAGIOAblationZoneLib import bioheat as bh  # noqa: E402
+from IMAGIOAblationZoneLib.logic import AblationZoneLogic  # noqa: E402
+from IMAGIOAblationZoneLib.zone import EllipsoidZone  # noqa: E402
+
+VESSEL_WORDS = ("artery", "vein")
+
+
+def _read_mask(path: Path, ref: sitk.Image | None = None) -> np.ndarray:
+    m = sitk.ReadImage(str(path), sitk.sitkUInt8)
+    if ref is not None and not geometry.same_grid(m, ref):
+        m = geometry.resample_to(m, ref)
+    return sitk.GetArrayFromImage(m) > 0
+
+
+# ------------------------------------------------------------------------------------------------ 1. plans
+def bench_plans(quick: bool) -> list[dict]:
+    rows = []
+    cases = ["medmpd-liver-p3", "medmpd-liver-p2"] if quick else [f"medmpd-liver-p{i}" for i in (1, 2, 3, 4)]
+    for case in cases:
+        base = data_root() / case
+        if not base.is_dir():
+            rows.append({"case": case, "error": f"{base} not found"})
+            continue
+        for nod in sorted(base.glob("nodule*.nii.gz")):
+            ref = sitk.ReadImage(str(nod), sitk.sitkUInt8)
+            tumor = sitk.GetArrayFromImage(ref) > 0
+            avoid = {f.name.split(".")[0]: _read_mask(f, ref) for f in sorted(base.glob("*.nii.gz"))
+                     if any(w in f.name.lower() for w in VESSEL_WORDS)}
+            logic = AblationZoneLogic(new_scene())
+            t0 = time.perf_counter()
+            plan, d = logic.plan(ref, tumor, "emprint", 5.0, avoid, clearance_mm=3.0)
+            wall = time.perf_counter() - t0
+            rows.append({
+                "case": f"{case}/{nod.name}", "tumor_ml": round(float(tumor.sum()) * geometry.voxel_volume_ml(ref), 2),
+                "target_ml": d["target_volume_ml"], "feasible": d["feasible"], "probes": d["probe_count"],
+                "settings": [f"{p['power_w']:g} W/{p['time_s']:g} s" for p in d["probes"]],
+                "coverage_percent": d["coverage_percent"], "tumor_coverage_percent": d["tumor_coverage_percent"],
+                "minimal_margin_mm": d.get("minimal_margin_mm"),
+                "min_path_clearance_mm": min((p["min_clearance_mm"] for p in d["probes"]), default=None),
+                "ablated_over_target_ratio": round(d.get("zone_volume_ml", 0.0) / d["target_volume_ml"], 2),
+                "run_time_s": round(wall, 2), "reason": d["reason"]})
+            print(f"plan {rows[-1]['case']}: {rows[-1]}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ 2. live update
+def _full_volume_update(grid, pts_cache, tumor, target, others, tip, entry, setting):
+    """Peer: the zone and its metrics on every voxel of the volume."""
+    zone = EllipsoidZone.from_probe(tip, entry, setting)
+    if "pts" not in pts_cache:
+        m = geometry.ijk_to_ras_matrix(grid)
+        ni, nj, nk = grid.GetSize()
+        kk, jj, ii = np.meshgrid(np.arange(nk, dtype=np.float32), np.arange(nj, dtype=np.float32),
+                                 np.arange(ni, dtype=np.float32), indexing="ij")
+        pts_cache["pts"] = [(m[r, 0] * ii + m[r, 1] * jj + m[r, 2] * kk + m[r, 3]).astype(np.float32) for r in range(3)]
+    x, y, z = pts_cache["pts"]
+    c, u = zone.centre_ras, zone.axis_ras
+    dx, dy, dz = x - np.float32(c[0]), y - np.float32(c[1]), z - np.float32(c[2])
+    ax = dx * np.float32(u[0]) + dy * np.float32(u[1]) + dz * np.float32(u[2])
+    r2 = dx * dx + dy * dy + dz * dz - ax * ax
+    inside = ax * ax / np.float32(zone.semi_long_mm ** 2) + r2 / np.float32(zone.semi_short_mm ** 2) <= 1
+    cov = float((inside & tumor).sum()) / tumor.sum()
+    cov_m = float((inside & target).sum()) / target.sum()
+    fr = {k: float((inside & v).sum()) / max(v.sum(), 1) for k, v in others.items()}
+    return inside, cov, cov_m, fr
+
+
+def bench_live(quick: bool) -> dict:
+    base = data_root() / "medmpd-liver-p2"
+    ref = sitk.ReadImage(str(base / "nodule2.nii.gz"), sitk.sitkUInt8)
+    tumor = sitk.GetArrayFromImage(ref) > 0
+    others = {f.name.split(".")[0]: _read_mask(f, ref) for f in sorted(base.glob("*.nii.gz"))
+              if any(w in f.name.lower() for w in VESSEL_WORDS) or f.name.startswith("liver")}
+    logic = AblationZoneLogic(new_scene())
+    t0 = time.perf_counter()
+    ctx = logic.prepare(ref, tumor, others, 5.0)
+    prepare_s = time.perf_counter() - t0
+    c = geometry.centroid_ras(ref)
+    setting = logic.device("emprint").setting(100, 600)
+    n = 10 if quick else 40
+    rng = np.random.default_rng(0)
+    path = [c + np.array([3.0 * np.sin(i / 5), 2.0 * np.cos(i / 7), 0.5 * i / n]) for i in range(n)]
+    entry0 = c + np.array([110.0, 30.0, 20.0])
+    live, nodes, full = [], [], []
+    seg = model = None
+    for i, tip in enumerate(path):
+        entry = entry0 + rng.normal(0, 1.0, 3)
+        t0 = time.perf_counter()
+        r = logic.table_zone(ctx, tip, entry, "emprint", 100, 600)
+        t1 = time.perf_counter()
+        seg, model = logic.update_zone_nodes(r, seg, model)
+        t2 = time.perf_counter()
+        if i > 0:  # the first update creates the nodes
+            live.append(t1 - t0)
+            nodes.append(t2 - t0)
+    cache: dict = {}
+    for tip in path[: max(3, n // 8)]:
+        t0 = time.perf_counter()
+        inside, cov, _, _ = _full_volume_update(ref, cache, tumor, ctx.target, others, tip, entry0, setting)
+        full.append(time.perf_counter() - t0)
+    # agreement of the peer with the live result at the last position
+    r = logic.table_zone(ctx, path[-1], entry0, "emprint", 100, 600)
+    inside, cov, cov_m, _ = _full_volume_update(ref, cache, tumor, ctx.target, others, path[-1], entry0, setting)
+    agree = abs(100 * cov - r.metrics["coverage_percent"]) < 0.5 and abs(100 * cov_m - r.metrics["margin_coverage_percent"]) < 0.5
+    med_live = float(np.median(live))
+    med_nodes = float(np.median(nodes))
+    med_full = float(np.median(full[1:] if len(full) > 1 else full))
+    return {"grid": geometry.describe_grid(ref), "updates": len(live), "prepare_once_s": round(prepare_s, 3),
+            "zone_and_metrics_ms_median": round(1000 * med_live, 2),
+            "zone_metrics_and_nodes_ms_median": round(1000 * med_nodes, 2),
+            "zone_metrics_and_nodes_ms_p95": round(1000 * float(np.percentile(nodes, 95)), 2),
+            "peer": "full-volume recomputation (every voxel, float32 numpy)",
+            "peer_ms_median": round(1000 * med_full, 1),
+            "ratio_full_over_live": round(med_full / med_live, 1),
+            "peer_agrees_with_live_coverage": bool(agree)}
+
+
+# ------------------------------------------------------------------------------------------------ 3. bioheat speed
+def _reference_solver(theta0, k, rc, wcb, q, dt, steps, spacing_m):
+    """Peer: textbook explicit Pennes step with scipy.ndimage.laplace (homogeneous, float64, isotropic spacing)."""
+    from scipy import ndimage
+
+    theta = theta0.astype(np.float64).copy()
+    alpha_dt = k * dt / rc / spacing_m ** 2
+    for _ in range(steps):
+        lap = ndimage.laplace(theta, mode="constant", cval=0.0)
+        theta = theta + alpha_dt * lap + dt / rc * (q - wcb * theta)
+        theta[0, :, :] = theta[-1, :, :] = 0.0
+        theta[:, 0, :] = theta[:, -1, :] = 0.0
+        theta[:, :, 0] = theta[:, :, -1] = 0.0
+    return theta
+
+
+def bench_bioheat(quick: bool) -> dict:
+    n = 100
+    grid = geometry.make_image([n, n, n], [1.0, 1.0, 1.0], origin_ras=[49.5, 49.5, -49.5],
+                               direction_ras=np.diag([-1.0, -1.0, 1.0]))
+    logic = AblationZoneLogic(new_scene())
+    dev = logic.device("emprint")
+    s = dev.setting(100, 600)
+    t0 = time.perf_counter()
+    src = bh.calibrate_source(dev, s)
+    calib_s = time.perf_counter() - t0
+    liver = bh.TISSUES["liver"]
+    shape = (n, n, n)
+    k = np.full(shape, liver.k_w_per_m_k, np.float32)
+    rc = np.full(shape, liver.rho_c_j_per_m3_k, np.float32)
+    w = np.full(shape, liver.perfusion_per_s, np.float32)
+    tip = np.array([0.0, 0.0, s.tip_offset_mm])
+    entry = tip - np.array([0.0, 0.0, 100.0])
+    q = src.density(grid, tip, entry, s.power_w)
+    t0 = time.perf_counter()
+    res = bh.simulate(grid, k, rc, w, q, 600.0, perfusion_shutdown_c=None)
+    imagio_s = time.perf_counter() - t0
+    out = {"grid": "100^3 voxels at 1 mm", "simulated_s": 600.0, "steps": res.steps, "dt_s": round(res.dt_s, 4),
+           "source_calibration_s": round(calib_s, 2), "imagio_solver_s": round(imagio_s, 2),
+           "zone_axes_mm": [round(v, 1) for v in bh.zone_extent_mm(res.zone, grid, tip, entry).values()][:2],
+           "target_s": 30.0}
+    # the peer on the same problem (homogeneous: both schemes are the same discretisation)
+    steps = res.steps if not quick else max(res.steps // 10, 1)
+    t0 = time.perf_counter()
+    theta = _reference_solver(np.zeros(shape), liver.k_w_per_m_k, liver.rho_c_j_per_m3_k,
+                              liver.perfusion_per_s * bh.BLOOD_RHO_C, q.astype(np.float64), res.dt_s, steps, 1e-3)
+    peer_s = time.perf_counter() - t0
+    if steps != res.steps:
+        peer_s *= res.steps / steps
+        res_cmp = bh.simulate(grid, k, rc, w, q, res.dt_s * steps, perfusion_shutdown_c=None, dt_s=res.dt_s)
+        ref_theta = res_cmp.t_final_c - 37.0
+    else:
+        ref_theta = res.t_final_c - 37.0
+    out.update({"peer": "textbook explicit scheme, float64, scipy.ndimage.laplace", "peer_s": round(peer_s, 2),
+                "peer_extrapolated_from_steps": steps, "ratio_peer_over_imagio": round(peer_s / imagio_s, 2),
+                "max_abs_difference_to_peer_K": round(float(np.max(np.abs(ref_theta - theta))), 4),
+                "max_temperature_rise_K": round(float(theta.max()), 1)})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ 4. validation
+def bench_validation() -> dict:
+    liver = bh.TISSUES["liver"]
+    grid = oblique_image(size=(61, 61, 49), spacing=(1.0, 1.0, 1.25), origin_ras=(-30.0, -30.0, -30.0))
+    shape = grid.GetSize()[::-1]
+    c = geometry.ijk_to_ras(grid, [30, 30, 24])
+    kji = np.argwhere(np.ones(shape, bool))
+    r = np.linalg.norm(geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float)) - c, axis=1)
+    val = {}
+    for label, wb, dur in (("transient_300s_liver_perfusion", liver.perfusion_per_s, 300.0),
+                           ("steady_state_strong_perfusion", 6e-3, 1500.0),
+                           ("no_perfusion_300s_erfc", 0.0, 300.0)):
+        res = bh.simulate(grid, np.full(shape, liver.k_w_per_m_k, np.float32),
+                          np.full(shape, liver.rho_c_j_per_m3_k, np.float32), np.full(shape, wb, np.float32),
+                          bh.point_source(grid, c, 2.0), dur, perfusion_shutdown_c=None)
+        rise = (res.t_final_c - 37.0).ravel()
+        t_an = float("inf") if label.startswith("steady") else dur
+        row = {}
+        for lo, hi in ((4.0, 16.0), (6.0, 16.0)):
+            sel = (r >= lo) & (r <= hi)
+            exact = bh.analytic_point_source(r[sel], t_an, 2.0, liver.k_w_per_m_k, liver.rho_c_j_per_m3_k, wb)
+            rel = np.abs(rise[sel] - exact) / exact
+            row[f"r_{lo:g}_{hi:g}_mm"] = {"median_rel_error_percent": round(100 * float(np.median(rel)), 2),
+                                          "max_rel_error_percent": round(100 * float(rel.max()), 2)}
+        val[label] = row
+    # calibration vs table, vessel-free; heat sink next to a 6 mm vessel
+    grid = oblique_image(size=(80, 80, 60), spacing=(1.0, 1.0, 1.25), origin_ras=(-40.0, -40.0, -40.0))
+    c = geometry.ijk_to_ras(grid, [40, 40, 30])
+    u = np.array([0.2, 0.3, 0.93])
+    u /= np.linalg.norm(u)
+    logic = AblationZoneLogic(new_scene())
+    table = []
+    for dev_id, p, t in (("emprint", 100, 600), ("emprint", 45, 300), ("neuwave-pr", 65, 600), ("amica", 60, 600),
+                         ("cool-tip-3cm", 200, 720)):
+        s = logic.device(dev_id).setting(p, t)
+        tip = c + s.tip_offset_mm * u
+        res = logic.bioheat_zone(logic.prepare(grid), tip, tip - 100 * u, dev_id, p, t, perfusion=False)
+        m = res.metrics
+        table.append({"device": dev_id, "setting": f"{p} W/{t} s", "table_axes_mm": m["table_zone_axes_mm"][:2],
+                      "bioheat_axes_mm": m["zone_axes_mm"][:2],
+                      "short_error_mm": round(m["zone_axes_mm"][1] - s.zone_short_mm, 2),
+                      "long_error_mm": round(m["zone_axes_mm"][0] - s.zone_long_mm, 2)})
+    val["bioheat_vs_table_vessel_free_nonperfused"] = table
+    s = logic.device("emprint").setting(100, 600)
+    tip = c + s.tip_offset_mm * u
+    side = np.cross(u, [1.0, 0, 0])
+    side /= np.linalg.norm(side)
+    kji = np.argwhere(np.ones(grid.GetSize()[::-1], bool))
+    pts = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float))
+    sinks = []
+    for dist in (12.0, 16.0, 20.0):
+        q = pts - (c + dist * side)
+        vessel = (np.linalg.norm(q - np.outer(q @ u, u), axis=1) <= 3.0).reshape(grid.GetSize()[::-1])
+        ctx = logic.prepare(grid)
+        free = logic.bioheat_zone(ctx, tip, tip - 100 * u, "emprint", 100, 600, perfusion=True)
+        sink = logic.bioheat_zone(ctx, tip, tip - 100 * u, "emprint", 100, 600, perfusion=True, vessels=vessel)
+        g = free.bioheat.grid
+        box = tuple(slice(a, b) for a, b in zip(free.box[::2], free.box[1::2], strict=True))
+        lumen = int((free.mask_box.astype(bool) & vessel[box]).sum())
+        vox = geometry.voxel_volume_ml(grid)
+        sinks.append({
+            "vessel_axis_from_probe_mm": dist, "vessel_diameter_mm": 6.0,
+            "radius_towards_vessel_no_vessel_mm": round(bh.ray_extent_mm(free.mask_box, g, c, side), 1),
+            "radius_towards_vessel_with_vessel_mm": round(bh.ray_extent_mm(sink.mask_box, g, c, side), 1),
+            "shrinkage_towards_vessel_mm": round(bh.ray_extent_mm(free.mask_box, g, c, side)
+                                                 - bh.ray_extent_mm(sink.mask_box, g, c, side), 1),
+            "change_opposite_side_mm": round(bh.ray_extent_mm(free.mask_box, g, c, -side)
+                                             - bh.ray_extent_mm(sink.mask_box, g, c, -side), 1),
+            "zone_ml_no_vessel": free.metrics["zone_volume_ml"], "zone_ml_with_vessel": sink.metrics["zone_volume_ml"],
+            "tissue_spared_ml_excluding_lumen": round((int(free.mask_box.sum()) - int(sink.mask_box.sum()) - lumen) * vox, 2)})
+    val["heat_sink_emprint_100W_600s_perfused"] = sinks
+    # table-zone axes on oblique, anisotropic grids
+    errs = []
+    for spacing, axis, ang in (((0.8, 0.7, 2.5), (1, 2, 3), 23.0), ((1.1, 0.6, 1.4), (-2, 0.5, 1), 61.0)):
+        g = oblique_image(size=(110, 120, 70), spacing=spacing, origin_ras=(-40.0, -35.0, -50.0), axis=axis,
+                          angle_deg=ang)
+        for d in ((1, 0.3, -0.2), (-0.3, 0.8, 0.5), (0.1, -0.2, 1.0)):
+            u2 = np.asarray(d, float) / np.linalg.norm(d)
+            s = logic.device("emprint").setting(75, 600)
+            centre = geometry.ijk_to_ras(g, (np.array(g.GetSize()) - 1) / 2.0) + [0.37, -0.21, 0.53]
+            tip2 = centre + s.tip_offset_mm * u2
+            mask = EllipsoidZone.from_probe(tip2, tip2 - 90 * u2, s).rasterise(g)
+            arr = sitk.GetArrayFromImage(mask)
+            p = geometry.ijk_to_ras(g, np.argwhere(arr)[:, ::-1].astype(float)) - centre
+            z = p @ u2
+            r2 = np.einsum("ij,ij->i", p, p) - z * z
+            errs.append(max(abs(2 * np.sqrt(5 * np.mean(z * z)) - s.zone_long_mm),
+                            abs(2 * np.sqrt(5 * np.mean(r2) / 2) - s.zone_short_mm)) / max(spacing))
+    val["table_axes_error_in_voxels_max"] = round(float(max(errs)), 3)
+    return val
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench_ablation.json")
+    ap.add_argument("--quick", action="store_true", help="fewer cases and updates (a smoke run)")
+    args = ap.parse_args()
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    result = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                          "platform": platform.platform()}}
+    t0 = time.perf_counter()
+    result["validation"] = bench_validation()
+    print(json.dumps(result["validation"], indent=1), flush=True)
+    result["bioheat_speed"] = bench_bioheat(args.quick)
+    print(json.dumps(result["bioheat_speed"], indent=1), flush=True)
+    result["live_update"] = bench_live(args.quick)
+    print(json.dumps(result["live_update"], indent=1), flush=True)
+    result["plans"] = bench_plans(args.quick)
+    ok = [r for r in result["plans"] if "coverage_percent" in r]
+    result["plans_summary"] = {"cases": len(ok), "all_feasible": all(r["feasible"] for r in ok),
+                               "min_coverage_percent": min((r["coverage_percent"] for r in ok), default=None),
+                               "max_run_time_s": max((r["run_time_s"] for r in ok), default=None)}
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["plans_summary"], indent=1))
+    print(f"wrote {args.out} in {result['total_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
