@@ -1,0 +1,221 @@
+"""IMAGIOMargin: post-ablation margin assessment (minimal ablative margin, coverage, uncertainty, verdict).
+
+The algorithms live in ``IMAGIOMarginLib`` (no Qt); this file is the Slicer
+front end: module description, typed parameter node, widget and a thin logic
+adapter over ``IMAGIOMarginLib.logic.MarginLogic``.
+"""
+
+import logging
+from typing import Annotated
+
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
+
+
+class IMAGIOMargin(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "IMAGIO Margin"
+        self.parent.categories = ["IMAGIO"]
+        self.parent.dependencies = ["IMAGIOCommon"]
+        self.parent.contributors = ["IMAGIO developers"]
+        self.parent.helpText = (
+            "Post-ablation margin assessment. Choose the tumour (segmented on the pre-treatment CT) and the ablation "
+            "zone (segmented on the post-treatment CT); register the CTs (none, rigid, or deformable with the tumour "
+            "kept rigid) and press Apply. Reports the minimal ablative margin (mm, negative when tumour is left "
+            "outside the zone, with the residual tumour volume in ml), tumour coverage and 0/3/5/10 mm shell "
+            "coverage (%), the thinnest point (a markup), a 95% interval of the margin and the probability that it "
+            "reaches the threshold under a registration uncertainty sigma (mm, default 1.6 mm), and a verdict. The "
+            "tumour surface is coloured by its margin (mm); the histogram is shown as a plot. Research tool, not a "
+            "medical device. See <a href='https://github.com/imagio-slicer/SlicerIMAGIO'>the documentation</a>."
+        )
+        self.parent.acknowledgementText = (
+            "Thresholds from the ablation-margin literature (minimal margin >= 5 mm, 3 mm and 6 mm shells). Built on "
+            "3D Slicer, VTK, SimpleITK and numpy."
+        )
+
+
+@parameterNodeWrapper
+class IMAGIOMarginParameterNode:
+    preCT: vtkMRMLScalarVolumeNode
+    postCT: vtkMRMLScalarVolumeNode
+    tumorSegmentation: vtkMRMLSegmentationNode
+    tumorSegmentName: str = ""
+    zoneSegmentation: vtkMRMLSegmentationNode
+    zoneSegmentName: str = ""
+    registration: Annotated[str, Choice(["none", "rigid", "deformable"])] = "none"
+    thresholdMm: Annotated[float, WithinRange(0.0, 30.0)] = 5.0
+    sigmaMm: Annotated[float, WithinRange(0.0, 10.0)] = 1.6
+    resultsTable: vtkMRMLTableNode
+
+
+class IMAGIOMarginWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/IMAGIOMargin.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = IMAGIOMarginLogic()
+        for mode in ("none", "rigid", "deformable"):
+            self.ui.registrationComboBox.addItem(mode)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        ready = bool(p and p.tumorSegmentation and p.zoneSegmentation)
+        if ready and p.registration != "none":
+            ready = bool(p.preCT and p.postCT)
+        self.ui.applyButton.enabled = ready
+
+    def onApplyButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to assess the ablation margin.", waitCursor=True):
+            result, nodes = self.logic.process(self._parameterNode)
+            self.ui.statusLabel.text = self.logic.lastSummary
+            self.ui.resultsTableView.setMRMLTableNode(nodes.table)
+            self.logic.showHistogram(nodes.plot_chart)
+
+
+class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
+    """Thin adapter: Slicer nodes in, IMAGIOMarginLib.logic.MarginLogic on slicer.mrmlScene."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        from IMAGIOMarginLib.logic import MarginLogic
+
+        self.impl = MarginLogic(slicer.mrmlScene)
+        self.lastSummary = ""
+
+    def getParameterNode(self):
+        return IMAGIOMarginParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def segmentId(segmentationNode, name: str) -> str:
+        """ID of the segment called ``name`` (or the first segment when empty)."""
+        from imagio.errors import ImagioError
+
+        seg = segmentationNode.GetSegmentation()
+        if seg.GetNumberOfSegments() == 0:
+            raise ImagioError(f"'{segmentationNode.GetName()}' has no segments", "Choose a segmentation with segments")
+        if not name:
+            return seg.GetNthSegmentID(0)
+        sid = seg.GetSegmentIdBySegmentName(name)
+        if not sid:
+            names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
+            raise ImagioError(f"No segment named '{name}'", "Segments: " + ", ".join(names))
+        return sid
+
+    def process(self, p):
+        """Assess the margin for the parameter node's inputs; returns (MarginResult, MarginNodes)."""
+        from imagio.errors import ImagioError
+
+        if not p.tumorSegmentation or not p.zoneSegmentation:
+            raise ImagioError("Choose the tumour and the ablation-zone segmentations")
+        result = self.impl.assess_nodes(
+            p.tumorSegmentation, self.segmentId(p.tumorSegmentation, p.tumorSegmentName),
+            p.zoneSegmentation, self.segmentId(p.zoneSegmentation, p.zoneSegmentName),
+            p.preCT, p.postCT, register_mode=p.registration, threshold_mm=p.thresholdMm, sigma_mm=p.sigmaMm)
+        nodes = self.impl.add_to_scene(result, "Margin")
+        p.resultsTable = nodes.table
+        d = result.to_dict()
+        ci = d["margin_ci_mm"]
+        self.lastSummary = (f"{d['verdict_text']}. 95% interval {ci[0]:.1f} to {ci[1]:.1f} mm (sigma "
+                            f"{d['sigma_mm']:g} mm); P(margin >= {d['threshold_mm']:g} mm) "
+                            f"{100 * d['p_margin_ge_threshold']:.0f} %; coverage {d['coverage_percent']:.1f} %")
+        logging.info(self.lastSummary)
+        return result, nodes
+
+    @staticmethod
+    def showHistogram(chartNode) -> None:
+        """Show the margin histogram chart in the layout's plot view."""
+        slicer.modules.plots.logic().ShowChartInLayout(chartNode)
+
+
+class IMAGIOMarginTest(ScriptedLoadableModuleTest):
+    """Runs the logic on the digital phantom's liver tumour with a synthetic ablation zone."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_margin_on_phantom()
+
+    def test_margin_on_phantom(self):
+        from imagio.io import Segment
+        from imagio.mrml import segmentation_node_from_segments, volume_node_from_image
+        from imagio.phantom import make_phantom
+        from IMAGIOMarginLib.demo import synthetic_zone
+
+        self.delayDisplay("Building the phantom")
+        ph = make_phantom(0)
+        ct = volume_node_from_image(slicer.mrmlScene, ph.ct, "CT")
+        tumor = ph.segments["liver_tumor"]
+        tseg = segmentation_node_from_segments(slicer.mrmlScene, [tumor], "Tumour", ct)
+        zone = Segment("ablation zone", synthetic_zone(tumor.mask, extra_mm=8.0, offset_ras=(0.0, 0.0, 0.0)))
+        zseg = segmentation_node_from_segments(slicer.mrmlScene, [zone], "Zone", ct)
+        logic = IMAGIOMarginLogic()
+        p = logic.getParameterNode()
+        p.tumorSegmentation, p.zoneSegmentation = tseg, zseg
+        p.preCT, p.postCT = ct, ct
+        result, nodes = logic.process(p)
+        d = result.to_dict()
+        self.assertEqual(d["coverage_percent"], 100.0)
+        self.assertGreater(d["minimal_margin_mm"], 5.0)
+        self.assertEqual(d["verdict"], "sufficient")
+        self.assertEqual(nodes.thinnest.GetNumberOfControlPoints(), 1)
+        self.assertIsNotNone(nodes.model.GetPolyData().GetPointData().GetArray("margin_mm"))
+        self.delayDisplay("Test passed")
