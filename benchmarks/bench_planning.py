@@ -11,9 +11,10 @@ Needs the optional extras (torch, nnunetv2) and the real data (IMAGIO_DATA).
 * Equivalence: labels of both on real CTs (a crop of LIDC-0314 with test-time
   mirroring, and the sarcoma STS-002 CT, anisotropic 3.27 mm slices, without);
   Dice per class.
-* Speed and memory: each predictor runs in its own fresh process; wall time of
+* Speed and memory: each predictor runs in its own fresh process, --repeats
+  times, interleaved (the machine may be shared); best and median wall time of
   the prediction (preprocessing, sliding window, resampling back, argmax) and
-  the process's peak resident memory (ru_maxrss), also net of the memory the
+  the process's peak resident memory (VmHWM; ru_maxrss where /proc is absent), also net of the memory the
   process held after its imports. Ratios are nnU-Net / IMAGIO.
 * Peak memory of IMAGIO's engine on a 512x512x300 CT (LIDC-0314, 275 slices,
   padded to 300 by repeating its last slice), without mirroring.
@@ -38,7 +39,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+    """Peak resident memory of this process (MB).
+
+    VmHWM from /proc: unlike ru_maxrss, which Linux carries over execve from
+    the forking parent (so a child of a large parent reports the parent's
+    peak), it counts only this program. ru_maxrss is the fallback elsewhere.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux/BSD: kB
 
 
 def _current_rss_mb() -> float:
@@ -148,6 +162,16 @@ def make_large(tmp: Path) -> Path:
     return p
 
 
+def _combine(runs: list[dict]) -> dict:
+    """Best (minimum) time of the repeats, their median and all of them; the largest peak memory."""
+    times = [r["runtime_s"] for r in runs]
+    out = dict(runs[0])
+    out.update(runtime_s=min(times), runtime_median_s=float(np.median(times)), runtimes_s=times,
+               peak_rss_mb=max(r["peak_rss_mb"] for r in runs),
+               rss_after_setup_mb=min(r["rss_after_setup_mb"] for r in runs))
+    return out
+
+
 def dice_per_class(a: sitk.Image, b: sitk.Image, classes) -> dict:
     x, y = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
     out = {}
@@ -163,6 +187,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench_planning.json"))
     ap.add_argument("--model-dir", type=Path, help="nnU-Net v2 trained-model folder (made if left out)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each predictor per case (interleaved)")
     ap.add_argument("--skip-large", action="store_true", help="skip the 512x512x300 peak-memory run")
     ap.add_argument("--large-nnunet", action="store_true", help="also run nnU-Net on the 512x512x300 CT (slow)")
     a = ap.parse_args(argv)
@@ -182,12 +207,17 @@ def main(argv=None) -> int:
                "nnunetv2_version": __import__("importlib.metadata").metadata.version("nnunetv2"),
                "onnxruntime_version": __import__("onnxruntime").__version__, "cases": []}
     for case in make_cases(tmp):
-        ours = _child("ours", card, case["ct"], tmp / "ours.nrrd", int(case["mirroring"]), a.threads)
-        peer = _child("nnunet", model_dir, case["ct"], tmp / "peer.nrrd", int(case["mirroring"]), a.threads)
+        runs_ours, runs_peer = [], []
+        for _ in range(a.repeats):  # interleaved, so both see the same machine load; best and median reported
+            runs_ours.append(_child("ours", card, case["ct"], tmp / "ours.nrrd", int(case["mirroring"]), a.threads))
+            runs_peer.append(_child("nnunet", model_dir, case["ct"], tmp / "peer.nrrd", int(case["mirroring"]),
+                                    a.threads))
+        ours, peer = _combine(runs_ours), _combine(runs_peer)
         d = dice_per_class(sitk.ReadImage(str(tmp / "ours.nrrd")), sitk.ReadImage(str(tmp / "peer.nrrd")), classes)
         row = {"case": case["name"], "dice_per_class": {labels_name(labels, int(c)): v for c, v in d.items()},
                "imagio": ours, "nnunet": peer,
                "time_ratio_nnunet_over_imagio": peer["runtime_s"] / ours["runtime_s"],
+               "time_ratio_median_nnunet_over_imagio": peer["runtime_median_s"] / ours["runtime_median_s"],
                "peak_memory_ratio_imagio_over_nnunet": ours["peak_rss_mb"] / peer["peak_rss_mb"],
                "net_peak_memory_ratio_imagio_over_nnunet":
                    (ours["peak_rss_mb"] - ours["rss_after_setup_mb"]) / max(peer["peak_rss_mb"] - peer["rss_after_setup_mb"], 1e-6)}

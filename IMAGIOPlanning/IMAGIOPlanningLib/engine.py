@@ -295,7 +295,7 @@ class OnnxSegmenter:
                               "Give a larger image")
         data = np.empty((c.channels, *model_shape), np.float32)
         for ci, (ch, norm) in enumerate(zip(chans, c.normalization, strict=True)):
-            x = _normalise(np.asarray(ch[crop], dtype=np.float32), norm)
+            x = _normalise(np.array(ch[crop], dtype=np.float32), norm)
             data[ci] = resample_array(x, spacing_t, model_shape, c.anisotropy_threshold, c.force_separate_z)
             del x
             progress.update(0.05 * (ci + 1) / c.channels, "Resampled to the model spacing")

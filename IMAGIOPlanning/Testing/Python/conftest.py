@@ -58,3 +58,11 @@ def make_card(folder: Path, onnx_name: str, *, channels=1, classes=2, spacing=(2
 def pointwise_card(tmp_path):
     make_pointwise_model(tmp_path / "pw.onnx")
     return make_card(tmp_path, "pw.onnx")
+
+
+@pytest.fixture
+def models():
+    """The model builders above (pytest's importlib mode cannot import conftest by name)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pointwise=make_pointwise_model, card=make_card)

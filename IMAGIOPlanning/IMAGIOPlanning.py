@@ -1,0 +1,340 @@
+"""IMAGIOPlanning: lesion segmentation with nnU-Net-class ONNX models (no PyTorch) or from one click.
+
+The algorithms live in IMAGIOPlanningLib (no Qt; they run on any vtkMRMLScene). This file holds the
+Slicer module, its typed parameter node, the widget, a thin Logic adapter and the self-test. Model
+inference runs in a separate process (IMAGIOPlanningLib/worker.py, started with Slicer's Python), so
+Slicer never freezes; Apply turns into Cancel while it runs.
+"""
+
+import logging
+import pathlib
+import shutil
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+try:  # the shared core is put on sys.path by the hidden IMAGIOCommon module
+    import IMAGIOCommon  # noqa: F401
+except ImportError:
+    pass
+
+KINDS = ["lung-nodule", "liver-tumor", "soft-tissue"]
+
+
+class IMAGIOPlanning(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "IMAGIO Planning"
+        self.parent.categories = ["IMAGIO"]
+        self.parent.dependencies = ["IMAGIOCommon"]
+        self.parent.contributors = ["IMAGIO developers"]
+        self.parent.helpText = (
+            "Lesion segmentation for interventional planning. <b>Model</b>: runs an nnU-Net-class 3D model "
+            "exported to ONNX (<code>imagio export-onnx</code>) on ONNX Runtime, without PyTorch, in a background "
+            "process with progress and cancel; the model card beside the .onnx gives spacing, normalisation, "
+            "patch size and label names with SNOMED CT codes. The shipped 'phantom-lesions' model is a "
+            "demonstration trained on synthetic data and is not for clinical use. <b>Seed</b>: one point inside "
+            "a lung nodule, liver tumour or soft-tissue mass (optional radius in mm) and no model. Volumes are "
+            "reported in ml. Results are new segmentations you can correct in the Segment Editor. "
+            "See <a href='https://github.com/imagio/imagio'>the IMAGIO documentation</a>."
+        )
+        self.parent.acknowledgementText = "Uses ONNX Runtime, SimpleITK and Slicer's MRML. Not for clinical use."
+
+
+def _defaultCardPath() -> pathlib.Path:
+    from IMAGIOPlanningLib.card import SHIPPED_MODELS_DIR
+
+    return SHIPPED_MODELS_DIR / "phantom_lesions" / "phantom_lesions.json"
+
+
+@parameterNodeWrapper
+class IMAGIOPlanningParameterNode:
+    ctVolume: vtkMRMLScalarVolumeNode
+    method: Annotated[str, Choice(["Model", "Seed"])] = "Model"
+    modelCardPath: pathlib.Path
+    mirroring: bool = False
+    largestComponent: bool = False
+    seedPoints: vtkMRMLMarkupsFiducialNode
+    lesionKind: Annotated[str, Choice(KINDS)] = "lung-nodule"
+    radiusMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+
+
+class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._jobCt = None
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/IMAGIOPlanning.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = IMAGIOPlanningLogic()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(500)
+        self._timer.connect("timeout()", self._pollJob)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._cancelJob()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._cancelJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        if not p.ctVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                p.ctVolume = first
+        if not p.modelCardPath or str(p.modelCardPath) in ("", "."):
+            p.modelCardPath = _defaultCardPath()
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._updateGui()
+
+    def _updateGui(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        useModel = p.method == "Model"
+        self.ui.modelCollapsibleButton.collapsed = not useModel
+        self.ui.seedCollapsibleButton.collapsed = useModel
+        if self._job is not None:
+            return  # Apply is Cancel while a job runs
+        if useModel:
+            self.ui.modelInfoLabel.text = self.logic.describeCard(p.modelCardPath)
+            ok = bool(p.ctVolume and p.modelCardPath and pathlib.Path(p.modelCardPath).is_file())
+            tip = "Run the model in a background process" if ok else "Select a CT and a model card"
+        else:
+            ok = bool(p.ctVolume and p.seedPoints and p.seedPoints.GetNumberOfControlPoints() > 0)
+            tip = "Segment the lesion at the seed point" if ok else "Select a CT and place a seed point"
+        self.ui.applyButton.enabled = ok
+        self.ui.applyButton.toolTip = tip
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.progressBar.setFormat(f"{message} (%p%)")
+        slicer.app.processEvents()
+
+    def onApplyButton(self) -> None:
+        if self._job is not None:
+            self._cancelJob()
+            self.ui.resultLabel.text = "Cancelled; no segmentation was added."
+            return
+        p = self._parameterNode
+        if p.method == "Seed":
+            with slicer.util.tryWithErrorDisplay("Seeded segmentation failed.", waitCursor=True):
+                point = [0.0, 0.0, 0.0]
+                p.seedPoints.GetNthControlPointPositionWorld(0, point)
+                radius = p.radiusMm if p.radiusMm > 0 else None
+                result = self.logic.segmentFromSeed(p.ctVolume, point, p.lesionKind, radius, self._onProgress)
+                self._showResult(result)
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the model.", waitCursor=True):
+            self._job = self.logic.startModelSegmentation(p.ctVolume, p.modelCardPath, p.mirroring,
+                                                          p.largestComponent)
+            self._jobCt = p.ctVolume
+            self.ui.applyButton.text = "Cancel"
+            self.ui.applyButton.toolTip = "Stop the background process"
+            self.ui.applyButton.enabled = True
+            self.ui.resultLabel.text = "Running in a background process; Slicer stays usable."
+            self._timer.start()
+
+    def _pollJob(self) -> None:
+        job = self._job
+        if job is None:
+            self._timer.stop()
+            return
+        status = job.poll()
+        self.ui.progressBar.value = int(100 * status.fraction)
+        self.ui.progressBar.setFormat(f"{status.message} (%p%)")
+        if status.state == "running":
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.applyButton.text = "Apply"
+        try:
+            if status.state == "done":
+                with slicer.util.tryWithErrorDisplay("Could not load the model's result."):
+                    result = self.logic.loadModelResult(self._jobCt, job, self._parameterNode.modelCardPath)
+                    self._showResult(result)
+            elif status.state == "failed":
+                slicer.util.errorDisplay(f"Model segmentation failed: {status.message}")
+        finally:
+            job.cleanup()
+            self._updateGui()
+
+    def _cancelJob(self) -> None:
+        if self._job is not None:
+            self._timer.stop()
+            self._job.cleanup()  # ends the whole process tree
+            self._job = None
+            self.ui.applyButton.text = "Apply"
+            self.ui.progressBar.value = 0
+            self._updateGui()
+
+    def _showResult(self, result) -> None:
+        lines = [f"{s['name']}: {s['volume_ml']:.2f} ml ({s['voxel_count']} voxels)" for s in result.segments]
+        lines += [f"{name}: not found" for name in result.empty_labels]
+        where = f" on {result.execution_provider}" if result.execution_provider else ""
+        lines.append(f"Run time {result.runtime_s:.1f} s{where}. Correct it in the Segment Editor if needed.")
+        self.ui.resultLabel.text = "\n".join(lines)
+        result.node.CreateClosedSurfaceRepresentation()
+
+
+class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
+    """Thin adapter: Slicer's scene and parameter node over IMAGIOPlanningLib.logic.PlanningLogic."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return IMAGIOPlanningParameterNode(super().getParameterNode())
+
+    def _lib(self):
+        from IMAGIOPlanningLib.logic import PlanningLogic
+
+        return PlanningLogic(slicer.mrmlScene)
+
+    def describeCard(self, cardPath) -> str:
+        from imagio.errors import ImagioError
+        from IMAGIOPlanningLib.card import load_card
+
+        try:
+            card = load_card(cardPath)
+        except ImagioError as e:
+            return str(e)
+        use = "not for clinical use" if not card.clinical_use else "see its card for clinical use"
+        return f"{card.name}: {', '.join(lab.name for lab in card.labels[1:])} ({use})"
+
+    def segmentFromSeed(self, ctNode, pointRas, kind: str, radiusMm=None, progressCallback=None):
+        from imagio.progress import Progress
+
+        logging.info("IMAGIOPlanning: seeded %s segmentation", kind)
+        return self._lib().segment_from_seed(ctNode, pointRas, kind, radiusMm, Progress(progressCallback))
+
+    def segmentWithModel(self, ctNode, cardPath, mirroring=False, largestComponent=False, progressCallback=None):
+        """Run the model in this process (blocking); the widget uses startModelSegmentation instead."""
+        from imagio.progress import Progress
+
+        return self._lib().segment_with_model(ctNode, str(cardPath), mirroring=mirroring or None,
+                                              largest_component=largestComponent, progress=Progress(progressCallback))
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """Slicer's own Python launcher (PythonSlicer), so the worker sees the same packages."""
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def startModelSegmentation(self, ctNode, cardPath, mirroring=False, largestComponent=False):
+        from imagio.mrml import image_from_volume_node
+        from IMAGIOPlanningLib.background import BackgroundJob
+        from IMAGIOPlanningLib.card import load_card
+
+        card = load_card(cardPath)  # fail early, in the GUI, on a bad card
+        return BackgroundJob(image_from_volume_node(ctNode), card.path, mirroring="card" if mirroring else "off",
+                             largest_component=largestComponent, python_executable=self.pythonExecutable())
+
+    def loadModelResult(self, ctNode, job, cardPath):
+        from IMAGIOPlanningLib.card import load_card
+
+        info = job.result()
+        return self._lib().result_from_labels(ctNode, job.labels(), load_card(cardPath), info.get("runtime_s", 0.0),
+                                              info.get("execution_provider"), details={"windows": info.get("windows")})
+
+
+class IMAGIOPlanningTest(ScriptedLoadableModuleTest):
+    """Runs the Logic on the phantom inside Slicer: seeded and background-model segmentation."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_seeded_lung_nodule()
+        self.setUp()
+        self.test_model_in_background()
+
+    def _phantom(self):
+        from imagio.mrml import volume_node_from_image
+        from imagio.phantom import make_phantom
+
+        ph = make_phantom(0)
+        return ph, volume_node_from_image(slicer.mrmlScene, ph.ct, "CT")
+
+    def test_seeded_lung_nodule(self):
+        self.delayDisplay("Seeded lung nodule on the phantom")
+        ph, ct = self._phantom()
+        result = IMAGIOPlanningLogic().segmentFromSeed(ct, ph.lung_nodule_center_ras, "lung-nodule")
+        truth = ph.segments["lung_nodule"].volume_ml()
+        got = result.segments[0]["volume_ml"]
+        self.assertGreater(got, 0.5 * truth)
+        self.assertLess(got, 1.5 * truth)
+        self.delayDisplay("Seeded test passed")
+
+    def test_model_in_background(self):
+        import time
+
+        self.delayDisplay("Shipped model in a background process")
+        ph, ct = self._phantom()
+        logic = IMAGIOPlanningLogic()
+        job = logic.startModelSegmentation(ct, _defaultCardPath())
+        try:
+            deadline = time.monotonic() + 300
+            status = job.poll()
+            while status.state == "running" and time.monotonic() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.2)
+                status = job.poll()
+            self.assertEqual(status.state, "done", status.message)
+            result = logic.loadModelResult(ct, job, _defaultCardPath())
+            names = {s["name"] for s in result.segments}
+            self.assertIn("Liver tumor", names)
+        finally:
+            job.cleanup()
+        self.delayDisplay("Background model test passed")
