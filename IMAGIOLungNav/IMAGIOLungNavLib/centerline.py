@@ -216,11 +216,14 @@ def _trachea_top(comp: np.ndarray, label: int, image: sitk.Image, arr: np.ndarra
     return kji[slab == first]
 
 
-def _component_seed_near(comp_arr: np.ndarray, label: int, dist_to_main: np.ndarray) -> tuple[np.ndarray, float]:
+def _component_seed_near(comp_arr: np.ndarray, label: int, dist_to_main: np.ndarray,
+                         face_mm: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """Voxel of a piece nearest to the main tree, the gap (mm), and the piece's face towards the tree
+    (its voxels within ``face_mm`` of the nearest distance) from which its front starts."""
     kji = np.argwhere(comp_arr == label)
     d = dist_to_main[tuple(kji.T)]
     i = int(np.argmin(d))
-    return kji[i], float(d[i])
+    return kji[i], float(d[i]), kji[d <= d[i] + face_mm]
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -273,15 +276,17 @@ def extract_centerlines(mask: sitk.Image, seed_ras=None, progress: Progress | No
     main_mask = sitk.GetImageFromArray((comp == main).astype(np.uint8))
     main_mask.CopyInformation(m)
     seeds = [(seed, main, 0.0)]
+    faces = [top_kji]
     if n_comp > 1:
         d_main = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
             main_mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
         for lab in range(1, n_comp + 1):
             if lab == main or sizes[lab] < min_fragment_voxels:
                 continue
-            s, gap = _component_seed_near(comp, lab, d_main)
+            s, gap, face = _component_seed_near(comp, lab, d_main, max(m.GetSpacing()))
             if gap <= bridge_max_mm:
                 seeds.append((s, lab, gap))
+                faces.append(face)
     used = {lab for _, lab, _ in seeds}
     disconnected_ml = float(sum(sizes[lab] for lab in range(1, n_comp + 1) if lab not in used)) \
         * geometry.voxel_volume_ml(m)
@@ -289,8 +294,7 @@ def extract_centerlines(mask: sitk.Image, seed_ras=None, progress: Progress | No
     progress.update(0.25, "Propagating the front from the trachea")
     speed = sitk.Cast(m, sitk.sitkFloat32)
     fm = sitk.FastMarchingImageFilter()
-    trial = [tuple(int(v) for v in s[::-1]) for s, _, _ in seeds[1:]]
-    trial += [tuple(int(v) for v in s[::-1]) for s in top_kji]
+    trial = [tuple(int(v) for v in p[::-1]) for face in faces for p in face]
     fm.SetTrialPoints(trial)
     fm.SetStoppingValue(1e6)
     geo = sitk.GetArrayFromImage(fm.Execute(speed))

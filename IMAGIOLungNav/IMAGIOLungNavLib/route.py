@@ -252,8 +252,11 @@ def plan_route(tree: AirwayTree, target_ras=None, lesion: sitk.Image | None = No
     gen = tree.generation_of(exit_node)
     exit_branch = tree.branches[int(tree.branch_of[exit_node])]
     # target inside the trachea or a main bronchus: nothing to navigate
-    in_lumen = gap <= tree.radius_mm[exit_node] if lesion is None else gaps.min() <= 0.0
-    if in_lumen and gen <= 1:
+    # (for a lesion: its centroid in the lumen of the trachea or a main bronchus)
+    c_node = int(np.argmin(np.linalg.norm(pts - target, axis=1)))
+    in_lumen = float(np.linalg.norm(pts[c_node] - target)) <= tree.radius_mm[c_node]
+    if in_lumen and tree.generation_of(c_node) <= 1:
+        gen, exit_branch = tree.generation_of(c_node), tree.branches[int(tree.branch_of[c_node])]
         raise ImagioError(f"The target lies inside the {exit_branch.name or 'central airway'} (generation {gen})",
                           "Choose a target in the lung periphery; a central airway needs no navigation")
     if gap > max_gap_mm:
@@ -268,6 +271,8 @@ def plan_route(tree: AirwayTree, target_ras=None, lesion: sitk.Image | None = No
     route_pts = pts[path]
     if airway_mask is not None:
         route_pts = _keep_inside(route_pts, airway_mask)
+        # the gap is measured from the exit point as reported
+        gap = float(ld(route_pts[-1:])[0]) if lesion is not None else float(np.linalg.norm(route_pts[-1] - target))
     diam = _lumen_along(tree, path)
     seg = np.linalg.norm(np.diff(route_pts, axis=0), axis=1)
     length = float(seg.sum())
