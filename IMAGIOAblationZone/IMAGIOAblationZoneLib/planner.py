@@ -156,24 +156,57 @@ class PathChecker:
         return pts[last], clearance
 
 
-def _enclosing_centre(pts: np.ndarray, start: np.ndarray, iterations: int = 25) -> np.ndarray:
-    """Approximate centre of the smallest ball enclosing ``pts`` (Badoiu-Clarkson iterations)."""
+def _enclosing_centre(pts: np.ndarray, start: np.ndarray, iterations: int = 16) -> np.ndarray:
+    """Approximate centre of the smallest ball enclosing ``pts`` (Badoiu-Clarkson iterations).
+
+    Only the outer points (beyond half the largest distance from ``start``) can be the farthest
+    from a centre near ``start``, so the iterations run on those."""
     c = start.copy()
+    d2 = np.einsum("ij,ij->i", pts - c, pts - c)
+    pts = pts[d2 >= 0.25 * d2.max()]
     for t in range(iterations):
         far = pts[int(np.argmax(np.einsum("ij,ij->i", pts - c, pts - c)))]
         c += (far - c) / (t + 2)
     return c
 
 
+def _refine(points: np.ndarray, c: np.ndarray, iterations: int = 40) -> tuple[np.ndarray, float]:
+    """Coverage-maximising local search: each centre moves towards its points, uncovered ones weighing more."""
+    def covered(cc):
+        return float(np.mean(np.min(np.linalg.norm(points[:, None, :] - cc[None], axis=2), axis=1) <= 1.0))
+
+    best_c, best = c.copy(), covered(c)
+    for _ in range(iterations):
+        d = np.linalg.norm(points[:, None, :] - c[None], axis=2)
+        lab = np.argmin(d, axis=1)
+        unc = d.min(axis=1) > 1.0
+        if not unc.any():
+            break
+        moved = c.copy()
+        for j in range(len(c)):
+            sel = lab == j
+            if sel.any():
+                w = np.where(unc[sel], 3.0, 1.0)
+                moved[j] = c[j] + 0.5 * ((points[sel] * w[:, None]).sum(axis=0) / w.sum() - c[j])
+        c = moved
+        cov = covered(c)
+        if cov > best:
+            best, best_c = cov, c.copy()
+    return best_c, best
+
+
 def _kcentre(points: np.ndarray, n: int, rng: np.random.Generator, restarts: int = 4,
-             iterations: int = 25) -> tuple[np.ndarray, float]:
+             iterations: int = 25, need: float = 1.0) -> tuple[np.ndarray, float]:
     """Centres of n unit balls covering as many ``points`` (scaled frame) as possible; (centres, covered fraction).
 
     Farthest-point seeding, then alternating assignment and per-cluster smallest enclosing ball
-    (a k-centre heuristic); the best of a few restarts.
+    (a k-centre heuristic); the best of a few restarts (fewer when far from ``need``), then a
+    coverage-maximising refinement when close to it.
     """
     best = (None, -1.0)
-    for _r in range(restarts):
+    for r in range(restarts):
+        if r > 0 and best[1] < need - 0.08:
+            break  # far from the required coverage: more restarts will not get there
         centres = [points[rng.integers(len(points))]]
         d = np.linalg.norm(points - centres[0], axis=1)
         for _ in range(1, n):
@@ -196,6 +229,8 @@ def _kcentre(points: np.ndarray, n: int, rng: np.random.Generator, restarts: int
             if np.allclose(moved, c, atol=1e-4):
                 break
             c = moved
+    if need - 0.03 <= best[1] < need:
+        best = _refine(points, best[0])
     return best
 
 
@@ -271,7 +306,7 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
             w = np.cross(u, v)
             frame = np.c_[v / b, w / b, u / a]  # scaled coords = (p - centroid) @ frame
             q = (pts - centroid) @ frame
-            centres_q, cov = _kcentre(q, n, rng)
+            centres_q, cov = _kcentre(q, n, rng, need=need)
             if cov < best_overall[0] and cov < need:
                 continue
             inv = np.linalg.inv(frame)
