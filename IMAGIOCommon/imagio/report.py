@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from .geometry import ras_to_lps
 
 
-def _plane_reference(image: sitk.Image, point_ras, axis: str, pixel_mm: float | None = None) -> sitk.Image:
+def _plane_reference(image: sitk.Image, point_ras, axis: str, width_px: int = 512) -> sitk.Image:
     """A one-slice LPS grid through ``point_ras`` covering the image's physical extent."""
     from .geometry import physical_bounds_ras
 
@@ -23,7 +23,7 @@ def _plane_reference(image: sitk.Image, point_ras, axis: str, pixel_mm: float | 
     lo_lps, hi_lps = ras_to_lps(lo), ras_to_lps(hi)
     lo_lps, hi_lps = np.minimum(lo_lps, hi_lps), np.maximum(lo_lps, hi_lps)
     p = ras_to_lps(np.asarray(point_ras, float))
-    pix = pixel_mm or float(min(image.GetSpacing()))
+    pix = float(max(hi_lps - lo_lps)) / max(int(width_px), 16) or float(min(image.GetSpacing()))
     # columns run to patient left (radiological), rows to posterior (axial) or inferior (coronal)
     if axis == "axial":
         u, v, w = np.eye(3)[0], np.eye(3)[1], np.eye(3)[2]
@@ -64,7 +64,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def slice_png(path, image: sitk.Image, overlays=(), point_ras=None, axis: str = "axial",
-              window=(40.0, 400.0), markers_ras=(), fill_opacity: float = 0.3) -> Path:
+              window=(40.0, 400.0), markers_ras=(), fill_opacity: float = 0.3, width_px: int = 512) -> Path:
     """Write a slice picture through ``point_ras`` with coloured mask overlays (outline + translucent fill).
 
     ``overlays`` is a list of (mask image, (r, g, b) in 0..1); ``window`` is
@@ -77,7 +77,7 @@ def slice_png(path, image: sitk.Image, overlays=(), point_ras=None, axis: str = 
 
         point_ras = (centroid_ras(overlays[0][0]) if overlays
                      else ijk_to_ras(image, (np.array(image.GetSize()) - 1) / 2.0))
-    ref = _plane_reference(image, point_ras, axis)
+    ref = _plane_reference(image, point_ras, axis, width_px)
     grey = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), ref, sitk.Transform(),
                                                 sitk.sitkLinear, -1024.0))[0]
     c, w = window
@@ -97,7 +97,7 @@ def slice_png(path, image: sitk.Image, overlays=(), point_ras=None, axis: str = 
         if abs(idx[2]) > 3:
             continue
         i, j = int(round(idx[0])), int(round(idx[1]))
-        for d in range(-6, 7):
+        for d in range(-9, 10):
             for a, b in ((j, i + d), (j + d, i)):
                 if 0 <= a < rgb.shape[0] and 0 <= b < rgb.shape[1]:
                     rgb[a, b] = (0.1, 1.0, 0.1)
