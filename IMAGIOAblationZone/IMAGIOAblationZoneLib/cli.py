@@ -62,6 +62,8 @@ def register_cli(subparsers) -> None:
     pl.add_argument("--clearance-mm", type=float, default=3.0, help="clearance of the paths from avoid structures (mm)")
     pl.add_argument("--coverage-percent", type=float, default=99.0, help="required coverage of tumour + margin (%%)")
     pl.add_argument("--max-probes", type=int, default=5, help="most probes allowed (default 5)")
+    pl.add_argument("--max-tilt-deg", type=float, default=45.0,
+                    help="largest angle of a path from the axial plane in degrees (default 45)")
     pl.add_argument("--library", help="a device library JSON file (default: the bundled one)")
     pl.add_argument("--out", required=True, help="output folder")
     pl.set_defaults(func=_cmd_plan)
@@ -254,7 +256,7 @@ def _cmd_plan(args) -> int:
         raise ImagioError("None of the --avoid segments was selected", "Check --avoid-names against the segment names")
     body = body_from_ct(ct) if ct_is_image else None
     plan, d = logic.plan(grid, tumor_seg.mask, dev.id, args.margin_mm, avoid, body, args.clearance_mm,
-                         args.coverage_percent, args.max_probes)
+                         args.coverage_percent, args.max_probes, args.max_tilt_deg)
     inputs = [p for p in (args.tumor, args.ct, args.library, *args.avoid) if p]
     with staged_output(args.out, inputs=inputs) as stage:
         write_json(stage / "plan.json", d)

@@ -279,13 +279,15 @@ class AblationZoneLogic:
     def plan(self, grid: sitk.Image, tumor: sitk.Image | np.ndarray, device_id: str, margin_mm: float = 5.0,
              avoid: dict[str, sitk.Image | np.ndarray] | None = None, body: np.ndarray | None = None,
              clearance_mm: float = 3.0, required_percent: float = 99.0, max_probes: int = 5,
-             progress: Progress | None = None) -> tuple[Plan, dict]:
+             max_tilt_deg: float = 45.0, progress: Progress | None = None) -> tuple[Plan, dict]:
         """Plan probes; returns the plan and its JSON-ready dict (with minimal margin)."""
         dev = self.device(device_id)
         t = _as_array(tumor, grid, "tumour")
         av = {k: _as_array(v, grid, k) for k, v in (avoid or {}).items()}
+        if not 0.0 <= max_tilt_deg <= 90.0:
+            raise ImagioError(f"Tilt {max_tilt_deg} deg is out of range", "Give 0 to 90 degrees from the axial plane")
         plan = plan_ablation(grid, t, dev, margin_mm, av, body, clearance_mm, required_percent, max_probes,
-                             progress=progress)
+                             max_tilt_deg=max_tilt_deg, progress=progress)
         d = plan.as_dict()
         if plan.union_mask is not None and plan.probes:
             ctx = self.prepare(grid, t, margin_mm=margin_mm)

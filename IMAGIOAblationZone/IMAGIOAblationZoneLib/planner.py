@@ -3,7 +3,8 @@
 Method (documented in the plan output):
 
 1. Target = tumour grown by the margin (Euclidean, in mm, on the grid).
-2. Candidate probe directions on a sphere (Fibonacci); a path is the straight
+2. Candidate probe directions on a sphere (Fibonacci), within ``max_tilt_deg`` of the
+   axial plane (default 45 deg, the usual sub- or intercostal approaches); a path is the straight
    segment from the tip back along the probe to the skin (where it leaves the
    body mask, or the image when no CT is given). It must keep ``clearance_mm``
    from every avoid structure (distance map in mm) and must not enter the
@@ -238,7 +239,7 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
                   avoid: dict[str, np.ndarray] | None = None, body: np.ndarray | None = None,
                   clearance_mm: float = 3.0, required_percent: float = 99.0, max_probes: int = 5,
                   n_directions: int = 160, candidates: int = 16, max_points: int = 6000, seed: int = 0,
-                  progress: Progress | None = None) -> Plan:
+                  max_tilt_deg: float = 45.0, progress: Progress | None = None) -> Plan:
     """Plan probes for ``tumor`` (bool [k, j, i] on ``grid``); see the module docstring."""
     t_start = time.perf_counter()
     progress = ensure(progress)
@@ -272,6 +273,8 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
     checker = PathChecker(grid, avoid_union, body)
     # candidate directions: clear path from the target centre, shortest first
     dirs = fibonacci_directions(n_directions)
+    # percutaneous paths stay within max_tilt_deg of the axial plane (sub- or intercostal approaches)
+    dirs = dirs[np.abs(dirs[:, 2]) <= np.sin(np.deg2rad(max_tilt_deg)) + 1e-9]
     scored = []
     for u in dirs:
         entry, clear = checker.trace(centroid, u)
@@ -282,11 +285,11 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
     avoid_names = ", ".join(avoid) if avoid else "nothing"
     details = {"method": "parallel probes, k-centre cover of tumour + margin by the largest zone, then settings lowered",
                "entry_definition": "skin (CT body outline)" if body is not None else "where the path leaves the image (no CT given)",
-               "clearance_mm": clearance_mm, "avoid": list(avoid), "device": device.id}
+               "clearance_mm": clearance_mm, "max_tilt_deg": max_tilt_deg, "avoid": list(avoid), "device": device.id}
     if not scored:
         return Plan(False, [], 0.0, 0.0,
                     f"No straight path from the target centre keeps {clearance_mm:g} mm from {avoid_names} "
-                    f"(tried {n_directions} directions)", margin_mm, required_percent, target_ml,
+                    f"(tried {len(dirs)} directions within {max_tilt_deg:g} deg of the axial plane)", margin_mm, required_percent, target_ml,
                     time.perf_counter() - t_start, details=details)
     scored.sort(key=lambda x: (x[0], -x[2]))
     cand = scored[:candidates]
