@@ -113,6 +113,8 @@ class IMAGIOAblationZoneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self._zoneModel = None
+        self._observedLine = None
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:

@@ -263,6 +263,9 @@ class AblationZoneLogic:
             "table_zone_axes_mm": table.axes_mm,
             "criterion": "max temperature >= 60 C" if criterion == "isotherm" else "CEM43 >= 240 min",
             "max_temperature_c": round(float(res.t_max_c.max()), 2),
+            "model_limitations": ("no water vaporisation, charring or temperature-dependent tissue properties: the "
+                                  "peak temperature next to the antenna is not physical; the zone boundary is what "
+                                  "the source calibration fits (to ex-vivo table zones)"),
             "perfusion": bool(perfusion),
             "heat_sink_vessels": vessels is not None,
             "calibration": src.note,
