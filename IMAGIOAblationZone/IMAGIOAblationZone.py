@@ -193,6 +193,7 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         self.impl = AblationZoneLogic(slicer.mrmlScene)
         self._context = None
         self._contextKey = None
+        self._vessels = []
         self.lastSummary = ""
 
     def getParameterNode(self):
@@ -227,22 +228,27 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
                p.segmentation.GetMTime() if p.segmentation else 0, p.tumorSegmentName, p.vesselSegmentNames, p.marginMm)
         if key == self._contextKey:
             return self._context
+        from imagio.mrml import segments_from_segmentation_node
+
         tumor = None
-        vessels = {}
+        others = {}
+        vesselNames = {n.strip().lower() for n in (p.vesselSegmentNames or "").split(",") if n.strip()}
         if p.segmentation:
-            found = self._segments(p, p.tumorSegmentName)
-            if not found:
+            for s in segments_from_segmentation_node(p.segmentation, p.referenceVolume):
+                if s.name.lower() == (p.tumorSegmentName or "").strip().lower():
+                    tumor = s.mask
+                else:
+                    others[s.name] = s.mask  # every other segment: its fraction inside the zone is reported
+            if tumor is None:
                 raise ImagioError(f"No segment named '{p.tumorSegmentName}'", "Type the tumour segment's name")
-            tumor = next(iter(found.values()))
-            vessels = self._segments(p, p.vesselSegmentNames)
         if p.referenceVolume:
             grid = image_from_volume_node(p.referenceVolume)
         elif tumor is not None:
             grid = tumor
         else:
             raise ImagioError("No reference volume or segmentation", "Choose the CT or a segmentation")
-        self._context = self.impl.prepare(grid, tumor, vessels, p.marginMm)
-        self._vessels = vessels
+        self._context = self.impl.prepare(grid, tumor, others, p.marginMm)
+        self._vessels = [name for name in others if name.lower() in vesselNames]
         self._contextKey = key
         return self._context
 
@@ -250,8 +256,11 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         """Zone of the probe line with the chosen model; writes the zone segment, model and results table."""
         import numpy as np
 
+        from imagio.errors import ImagioError
         from imagio.mrml import add_table
 
+        if p.zoneSegmentation is not None and p.zoneSegmentation is p.segmentation:
+            raise ImagioError("The zone segmentation is the input segmentation", "Choose or create another node")
         ctx = self.context(p)
         tip, entry = self.impl.probe_from_line(p.probeLine)
         if p.model == "bioheat" and not live:

@@ -324,9 +324,9 @@ class AblationZoneLogic:
             self.scene.AddNode(segmentation_node)
             segmentation_node.CreateDefaultDisplayNodes()
         seg = segmentation_node.GetSegmentation()
-        if seg.GetNumberOfSegments() == 0:
-            seg.AddEmptySegment("ablation_zone", "ablation_zone", list(ZONE_COLOR))
-        sid = seg.GetNthSegmentID(0)
+        sid = seg.GetSegmentIdBySegmentName("ablation_zone")
+        if not sid:  # never overwrite another segment of a node the user chose
+            sid = seg.AddEmptySegment("", "ablation_zone", list(ZONE_COLOR))
         oi = _oriented_box(result.grid, result.box, result.mask_box)
         if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                 oi, segmentation_node, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):

@@ -135,3 +135,18 @@ def test_live_update_reuses_nodes_and_matches_the_mask():
     bounds = [0.0] * 6
     model.GetPolyData().GetBounds(bounds)
     assert bounds[5] - bounds[4] == pytest.approx(55.0, rel=0.02)  # the 55 mm long axis along S
+
+
+def test_zone_never_overwrites_another_segment_of_the_chosen_node():
+    from imagio.io import Segment
+    from imagio.mrml import segmentation_node_from_segments, segments_from_segmentation_node
+
+    grid = _grid(GRIDS[1])
+    logic = AblationZoneLogic(new_scene())
+    arr = np.zeros(grid.GetSize()[::-1], np.uint8)
+    arr[10:20, 10:20, 10:20] = 1
+    node = segmentation_node_from_segments(logic.scene, [Segment("liver", geometry.copy_geometry(arr, grid))], "Mine")
+    c = geometry.ijk_to_ras(grid, [45, 60, 35])
+    logic.update_zone_nodes(logic.table_zone(logic.prepare(grid), c, c - [0, 0, 80.0], "emprint", 45, 150), node)
+    segs = {s.name: s for s in segments_from_segmentation_node(node)}
+    assert set(segs) == {"liver", "ablation_zone"} and segs["liver"].voxel_count() == 1000
