@@ -12,8 +12,11 @@ Method (3D, in a region of interest around the seed, all distances in mm):
   reconstruction of its boundary).
 * liver-tumor and soft-tissue: intensity-adaptive region growing from the
   seed's own statistics (mean +- k std of a small sphere, smoothed image),
+  the range then widened to the half-contrast level towards the surrounding
+  tissue (median of a 3 mm shell) so partial-volume edges are kept,
   the same opening and seed-component rule, holes filled, and growth kept
-  within 1.5 radii of the seed (a leak into similar parenchyma is bounded).
+  within 1.2 given (1.5 estimated) radii of the seed, so a leak into similar
+  tissue is bounded.
 
 The radius, when not given, is estimated from the lesion-like region at the
 seed (inscribed radius x 1.6). Morphology uses Maurer distance maps, so balls
@@ -37,6 +40,10 @@ KINDS = {
     "liver-tumor": {"default_radius_mm": 20.0, "max_radius_mm": 80.0, "air_below_hu": -300.0, "k_std": 2.5},
     "soft-tissue": {"default_radius_mm": 25.0, "max_radius_mm": 100.0, "air_below_hu": -300.0, "k_std": 3.0},
 }
+SOFT_OPENING = 0.4   # opening radius / inscribed radius (liver-tumor, soft-tissue)
+SOFT_CLOSING = 0.0   # final closing radius / largest voxel spacing (0: none; it merged leaks on real sarcomas)
+SOFT_BOUND = (1.2, 1.5)   # growth stays within this many radii of the seed (radius given, estimated)
+SOFT_HALF_CONTRAST = True  # widen the intensity range to the half-contrast level of the surroundings
 SEGMENT_NAMES = {"lung-nodule": "Lung nodule", "liver-tumor": "Liver tumor", "soft-tissue": "Soft-tissue lesion"}
 
 
@@ -56,6 +63,7 @@ def _dist(mask: sitk.Image) -> sitk.Image:
 
 
 def dilate(mask: sitk.Image, r: float) -> sitk.Image:
+    """Add voxels within ``r`` mm of the mask (a physical ball on any grid)."""
     if r <= 0:
         return mask
     if not np.any(sitk.GetArrayViewFromImage(mask)):
@@ -64,11 +72,14 @@ def dilate(mask: sitk.Image, r: float) -> sitk.Image:
 
 
 def erode(mask: sitk.Image, r: float) -> sitk.Image:
+    """Keep voxels farther than ``r`` mm from every background voxel (the dual of :func:`dilate`)."""
     if r <= 0:
         return mask
-    if not np.any(sitk.GetArrayViewFromImage(mask)):
+    a = sitk.GetArrayViewFromImage(mask)
+    if not np.any(a) or np.all(a):
         return mask
-    return sitk.Cast(_dist(mask) <= -r, sitk.sitkUInt8)
+    background = sitk.Cast(mask == 0, sitk.sitkUInt8)
+    return sitk.Cast(_dist(background) > r, sitk.sitkUInt8)
 
 
 def opening(mask, r):
@@ -260,14 +271,27 @@ def _soft_lesion(roi, roi_arr, s_idx, radius_mm, cfg, info, progress):
         vol = float(np.count_nonzero(sitk.GetArrayViewFromImage(near))) * float(np.prod(sp))
         radius = float(np.clip((3.0 * vol / (4.0 * np.pi)) ** (1.0 / 3.0), 5.0, cfg["max_radius_mm"]))
     progress.update(0.5, "Bounding the region and cutting leaks (opening)")
-    ball = _sphere_mask(roi, c, 1.5 * radius)
+    ball = _sphere_mask(roi, c, (SOFT_BOUND[0] if radius_mm else SOFT_BOUND[1]) * radius)
     bounded = _bounded(comp, ball)
+    # half-contrast edge: widen the range towards the surrounding tissue's level, so partial-volume
+    # boundary voxels that are nearer the lesion than the surroundings are kept
+    shell = (sitk.GetArrayViewFromImage(dilate(bounded, 3.0)) > 0) & ~(sitk.GetArrayViewFromImage(bounded) > 0) & ball
+    if shell.any() and SOFT_HALF_CONTRAST:
+        around = float(np.median(sm[shell]))
+        mid = 0.5 * (mu + around)
+        if around > upper and mid > upper:
+            upper = mid
+        elif around < lower and mid < lower:
+            lower = mid
+        info.update(surrounding_hu=around, lower_hu=lower, upper_hu=upper)
+        grown = sitk.Cast((smooth >= lower) & (smooth <= upper), sitk.sitkUInt8)
+        bounded = _bounded(_component_at(grown, s_idx, search_mm=3.0), ball)
     inscribed = _inscribed_radius(bounded, s_idx, max(0.5 * radius, 4.0))
-    r_open = float(np.clip(0.4 * inscribed, float(sp.min()), 6.0))
+    r_open = float(np.clip(SOFT_OPENING * inscribed, float(sp.min()), 8.0))
     info.update(inscribed_radius_mm=inscribed, opening_radius_mm=r_open)
     core = _component_at(opening(bounded, r_open), s_idx, search_mm=max(inscribed, 3.0))
     if not np.any(sitk.GetArrayViewFromImage(core)):
         core = bounded
     mask = sitk.And(dilate(core, r_open), bounded)
-    mask = sitk.BinaryFillhole(closing(mask, 2.0 * float(sp.max())))
+    mask = sitk.BinaryFillhole(closing(mask, SOFT_CLOSING * float(sp.max())))
     return mask, radius
