@@ -133,7 +133,16 @@ def _mask_of(x, role: str) -> sitk.Image:
     if not isinstance(x, sitk.Image):
         raise ImagioError(f"The {role} is not a mask image", "Give a segment or a binary SimpleITK image")
     check_binary(x, role)
-    return sitk.Cast(x, sitk.sitkUInt8)
+    return x if x.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(x, sitk.sitkUInt8)
+
+
+def _as_mask(x, role: str) -> sitk.Image:
+    """The mask image of a Segment or image (checked later by compute_margin)."""
+    if isinstance(x, Segment):
+        x = x.mask
+    if not isinstance(x, sitk.Image):
+        raise ImagioError(f"The {role} is not a mask image", "Give a segment or a binary SimpleITK image")
+    return x
 
 
 def _verdict(mam: float, threshold: float, residual_ml: float, ci) -> tuple[str, str, bool]:
@@ -180,8 +189,12 @@ class MarginLogic:
             raise ImagioError(f"Sigma {sigma_mm} mm is not valid", "Give a registration uncertainty of 0 mm or more")
         if n_samples < 20:
             raise ImagioError(f"{n_samples} uncertainty samples are too few", "Use at least 20 (default 400)")
-        tumor_m = _mask_of(tumor, "tumour")
-        zone_m = _mask_of(zone, "ablation zone")
+        if register_mode == "none":  # compute_margin checks the masks (binary, non-empty) on the common grid
+            tumor_m, zone_m = _as_mask(tumor, "tumour"), _as_mask(zone, "ablation zone")
+            if tumor_m.GetPixelID() != zone_m.GetPixelID() or tumor_m.GetPixelID() != sitk.sitkUInt8:
+                tumor_m, zone_m = _mask_of(tumor_m, "tumour"), _mask_of(zone_m, "ablation zone")
+        else:
+            tumor_m, zone_m = _mask_of(tumor, "tumour"), _mask_of(zone, "ablation zone")
         notes: list[str] = []
         reg = None
         if register_mode == "none":
@@ -202,19 +215,21 @@ class MarginLogic:
             reg = register(pre_ct, post_ct, register_mode, tumor_m, zone_m, landmarks_pre_ras, landmarks_post_ras,
                            seed=seed, progress=progress.sub(0.0, 0.6))
         tumor_z = bring_tumor_to_zone(tumor_m, zone_m, reg)
-        before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))
-        after = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_z))) * float(np.prod(tumor_z.GetSpacing()))
-        if after == 0:
-            raise ImagioError("The tumour falls outside the ablation-zone image after alignment",
-                              "Check that the masks belong to the same patient and the registration")
-        if after < 0.9 * before:
-            raise ImagioError(f"Only {100 * after / before:.0f} % of the tumour volume lies inside the ablation-zone "
-                              "image", "Give an ablation-zone segmentation whose image covers the whole tumour")
-        if abs(after - before) > 0.05 * before:
-            notes.append(f"Resampling the tumour onto the zone grid changed its volume by "
-                         f"{100 * (after - before) / before:+.1f} %")
+        if tumor_z is not tumor_m:
+            before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))
+            after = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_z))) * float(np.prod(tumor_z.GetSpacing()))
+            if after == 0:
+                raise ImagioError("The tumour falls outside the ablation-zone image after alignment",
+                                  "Check that the masks belong to the same patient and the registration")
+            if after < 0.9 * before:
+                raise ImagioError(f"Only {100 * after / before:.0f} % of the tumour volume lies inside the "
+                                  "ablation-zone image",
+                                  "Give an ablation-zone segmentation whose image covers the whole tumour")
+            if abs(after - before) > 0.05 * before:
+                notes.append(f"Resampling the tumour onto the zone grid changed its volume by "
+                             f"{100 * (after - before) / before:+.1f} %")
         metrics = compute_margin(tumor_z, zone_m, threshold_mm, progress=progress.sub(0.6, 0.9))
-        if not np.any(sitk.GetArrayViewFromImage(tumor_z) & sitk.GetArrayViewFromImage(zone_m)):
+        if metrics.coverage_percent == 0.0:
             notes.append("The ablation zone does not touch the tumour: check the registration and the segments")
         if sigma_mm is not None:
             sigma, source = float(sigma_mm), "given by the user"

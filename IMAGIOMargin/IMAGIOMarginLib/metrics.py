@@ -52,23 +52,26 @@ SHELLS_MM = (0.0, 3.0, 5.0, 10.0)
 
 
 def check_binary(mask: sitk.Image, role: str) -> np.ndarray:
-    """Bool array [k, j, i] of a 0/1 mask; ImagioError for non-binary or empty masks."""
+    """Read-only array view [k, j, i] of a 0/1 mask; ImagioError for non-binary or empty masks."""
     if mask.GetDimension() != 3:
         raise ImagioError(f"The {role} mask is {mask.GetDimension()}D", "Give a 3D segmentation")
     if mask.GetNumberOfComponentsPerPixel() != 1:
         raise ImagioError(f"The {role} mask has several values per voxel", "Give a binary (0/1) segmentation")
     arr = sitk.GetArrayViewFromImage(mask)
-    values = np.unique(arr)
-    if not np.all(np.isin(values, (0, 1))):
+    lo, hi = arr.min(), arr.max()
+    binary = lo >= 0 and hi <= 1
+    if binary and arr.dtype.kind == "f":
+        binary = bool(np.all((arr == 0) | (arr == 1)))
+    if not binary:
+        values = np.unique(arr)
         shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if len(values) > 6 else "")
         raise ImagioError(
             f"The {role} mask is not binary (values {shown})",
             "Choose one segment (a 0/1 mask); for a label map pick the segment by name",
         )
-    out = arr.astype(bool)
-    if not out.any():
+    if hi == 0:
         raise ImagioError(f"The {role} segmentation is empty", f"Choose a {role} segment that contains voxels")
-    return out
+    return arr
 
 
 def refine(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,24 +140,23 @@ class MarginField:
 
 
 def trilinear(volume: np.ndarray, kji: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of ``volume`` at float positions [k, j, i] (clamped to the array)."""
+    """Trilinear interpolation of ``volume`` (every axis >= 2 long) at float positions [k, j, i], clamped."""
     shape = np.array(volume.shape)
-    p = np.clip(kji, 0, shape - 1)
-    p0 = np.minimum(np.floor(p).astype(np.intp), shape - 2).clip(0)
-    f = p - p0
-    k0, j0, i0 = p0[:, 0], p0[:, 1], p0[:, 2]
-    k1 = np.minimum(k0 + 1, shape[0] - 1)
-    j1 = np.minimum(j0 + 1, shape[1] - 1)
-    i1 = np.minimum(i0 + 1, shape[2] - 1)
+    p = np.clip(kji, 0.0, shape - 1.0001)
+    p0 = p.astype(np.intp)  # floor, p >= 0
+    f = (p - p0).astype(np.float32)
+    s0, s1 = int(shape[1] * shape[2]), int(shape[2])
+    base = p0[:, 0] * s0 + p0[:, 1] * s1 + p0[:, 2]
+    flat = volume.reshape(-1)
     fk, fj, fi = f[:, 0], f[:, 1], f[:, 2]
-    v = volume
-    c00 = v[k0, j0, i0] * (1 - fi) + v[k0, j0, i1] * fi
-    c01 = v[k0, j1, i0] * (1 - fi) + v[k0, j1, i1] * fi
-    c10 = v[k1, j0, i0] * (1 - fi) + v[k1, j0, i1] * fi
-    c11 = v[k1, j1, i0] * (1 - fi) + v[k1, j1, i1] * fi
-    c0 = c00 * (1 - fj) + c01 * fj
-    c1 = c10 * (1 - fj) + c11 * fj
-    return c0 * (1 - fk) + c1 * fk
+    c00 = flat[base] + (flat[base + 1] - flat[base]) * fi
+    c01 = flat[base + s1] + (flat[base + s1 + 1] - flat[base + s1]) * fi
+    b = base + s0
+    c10 = flat[b] + (flat[b + 1] - flat[b]) * fi
+    c11 = flat[b + s1] + (flat[b + s1 + 1] - flat[b + s1]) * fi
+    c0 = c00 + (c01 - c00) * fj
+    c1 = c10 + (c11 - c10) * fj
+    return c0 + (c1 - c0) * fk
 
 
 @dataclass
@@ -182,14 +184,20 @@ class MarginMetrics:
     notes: list[str] = field(default_factory=list)
 
 
-def _roi_bounds(tumor: np.ndarray, spacing_kji: np.ndarray, cap_mm: float) -> tuple[np.ndarray, np.ndarray]:
-    nz = np.nonzero(tumor.any(axis=(1, 2)))[0], np.nonzero(tumor.any(axis=(0, 2)))[0], np.nonzero(tumor.any(axis=(0, 1)))[0]
-    lo = np.array([a[0] for a in nz])
-    hi = np.array([a[-1] for a in nz])
+def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) [k, j, i] indices of the set voxels' bounding box."""
+    per_slice = mask.any(axis=(1, 2))
+    k = np.flatnonzero(per_slice)
+    slab = mask[k[0]:k[-1] + 1]  # the other axes only within the occupied slices
+    nz = [k, np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))]
+    return np.array([a[0] for a in nz]), np.array([a[-1] for a in nz])
+
+
+def _roi_bounds(bbox, shape, spacing_kji: np.ndarray, cap_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The bounding box grown by ``cap_mm`` (+2 voxels), allowed one voxel beyond the image (padding)."""
+    lo, hi = bbox
     pad = np.ceil(cap_mm / spacing_kji).astype(int) + 2
-    shape = np.array(tumor.shape)
-    # one voxel beyond the image on each side (padding = outside, neither tumour nor zone)
-    return np.maximum(lo - pad, -1), np.minimum(hi + pad, shape)
+    return np.maximum(lo - pad, -1), np.minimum(hi + pad, np.array(shape))
 
 
 def _crop_padded(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -200,7 +208,7 @@ def _crop_padded(a: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     dst_lo = src_lo - lo
     dst_hi = dst_lo + (src_hi - src_lo)
     out[dst_lo[0]:dst_hi[0] + 1, dst_lo[1]:dst_hi[1] + 1, dst_lo[2]:dst_hi[2] + 1] = \
-        a[src_lo[0]:src_hi[0] + 1, src_lo[1]:src_hi[1] + 1, src_lo[2]:src_hi[2] + 1]
+        a[src_lo[0]:src_hi[0] + 1, src_lo[1]:src_hi[1] + 1, src_lo[2]:src_hi[2] + 1] != 0
     return out
 
 
@@ -225,15 +233,18 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
             or t_full[:, :, 0].any() or t_full[:, :, -1].any():
         notes.append("The tumour touches the image edge; the part outside the image is unknown")
 
-    # tumour-only counts are exact on the full grid
-    n_tumor = int(np.count_nonzero(t_full))
-    n_covered = int(np.count_nonzero(t_full & z_full))
+    bbox = _bbox(t_full)
+    # the tumour's bounding box holds every tumour voxel: counts there are exact
+    (k0, j0, i0), (k1, j1, i1) = bbox
+    t_box = t_full[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1]
+    n_tumor = int(np.count_nonzero(t_box))
+    n_covered = int(np.count_nonzero((t_box != 0) & (z_full[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] != 0)))
     coverage = 100.0 * n_covered / n_tumor
     residual_ml = (n_tumor - n_covered) * voxel_ml
 
     while True:
         progress.update(0.05, "Cropping the region of interest")
-        lo, hi = _roi_bounds(t_full, spacing_kji, cap)
+        lo, hi = _roi_bounds(bbox, shape, spacing_kji, cap)
         whole = bool(np.all(lo <= -1) and np.all(hi >= shape))
         t = _crop_padded(t_full, lo, hi)
         z = _crop_padded(z_full, lo, hi)
@@ -261,12 +272,18 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
         progress.update(0.3, f"Margin beyond {cap / 2:.0f} mm: growing the region to {cap:.0f} mm")
 
     progress.update(0.6, "Shell coverage")
-    d_t = _edt(t_any, half)[::2, ::2, ::2]  # distance (mm) of voxel centres to the tumour box union
+    # only voxels within the largest shell matter: crop the lattice to the tumour box + that shell
+    s_lo, s_hi = _roi_bounds(bbox, shape, spacing_kji, max(SHELLS_MM))
+    a = 2 * (s_lo - lo)
+    b = 2 * (s_hi - lo) + 1
+    d_t = _edt(t_any[a[0]:b[0], a[1]:b[1], a[2]:b[2]], half)[::2, ::2, ::2]  # mm from voxel centres to the tumour
     del t_any
+    z_s = z[s_lo[0] - lo[0]:s_hi[0] - lo[0] + 1, s_lo[1] - lo[1]:s_hi[1] - lo[1] + 1,
+            s_lo[2] - lo[2]:s_hi[2] - lo[2] + 1]
     shells = {}
     for r in SHELLS_MM:
         sel = d_t <= r + 1e-6
-        shells[f"{r:g}"] = 100.0 * float(np.count_nonzero(sel & z)) / max(int(np.count_nonzero(sel)), 1)
+        shells[f"{r:g}"] = 100.0 * float(np.count_nonzero(sel & z_s)) / max(int(np.count_nonzero(sel)), 1)
     del d_t
 
     progress.update(0.8, "Thinnest point and histogram")
