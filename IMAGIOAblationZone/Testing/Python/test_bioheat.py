@@ -118,3 +118,23 @@ def test_bad_bioheat_input():
         bh.simulate(grid, ones * 0.5, ones * 3.8e6, ones * 0, ones * 0, 10.0, dt_s=100.0)
     with pytest.raises(ImagioError, match="shape"):
         bh.simulate(grid, ones[:-1], ones, ones, ones, 10.0)
+
+
+def test_long_work_reports_progress_and_can_be_cancelled():
+    from imagio.errors import Cancelled
+    from imagio.progress import Progress
+
+    grid, c, u = _probe_grid()
+    logic = AblationZoneLogic(new_scene())
+    seen = []
+    p = Progress(lambda f, m: seen.append(f))
+    logic.bioheat_zone(logic.prepare(grid), c, c - 100 * u, "emprint", 45, 150, progress=p)
+    assert seen[-1] == 1.0 and all(b >= a - 1e-9 for a, b in zip(seen, seen[1:], strict=False))
+    cancelled = Progress()
+    cancelled.cancel()
+    with pytest.raises(Cancelled):
+        logic.bioheat_zone(logic.prepare(grid), c, c - 100 * u, "emprint", 45, 150, progress=cancelled)
+    tumor = np.zeros(grid.GetSize()[::-1], bool)
+    tumor[35:45, 35:45, 25:35] = True
+    with pytest.raises(Cancelled):
+        logic.plan(grid, tumor, "emprint", progress=cancelled)
