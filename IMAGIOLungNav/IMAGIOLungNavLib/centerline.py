@@ -160,15 +160,16 @@ class AirwayTree:
 
 def _prepare_mask(mask: sitk.Image, max_anisotropy: float = 1.6) -> sitk.Image:
     """Binary uint8 mask cropped to its bounding box (+3 voxels), near-isotropic, holes filled."""
-    m = sitk.Cast(mask > 0, sitk.sitkUInt8)
-    arr = sitk.GetArrayViewFromImage(m)
-    nz = np.argwhere(arr)
-    if len(nz) == 0:
+    m = mask if mask.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(mask != 0, sitk.sitkUInt8)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(m)
+    if not stats.GetLabels():
         raise ImagioError("The airway mask is empty", "Give a segmentation that contains the airway tree")
-    lo = np.maximum(nz.min(axis=0) - 3, 0)
-    hi = np.minimum(nz.max(axis=0) + 4, np.array(arr.shape))
-    size = [int(v) for v in (hi - lo)[::-1]]
-    m = sitk.RegionOfInterest(m, size, [int(v) for v in lo[::-1]])
+    boxes = np.array([stats.GetBoundingBox(v) for v in stats.GetLabels()])  # (x, y, z, size_x, size_y, size_z)
+    lo = np.maximum(boxes[:, :3].min(axis=0) - 3, 0)
+    hi = np.minimum((boxes[:, :3] + boxes[:, 3:]).max(axis=0) + 3, np.array(m.GetSize()))
+    m = sitk.RegionOfInterest(m, [int(v) for v in hi - lo], [int(v) for v in lo])
+    m = sitk.Cast(m != 0, sitk.sitkUInt8)
     sp = np.array(m.GetSpacing())
     if sp.max() / sp.min() > max_anisotropy:
         iso = max(sp.min(), sp.max() / 3.0)
@@ -230,7 +231,7 @@ def _component_seed_near(comp_arr: np.ndarray, label: int, dist_to_main: np.ndar
 
 def extract_centerlines(mask: sitk.Image, seed_ras=None, progress: Progress | None = None,
                         band_mm: float | None = None, min_branch_mm: float = 3.0,
-                        prune_factor: float = 1.5, bridge_max_mm: float = 10.0,
+                        prune_factor: float = 1.0, bridge_max_mm: float = 10.0,
                         min_fragment_voxels: int = 30) -> AirwayTree:
     """Centerline tree of an airway mask (SimpleITK, any grid/orientation).
 
@@ -304,11 +305,22 @@ def extract_centerlines(mask: sitk.Image, seed_ras=None, progress: Progress | No
     progress.update(0.45, "Clustering the wave fronts")
     bands = np.zeros(arr.shape, np.uint32)
     bands[inside] = (geo[inside] / band_mm).astype(np.uint32) + 1
-    band_img = sitk.GetImageFromArray(bands)
-    labels = sitk.GetArrayFromImage(sitk.ScalarConnectedComponent(band_img, 0.5, True))
+    # connected pieces of each band: bands of one parity are never face-neighbours (face neighbours
+    # differ by at most one voxel of distance < band_mm), so a face-connected labelling of the even
+    # bands and one of the odd bands separate every band; pairing label and band keeps it exact
     flat_idx = np.flatnonzero(inside)
-    lab = labels.ravel()[flat_idx].astype(np.int64)
-    uniq, node_of_vox = np.unique(lab, return_inverse=True)
+    band_vox = bands.ravel()[flat_idx].astype(np.int64)
+    lab = np.zeros(len(flat_idx), np.int64)
+    offset = 0
+    for parity in (0, 1):
+        sel = np.zeros(arr.shape, np.uint8)
+        sel.ravel()[flat_idx[band_vox % 2 == parity]] = 1
+        cc_par = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(sel), False))
+        mine = band_vox % 2 == parity
+        lab[mine] = cc_par.ravel()[flat_idx[mine]].astype(np.int64) + offset
+        offset = int(lab.max()) + 1
+    key = lab * (int(band_vox.max()) + 1) + band_vox
+    uniq, node_of_vox = np.unique(key, return_inverse=True)
     n_nodes = len(uniq)
     band_of_node = np.zeros(n_nodes, np.int64)
     band_of_node[node_of_vox] = bands.ravel()[flat_idx]
@@ -480,7 +492,8 @@ def _build_tree(pts, radius, parent, keep, root, sp, min_branch_mm, prune_factor
                 continue
             seg = np.linalg.norm(np.diff(pts[chain], axis=0), axis=1).sum()
             jr = radius[chain[0]]
-            if seg < max(min_branch_mm, prune_factor * jr):
+            # what sticks out of the parent's lumen must be longer than the parent is wide (half)
+            if seg - jr < max(min_branch_mm, prune_factor * jr):
                 keep[chain[1:]] = False
                 removed = True
         if not removed:

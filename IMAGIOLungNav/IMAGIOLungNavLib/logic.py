@@ -160,7 +160,7 @@ def _check_in_lungs(lungs: sitk.Image, target_ras, lesion: sitk.Image | None, to
     d = sitk.SignedMaurerDistanceMap(lungs, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
     darr = sitk.GetArrayViewFromImage(d)
     if lesion is not None:
-        les = sitk.GetArrayViewFromImage(_on_grid(lesion, lungs, "lesion segmentation")) > 0
+        les = sitk.GetArrayFromImage(_on_grid(lesion, lungs, "lesion segmentation")) > 0
         if not np.any(les):
             raise ImagioError("The lesion segment is empty", "Choose a lesion segment that contains voxels")
         dist = float(darr[les].min())
