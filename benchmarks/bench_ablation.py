@@ -223,7 +223,47 @@ def bench_bioheat(quick: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ 4. validation
-def bench_validation() -> dict:
+def _profile_svg(series, xlabel: str, ylabel: str, width: int = 560, height: int = 320) -> str:
+    """A log-y line/point plot: series = [(label, x, y, colour, 'line'|'points')]."""
+    ml, mb, mr, mt = 60, 42, 150, 12
+    pw, ph = width - ml - mr, height - mt - mb
+    xs = np.concatenate([np.asarray(x, float) for _, x, _, _, _ in series])
+    ys = np.concatenate([np.asarray(y, float) for _, _, y, _, _ in series])
+    ys = ys[ys > 0]
+    x0, x1 = float(xs.min()), float(xs.max())
+    y0, y1 = np.log10(ys.min()), np.log10(ys.max())
+
+    def sx(v):
+        return ml + (v - x0) / (x1 - x0) * pw
+
+    def sy(v):
+        return mt + ph - (np.log10(max(v, 10 ** y0)) - y0) / (y1 - y0) * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
+           f'font-family="sans-serif"><rect width="{width}" height="{height}" fill="white"/>']
+    out.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{ml + pw}" y2="{mt + ph}" stroke="black"/>'
+               f'<line x1="{ml}" y1="{mt}" x2="{ml}" y2="{mt + ph}" stroke="black"/>')
+    for t in np.linspace(x0, x1, 6):
+        out.append(f'<text x="{sx(t):.1f}" y="{mt + ph + 14}" text-anchor="middle">{t:.0f}</text>')
+    for e in range(int(np.floor(y0)), int(np.ceil(y1)) + 1):
+        if y0 <= e <= y1:
+            out.append(f'<text x="{ml - 4}" y="{sy(10.0 ** e) + 4:.1f}" text-anchor="end">{10.0 ** e:g}</text>')
+    for n, (label, x, y, col, kind) in enumerate(series):
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if kind == "line":
+            pts = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y, strict=True) if b > 0)
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{col}" stroke-width="1.5"/>')
+        else:
+            out += [f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2.5" fill="{col}"/>' for a, b in zip(x, y, strict=True)
+                    if b > 0]
+        out.append(f'<text x="{ml + pw + 8}" y="{mt + 14 + 16 * n}" fill="{col}">{label}</text>')
+    out.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">{xlabel}</text>')
+    out.append(f'<text x="14" y="{mt + ph / 2:.1f}" transform="rotate(-90 14 {mt + ph / 2:.1f})" '
+               f'text-anchor="middle">{ylabel}</text></svg>')
+    return "".join(out)
+
+
+def bench_validation(figures: Path | None = None) -> dict:
     liver = bh.TISSUES["liver"]
     grid = oblique_image(size=(61, 61, 49), spacing=(1.0, 1.0, 1.25), origin_ras=(-30.0, -30.0, -30.0))
     shape = grid.GetSize()[::-1]
@@ -247,6 +287,20 @@ def bench_validation() -> dict:
             row[f"r_{lo:g}_{hi:g}_mm"] = {"median_rel_error_percent": round(100 * float(np.median(rel)), 2),
                                           "max_rel_error_percent": round(100 * float(rel.max()), 2)}
         val[label] = row
+        if figures is not None and not label.startswith("no_perf"):
+            edges = np.arange(2.5, 20.6, 1.0)
+            mid = 0.5 * (edges[:-1] + edges[1:])
+            binned = [float(rise[(r >= a) & (r < b)].mean()) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+            rr = np.linspace(2.0, 20.5, 200)
+            exact = bh.analytic_point_source(rr, t_an, 2.0, liver.k_w_per_m_k, liver.rho_c_j_per_m3_k, wb)
+            title = "300 s, liver perfusion" if label.startswith("transient") else "steady state, w = 6e-3 1/s"
+            figs = val.setdefault("_series", [])
+            figs += [(f"analytic, {title}", rr, exact, "#d62728" if figs == [] else "#1f77b4", "line"),
+                     (f"solver, {title}", mid, binned, "#d62728" if len(figs) == 1 else "#1f77b4", "points")]
+    series = val.pop("_series", None)
+    if figures is not None and series:
+        (figures / "bioheat_vs_analytic.svg").write_text(_profile_svg(
+            series, "distance from a 2 W point source (mm)", "temperature rise (K)"))
     # calibration vs table, vessel-free; heat sink next to a 6 mm vessel
     grid = oblique_image(size=(80, 80, 60), spacing=(1.0, 1.0, 1.25), origin_ras=(-40.0, -40.0, -40.0))
     c = geometry.ijk_to_ras(grid, [40, 40, 30])
@@ -282,6 +336,19 @@ def bench_validation() -> dict:
         box = tuple(slice(a, b) for a, b in zip(free.box[::2], free.box[1::2], strict=True))
         lumen = int((free.mask_box.astype(bool) & vessel[box]).sum())
         vox = geometry.voxel_volume_ml(grid)
+        if figures is not None and dist == 16.0:
+            from imagio.report import slice_png
+
+            def full(res):
+                arr = np.zeros(grid.GetSize()[::-1], np.uint8)
+                arr[tuple(slice(a, b) for a, b in zip(res.box[::2], res.box[1::2], strict=True))] = res.mask_box
+                return geometry.copy_geometry(arr, grid)
+
+            blank = sitk.Cast(geometry.copy_geometry(np.zeros(grid.GetSize()[::-1], np.uint8), grid), sitk.sitkFloat32)
+            slice_png(figures / "heat_sink_axial.png", blank, [
+                (full(free), (1.0, 0.65, 0.0)), (full(sink), (0.9, 0.1, 0.6)),
+                (geometry.copy_geometry(vessel.astype(np.uint8), grid), (0.1, 0.3, 1.0))], c, "axial",
+                window=(0.0, 400.0))
         sinks.append({
             "vessel_axis_from_probe_mm": dist, "vessel_diameter_mm": 6.0,
             "radius_towards_vessel_no_vessel_mm": round(bh.ray_extent_mm(free.mask_box, g, c, side), 1),
@@ -318,6 +385,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_ablation.json")
     ap.add_argument("--quick", action="store_true", help="fewer cases and updates (a smoke run)")
+    ap.add_argument("--figures", help="folder for the figures (bioheat_vs_analytic.svg, heat_sink_axial.png)")
     args = ap.parse_args()
     import vtk
 
@@ -325,7 +393,10 @@ def main() -> int:
     result = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                           "platform": platform.platform()}}
     t0 = time.perf_counter()
-    result["validation"] = bench_validation()
+    figures = Path(args.figures) if args.figures else None
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+    result["validation"] = bench_validation(figures)
     print(json.dumps(result["validation"], indent=1), flush=True)
     result["bioheat_speed"] = bench_bioheat(args.quick)
     print(json.dumps(result["bioheat_speed"], indent=1), flush=True)
