@@ -39,6 +39,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--start", help="optional start point R,A,S in mm (default: the top of the trachea)")
     p.add_argument("--max-gap-mm", type=float, default=60.0,
                    help="refuse targets farther than this from any airway, in mm (default 60)")
+    p.add_argument("--airway-model", help="optional model card (.json) of an ONNX airway model that refines the "
+                   "segmentation of --ct (IMAGIOPlanning's engine; its additions pass the same leak control)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run_cli)
 
@@ -62,11 +64,14 @@ def run_cli(args) -> int:
     if args.lesion:
         segs = read_segmentation(Path(args.lesion), reference=ct) if ct is not None else read_segmentation(args.lesion)
         lesion = find_segment(segs, args.lesion_segment).mask
+    if args.airway_model and not args.ct:
+        raise ImagioError("--airway-model refines a segmentation of --ct", "Give --ct with --airway-model")
     inputs = [p for p in (args.ct, args.airway, args.lesion) if p]
     logic = LungNavLogic()
     result = logic.compute(ct=ct, airway=airway, target_ras=target, lesion=lesion,
                            scope_diameter_mm=args.scope_diameter_mm, start_ras=start,
-                           max_gap_mm=args.max_gap_mm, progress=Progress(_print_progress))
+                           max_gap_mm=args.max_gap_mm, airway_model=args.airway_model,
+                           progress=Progress(_print_progress))
     with staged_output(args.out, inputs=inputs) as stage:
         if ct is not None:
             from imagio.mrml import volume_node_from_image

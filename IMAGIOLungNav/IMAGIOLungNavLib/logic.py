@@ -55,8 +55,12 @@ class LungNavLogic:
     # ------------------------------------------------------------------ image level (no nodes needed)
     def compute(self, ct: sitk.Image | None = None, airway: sitk.Image | None = None, target_ras=None,
                 lesion: sitk.Image | None = None, scope_diameter_mm: float = 4.2, start_ras=None,
-                max_gap_mm: float = 60.0, progress: Progress | None = None) -> LungNavResult:
-        """Route from a CT (segmented here) or an airway mask to a target point or lesion mask."""
+                max_gap_mm: float = 60.0, airway_model=None, progress: Progress | None = None) -> LungNavResult:
+        """Route from a CT (segmented here) or an airway mask to a target point or lesion mask.
+
+        ``airway_model``: optional model card (.json) of an ONNX airway model that refines the
+        segmentation of the CT (run by IMAGIOPlanning's engine, under the same leak control).
+        """
         progress = ensure(progress)
         if (ct is None) == (airway is None):
             raise ImagioError("Give either a CT or an airway segmentation (not both, not neither)",
@@ -67,7 +71,11 @@ class LungNavLogic:
         segmentation = None
         lungs = None
         if ct is not None:
-            segmentation = segment_airway(ct, progress=progress.sub(0.0, 0.55))
+            refine = None
+            if airway_model is not None:
+                from .segment import onnx_refiner
+                refine = onnx_refiner(airway_model)
+            segmentation = segment_airway(ct, progress=progress.sub(0.0, 0.55), refine=refine)
             airway = segmentation.mask
             lungs = segmentation.lungs
         else:

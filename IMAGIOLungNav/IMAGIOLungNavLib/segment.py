@@ -10,8 +10,12 @@
 4. Peripheral refinement with leak control: the voxels added by a higher
    threshold are split into connected pieces, and only small pieces (a
    branch, not a leak into the parenchyma) are accepted.
-5. Optional refinement by an ONNX model (``refine``: a callable taking the
-   CT and the mask and returning a probability or mask image).
+5. Optional refinement by a model (``refine``: a callable taking the CT
+   region and the mask and returning a proposed airway mask; see
+   :func:`onnx_refiner` for an ONNX model run by IMAGIOPlanning's engine).
+   The proposal only adds pieces that touch the tree and are small enough
+   to be a branch (the same leak control as step 4); what it adds and what
+   it was refused are reported.
 
 Everything works on SimpleITK images (LPS); only :mod:`imagio.geometry`
 converts to RAS.
@@ -42,6 +46,8 @@ class AirwaySegmentation:
     curve: list[tuple[float, float]] = field(default_factory=list)  # (threshold HU, volume ml)
     refined_pieces: int = 0          # accepted peripheral pieces
     rejected_pieces: int = 0         # rejected (leaking) peripheral pieces
+    model_added_ml: float = 0.0      # volume the refinement model added
+    model_refused_ml: float = 0.0    # volume it proposed that was refused (too big: a leak; or detached)
 
     def leak_check(self) -> dict:
         """Figures of the leak check (all with units in the key)."""
@@ -54,6 +60,8 @@ class AirwaySegmentation:
             "explosion_threshold_hu": self.explosion_hu,
             "refined_pieces": self.refined_pieces,
             "rejected_leak_pieces": self.rejected_pieces,
+            "model_added_ml": round(self.model_added_ml, 3),
+            "model_refused_ml": round(self.model_refused_ml, 3),
             "leak_suspected": bool(self.volume_ml > 250.0 or frac > 6.0),
         }
 
@@ -175,7 +183,8 @@ def _seed_voxels(ct: sitk.Image, seed_ras: np.ndarray, hu_max: float) -> list[tu
 def segment_airway(ct: sitk.Image, progress: Progress | None = None, seed_ras=None,
                    start_hu: float = -960.0, stop_hu: float = -750.0, step_hu: float = 10.0,
                    explosion_ratio: float = 1.35, refine_hu: float = 120.0, max_piece_ml: float = 0.3,
-                   refine: Callable[[sitk.Image, sitk.Image], sitk.Image] | None = None) -> AirwaySegmentation:
+                   refine: Callable[[sitk.Image, sitk.Image], sitk.Image] | None = None,
+                   refine_max_piece_ml: float = 2.0) -> AirwaySegmentation:
     """Segment the airway lumen of a chest CT in HU. Raises ImagioError when there is none."""
     progress = ensure(progress)
     if ct.GetDimension() != 3:
@@ -228,10 +237,11 @@ def segment_airway(ct: sitk.Image, progress: Progress | None = None, seed_ras=No
     # keep the piece connected to the trachea
     cc = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), sortByObjectSize=True)
     mask = sitk.Cast(cc == 1, sitk.sitkUInt8)
+    added_ml = refused_ml = 0.0
     if refine is not None:
         progress.update(0.8, "Refining with the model")
-        out = refine(roi, mask)
-        mask = sitk.Cast(sitk.Resample(out, roi, sitk.Transform(), sitk.sitkLinear, 0.0) >= 0.5, sitk.sitkUInt8)
+        proposal = refine(roi, mask)
+        mask, added_ml, refused_ml = merge_proposal(mask, proposal, refine_max_piece_ml)
     # back onto the whole CT grid
     full = sitk.Image(ct.GetSize(), sitk.sitkUInt8)
     full.CopyInformation(ct)
@@ -244,7 +254,52 @@ def segment_airway(ct: sitk.Image, progress: Progress | None = None, seed_ras=No
     progress.update(1.0, f"Airway {vol:.1f} ml")
     return AirwaySegmentation(mask=full, lungs=lungs_full, trachea_seed_ras=seed_ras, threshold_hu=accepted_t,
                               explosion_hu=explosion, volume_ml=vol, lung_volume_ml=lung_ml, curve=curve,
-                              refined_pieces=n_ok, rejected_pieces=n_bad)
+                              refined_pieces=n_ok, rejected_pieces=n_bad, model_added_ml=added_ml,
+                              model_refused_ml=refused_ml)
+
+
+def merge_proposal(mask: sitk.Image, proposal: sitk.Image, max_piece_ml: float) -> tuple[sitk.Image, float, float]:
+    """Add the pieces of ``proposal`` that touch ``mask`` and hold at most ``max_piece_ml`` each.
+
+    Returns (new mask, added ml, refused ml). A piece larger than that is a leak into the
+    parenchyma; a piece that does not touch the tree cannot be reached through it.
+    """
+    if not geometry.same_grid(proposal, mask):
+        proposal = geometry.resample_to(proposal, mask, nearest=True)
+    prop = sitk.Cast(proposal > 0, sitk.sitkUInt8)
+    new = sitk.And(prop, sitk.Not(mask))
+    relabel = sitk.RelabelComponentImageFilter()
+    lab = sitk.GetArrayFromImage(relabel.Execute(sitk.ConnectedComponent(new, True)))
+    sizes = np.bincount(lab.ravel())
+    vox_ml = geometry.voxel_volume_ml(mask)
+    ring = sitk.GetArrayFromImage(sitk.BinaryDilate(mask, [1, 1, 1])) > 0
+    touching = np.zeros(len(sizes), bool)
+    touching[np.unique(lab[ring & (lab > 0)])] = True
+    ok = touching & (sizes * vox_ml <= max_piece_ml)
+    ok[0] = False
+    add = ok[lab]
+    out = sitk.GetArrayFromImage(mask).astype(bool) | add
+    img = sitk.GetImageFromArray(out.astype(np.uint8))
+    img.CopyInformation(mask)
+    added = float(sizes[ok].sum()) * vox_ml
+    refused = float(sizes[1:].sum()) * vox_ml - added
+    return img, added, refused
+
+
+def onnx_refiner(card_path, label: str = "airway") -> Callable[[sitk.Image, sitk.Image], sitk.Image]:
+    """A ``refine`` callable that runs an ONNX model (IMAGIOPlanning's model card and engine) on the CT region
+    and proposes its label whose name contains ``label`` (or label 1 when none does)."""
+    from IMAGIOPlanningLib.engine import OnnxSegmenter
+
+    segmenter = OnnxSegmenter(card_path)
+    names = {lab.value: lab.name for lab in segmenter.card.labels}
+    value = next((v for v, n in names.items() if label.lower() in n.lower()), 1)
+
+    def refine(ct_roi: sitk.Image, mask: sitk.Image) -> sitk.Image:
+        result = segmenter.predict(ct_roi)
+        return sitk.Cast(result.labels == value, sitk.sitkUInt8)
+
+    return refine
 
 
 def _refine_periphery(roi: sitk.Image, base: sitk.Image, t: float, extra_hu: float, max_piece_ml: float,
