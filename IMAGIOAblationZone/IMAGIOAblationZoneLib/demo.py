@@ -68,8 +68,12 @@ def demo_step(ctx) -> None:
         p = plan.probes[0]
         others = {"hepatic_vessels": vessels.mask} if vessels is not None else {}
         zctx = logic.prepare(ct, tumor.mask, others, MARGIN_MM)
+        tissues = {}
+        if "liver" in segs:  # tissue properties per segment: liver inside the liver, soft tissue elsewhere
+            tissues["soft_tissue"] = ~segs["liver"].array()
         res = logic.bioheat_zone(zctx, p.tip_ras, p.entry_ras, DEVICE, p.setting.power_w, p.setting.time_s,
-                                 vessels=vessels.mask if vessels is not None else None, progress=progress.sub(0.55, 0.95))
+                                 vessels=vessels.mask if vessels is not None else None, tissue_labels=tissues,
+                                 progress=progress.sub(0.55, 0.95))
         bm = res.metrics
         summary["bioheat_probe1"] = {k: bm[k] for k in ("zone_axes_mm", "table_zone_axes_mm", "coverage_percent",
                                                          "margin_coverage_percent", "minimal_margin_mm",

@@ -113,6 +113,9 @@ def test_bad_bioheat_input():
     with pytest.raises(ImagioError, match="cryo"):
         logic.bioheat_zone(logic.prepare(grid), c, c - 50 * u, "icerod", 0, 600)
     shape = grid.GetSize()[::-1]
+    with pytest.raises(ImagioError, match="Unknown tissue"):
+        logic.bioheat_zone(logic.prepare(grid), c, c - 50 * u, "emprint", 45, 150,
+                           tissue_labels={"bone": np.zeros(shape, bool)})
     ones = np.ones(shape, np.float32)
     with pytest.raises(ImagioError, match="stable limit"):
         bh.simulate(grid, ones * 0.5, ones * 3.8e6, ones * 0, ones * 0, 10.0, dt_s=100.0)
