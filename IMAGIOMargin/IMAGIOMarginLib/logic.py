@@ -215,7 +215,7 @@ class MarginLogic:
             reg = register(pre_ct, post_ct, register_mode, tumor_m, zone_m, landmarks_pre_ras, landmarks_post_ras,
                            seed=seed, progress=progress.sub(0.0, 0.6))
         tumor_z = bring_tumor_to_zone(tumor_m, zone_m, reg)
-        if tumor_z is not tumor_m:
+        if reg is not None or not same_grid(tumor_m, zone_m):
             before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))
             after = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_z))) * float(np.prod(tumor_z.GetSpacing()))
             if after == 0:

@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from imagio.errors import ImagioError
-from imagio.geometry import bounds_overlap, ras_to_lps, resample_to
+from imagio.geometry import bounds_overlap, ras_to_lps, resample_to, same_grid
 
 MODES = ("none", "rigid", "deformable")
 
@@ -167,7 +167,7 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
         tumor_tx = local
     progress.update(0.95, "Registration quality")
     quality["ncc_after"] = _ncc(fixed, moving, full, metric_mask_arr)
-    err = _tre(tumor_tx, landmarks_pre_ras, landmarks_post_ras, quality)
+    err = _tre(full, landmarks_pre_ras, landmarks_post_ras, quality)
     progress.update(1.0, "Registration done")
     return RegistrationResult(mode, tumor_tx, full, quality, err)
 
@@ -197,9 +197,9 @@ def bring_tumor_to_zone(tumor: sitk.Image, zone: sitk.Image, result: Registratio
                 "The tumour and the ablation-zone masks do not overlap in space: they are in different frames",
                 "Give --pre-ct and --post-ct with --register rigid or deformable, or masks already registered",
             )
-        if tumor.GetSize() == zone.GetSize() and np.allclose(tumor.GetOrigin(), zone.GetOrigin(), atol=1e-3) \
-                and np.allclose(tumor.GetSpacing(), zone.GetSpacing(), atol=1e-4) \
-                and np.allclose(tumor.GetDirection(), zone.GetDirection(), atol=1e-4):
-            return tumor
+        if same_grid(tumor, zone):
+            out = sitk.Image(tumor)
+            out.CopyInformation(zone)  # within tolerance: the zone's geometry exactly
+            return out
         return resample_to(tumor, zone, nearest=True)
     return sitk.Resample(tumor, zone, result.tumor_transform, sitk.sitkNearestNeighbor, 0, tumor.GetPixelID())
