@@ -1,0 +1,93 @@
+"""The extension's structure: modules, CMake lists, .ui widget names, Slicer classes."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ["IMAGIOPlanning", "IMAGIOAblationZone", "IMAGIOLungNav", "IMAGIOMargin"]
+ALL = ["IMAGIOCommon", *MODULES]
+
+
+def _cmake_scripts(module: str) -> set[str]:
+    text = (ROOT / module / "CMakeLists.txt").read_text()
+    m = re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", text, re.S)
+    assert m, f"{module}/CMakeLists.txt has no MODULE_PYTHON_SCRIPTS"
+    return {t.replace("${MODULE_NAME}", module) for t in m.group(1).split()}
+
+
+@pytest.mark.parametrize("module", ALL)
+def test_every_python_file_is_listed_in_cmake(module):
+    folder = ROOT / module
+    files = {f"{module}.py"}
+    lib = folder / (f"{module}Lib" if module != "IMAGIOCommon" else "imagio")
+    files |= {str(p.relative_to(folder)) for p in lib.rglob("*.py")}
+    listed = _cmake_scripts(module)
+    missing = sorted(files - listed)
+    assert not missing, f"{module}/CMakeLists.txt does not list {missing}: Slicer would drop them"
+    stale = sorted(f for f in listed if not (folder / f).exists())
+    assert not stale, f"{module}/CMakeLists.txt lists missing files {stale}"
+
+
+def test_top_level_cmake_adds_every_module():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for module in ALL:
+        assert f"add_subdirectory({module})" in text
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_has_slicer_classes(module):
+    src = (ROOT / module / f"{module}.py").read_text()
+    tree = ast.parse(src)
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    for suffix in ("", "Widget", "Logic", "Test"):
+        assert f"{module}{suffix}" in classes, f"{module}.py lacks class {module}{suffix}"
+    assert "mrmlScene" not in _class_source(src, tree, f"{module}Logic") or "slicer.mrmlScene" in src
+
+
+def _class_source(src, tree, name):
+    for n in tree.body:
+        if isinstance(n, ast.ClassDef) and n.name == name:
+            return ast.get_source_segment(src, n) or ""
+    return ""
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_names_exist_in_ui(module):
+    src = (ROOT / module / f"{module}.py").read_text()
+    ui_file = ROOT / module / "Resources" / "UI" / f"{module}.ui"
+    assert ui_file.exists(), f"{ui_file} is missing"
+    ui = ui_file.read_text()
+    declared = set(re.findall(r'<widget[^>]*\sname="([^"]+)"', ui)) | set(re.findall(r'<action[^>]*\sname="([^"]+)"', ui))
+    used = set(re.findall(r"\bui\.([A-Za-z_]\w*)", src))
+    assert used, f"{module}.py uses no widget from its .ui"
+    missing = sorted(used - declared)
+    assert not missing, f"{module}.py uses widgets that {ui_file.name} does not declare: {missing}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_resources_exist(module):
+    assert (ROOT / module / "Resources" / "Icons" / f"{module}.png").stat().st_size > 100
+    assert (ROOT / module / f"{module}Lib" / "logic.py").exists()
+    assert (ROOT / module / f"{module}Lib" / "cli.py").exists()
+    assert (ROOT / module / f"{module}Lib" / "demo.py").exists()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_logic_libraries_never_import_qt(module):
+    for p in (ROOT / module / f"{module}Lib").rglob("*.py"):
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                root = name.split(".")[0]
+                assert root not in ("qt", "ctk", "PythonQt", "slicer.ScriptedLoadableModule"), f"{p} imports {name}"
+                assert name != "slicer.ScriptedLoadableModule", f"{p} imports {name}"
+            if isinstance(node, ast.Attribute) and node.attr == "mrmlScene":
+                raise AssertionError(f"{p} uses the global slicer.mrmlScene; take the scene as an argument")
