@@ -333,7 +333,12 @@ def _homogeneous_grid(setting, spacing_mm: float, pad_mm: float):
     return grid, tip, entry
 
 
-def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float = 3.0, pad_mm: float = 16.0,
+#: Width (Gaussian sigma, mm) of the power deposition around the active tip: microwave antennas heat a wider
+#: volume directly than RF electrodes (whose resistive heating is concentrated at the electrode).
+SOURCE_SIGMA_MM = {"microwave": 5.0, "radiofrequency": 4.0}
+
+
+def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float | None = None, pad_mm: float = 16.0,
                      threshold_c: float = 60.0, progress: Progress | None = None) -> ProbeSource:
     """Fit a source to the device table in non-perfused, vessel-free liver (ex-vivo conditions).
 
@@ -342,6 +347,8 @@ def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float =
     active length is then chosen (a few runs) so the long axis matches too. The zone centre is
     placed at the table's tip offset. This is a calibration to the table, not a prediction of it.
     """
+    if sigma_mm is None:
+        sigma_mm = SOURCE_SIGMA_MM.get(device.modality, 5.0)
     key = (device.id, setting.power_w, setting.time_s, setting.zone_long_mm, setting.zone_short_mm,
            setting.tip_offset_mm, spacing_mm, sigma_mm, pad_mm, threshold_c)
     if key in _CALIBRATION_CACHE:
