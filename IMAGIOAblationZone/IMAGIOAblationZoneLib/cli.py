@@ -217,7 +217,7 @@ def _cmd_zone(args) -> int:
 # ---------------------------------------------------------------------------------------------- plan
 def body_from_ct(ct: sitk.Image, threshold_hu: float = -400.0) -> np.ndarray:
     """Body outline from a CT: above ``threshold_hu``, the largest component, holes filled slice by slice."""
-    m = sitk.BinaryThreshold(ct, threshold_hu, 1e9, 1, 0)
+    m = sitk.Cast(sitk.Cast(ct, sitk.sitkFloat32) > float(threshold_hu), sitk.sitkUInt8)
     cc = sitk.RelabelComponent(sitk.ConnectedComponent(m), sortByObjectSize=True)
     arr = sitk.GetArrayFromImage(cc) == 1
     out = np.empty_like(arr)

@@ -113,3 +113,28 @@ def test_tip_outside_the_image(case, tmp_path, capsys):
                "--entry", _pt(far + [0, 0, 90.0]), "--tumor", str(case["dir"] / "tumor.seg.nrrd"), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "outside the image" in err and not out.exists()
+
+
+def test_plan_with_ct_enters_through_the_skin(tmp_path, capsys):
+    from imagio.phantom import make_phantom, write_phantom
+
+    case = tmp_path / "phantom"
+    ph = make_phantom(0)
+    write_phantom(ph, case)
+    out = tmp_path / "plan"
+    rc = main(["ablation", "plan", "--ct", str(case / "ct.nrrd"), "--tumor", str(case / "truth.seg.nrrd"),
+               "--tumor-name", "liver_tumor", "--device", "neuwave-pr", "--avoid", str(case / "truth.seg.nrrd"),
+               "--avoid-names", "hepatic_vessels,ribs,lungs", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    d = json.loads((out / "plan.json").read_text())
+    assert d["feasible"] and d["coverage_percent"] >= 99.0 and d["entry_definition"].startswith("skin")
+    body = ph.segments["body"].mask
+    dist = sitk.SignedMaurerDistanceMap(body, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    for p in d["probes"]:
+        entry = np.array(p["entry_ras"])
+        idx = np.rint(geometry.ras_to_ijk(body, entry)).astype(int)
+        assert abs(dist.GetPixel([int(v) for v in idx])) <= 2.5  # on the body surface (the CT outline), in mm
+        tilt = np.degrees(np.arcsin(abs((np.array(p["tip_ras"]) - entry)[2]) / np.linalg.norm(np.array(p["tip_ras"]) - entry)))
+        assert tilt <= 45.0 + 1e-6
+    scene = load_mrb(out / "plan.mrb")
+    assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 1
