@@ -223,9 +223,9 @@ def bench_bioheat(quick: bool) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ 4. validation
-def _profile_svg(series, xlabel: str, ylabel: str, width: int = 560, height: int = 320) -> str:
+def _profile_svg(series, xlabel: str, ylabel: str, width: int = 760, height: int = 320) -> str:
     """A log-y line/point plot: series = [(label, x, y, colour, 'line'|'points')]."""
-    ml, mb, mr, mt = 60, 42, 150, 12
+    ml, mb, mr, mt = 60, 42, 330, 12
     pw, ph = width - ml - mr, height - mt - mb
     xs = np.concatenate([np.asarray(x, float) for _, x, _, _, _ in series])
     ys = np.concatenate([np.asarray(y, float) for _, _, y, _, _ in series])
@@ -294,9 +294,9 @@ def bench_validation(figures: Path | None = None) -> dict:
             rr = np.linspace(2.0, 20.5, 200)
             exact = bh.analytic_point_source(rr, t_an, 2.0, liver.k_w_per_m_k, liver.rho_c_j_per_m3_k, wb)
             title = "300 s, liver perfusion" if label.startswith("transient") else "steady state, w = 6e-3 1/s"
-            figs = val.setdefault("_series", [])
-            figs += [(f"analytic, {title}", rr, exact, "#d62728" if figs == [] else "#1f77b4", "line"),
-                     (f"solver, {title}", mid, binned, "#d62728" if len(figs) == 1 else "#1f77b4", "points")]
+            colour = "#d62728" if label.startswith("transient") else "#1f77b4"
+            val.setdefault("_series", []).extend([(f"analytic, {title}", rr, exact, colour, "line"),
+                                                  (f"solver (mean per mm), {title}", mid, binned, colour, "points")])
     series = val.pop("_series", None)
     if figures is not None and series:
         (figures / "bioheat_vs_analytic.svg").write_text(_profile_svg(
