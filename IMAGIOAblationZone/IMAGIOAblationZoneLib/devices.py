@@ -109,8 +109,9 @@ class Device:
         else:
             w = (p - lo) / (hi - lo)
             vals = [(1 - w) * a + w * b for a, b in zip(rows[0], rows[1], strict=True)]
-        note = (f"interpolated linearly between table settings of device '{self.id}' "
-                f"(powers {lo:g}-{hi:g} W, at {t:g} s); not a tabulated value")
+        where = f"at {lo:g} W, between table times" if lo == hi else f"between {lo:g} and {hi:g} W"
+        note = (f"interpolated linearly between table settings of device '{self.id}' ({where}, {p:g} W / {t:g} s); "
+                "not a tabulated value")
         return ZoneSetting(p, t, *[round(v, 3) for v in vals], interpolated=True, note=note)
 
     def _interp_time(self, power: float, t: float) -> tuple[float, float, float]:

@@ -302,6 +302,7 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
         progress.update(0.1 + 0.8 * (n - 1) / max_probes, f"trying {n} probe(s)")
         found = []
         for _length, u, _clear in cand:
+            progress.check()
             # frame: z along u scaled by 1/a, x, y across scaled by 1/b
             helper = np.array([1.0, 0, 0]) if abs(u[0]) < 0.9 else np.array([0, 1.0, 0])
             v = np.cross(u, helper)
