@@ -81,10 +81,12 @@ def gaussian_importance_map(tile_size, sigma_scale: float = 1.0 / 8, value_scali
         axes.append(w)
     g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     g = g / (g.max() / value_scaling_factor)
-    g = g.astype(np.float32)
+    # nnU-Net holds the map in float16: its corners underflow to 0 and are then set to the smallest non-zero
+    # weight. Doing the same keeps the relative weights of overlapping windows (and so the labels) identical.
+    g = g.astype(np.float16)
     nz = g[g != 0]
     g[g == 0] = nz.min()
-    return g
+    return g.astype(np.float32)
 
 
 def compute_new_shape(old_shape, old_spacing, new_spacing) -> tuple[int, ...]:

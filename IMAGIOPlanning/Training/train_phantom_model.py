@@ -26,7 +26,7 @@ import SimpleITK as sitk
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "IMAGIOPlanningLib" / "models" / "phantom_lesions"
 SPACING_KJI = [2.5, 2.0, 2.0]
-PATCH = [48, 48, 48]
+PATCH = [32, 32, 32]
 LABELS = {"background": 0, "Liver tumor": 1, "Lung nodule": 2}
 TERMINOLOGY = {
     "Liver tumor": {"category": {"scheme": "SCT", "code": "49755003", "meaning": "Morphologically Altered Structure"},
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for it in range(a.iterations):
         xs, ys = [], []
-        for _ in range(4):
+        for _ in range(2):
             x, y = data[rng.integers(len(data))]
             if rng.random() < 0.67:  # oversample lesions, as nnU-Net does
                 cls = int(rng.integers(1, 3))

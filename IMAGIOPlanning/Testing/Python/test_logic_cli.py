@@ -1,0 +1,206 @@
+"""PlanningLogic on a real vtkMRMLScene, the `imagio segment` / `imagio models` CLI, the background worker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from imagio.cli import main
+from imagio.errors import ImagioError
+from imagio.geometry import ijk_to_ras, make_image, rotation_matrix
+from imagio.io import read_segmentation
+from imagio.mrml import volume_node_from_image
+from imagio.scene import new_scene
+from IMAGIOPlanningLib.background import BackgroundJob
+from IMAGIOPlanningLib.logic import PlanningLogic
+
+
+def two_class_ct():
+    """Oblique anisotropic CT: a 12 mm sphere of 60 HU and a denser 6 mm sphere (400 HU) in -1000 HU air."""
+    size = (56, 48, 28)
+    img = make_image(size, (1.4, 1.5, 2.2), origin_ras=(5, -8, 30), direction_ras=rotation_matrix((0, 1, 1), 30),
+                     pixel=sitk.sitkInt16)
+    kk, jj, ii = np.mgrid[:size[2], :size[1], :size[0]]
+    ras = ijk_to_ras(img, np.c_[ii.ravel(), jj.ravel(), kk.ravel()]).reshape(size[2], size[1], size[0], 3)
+    c1, c2 = ijk_to_ras(img, [20, 24, 14]), ijk_to_ras(img, [42, 24, 14])
+    arr = np.full(ras.shape[:3], -1000, np.int16)
+    arr[np.linalg.norm(ras - c1, axis=-1) < 12] = 60
+    arr[np.linalg.norm(ras - c2, axis=-1) < 6] = 400
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out, c1
+
+
+@pytest.fixture
+def three_class_card(tmp_path, models):
+    # logits: class 1 0.01 (x + 300), class 2 0.02 (x + 300) - 2, so class 2 wins above -100 HU
+    models.pointwise(tmp_path / "m3.onnx", classes=3, threshold_hu=-300.0)
+    return models.card(tmp_path, "m3.onnx", classes=3, spacing=(2.2, 1.5, 1.4))
+
+
+def test_logic_model_adds_named_coded_segments(three_class_card):
+    ct, _ = two_class_ct()
+    scene = new_scene()
+    node = volume_node_from_image(scene, ct, "CT")
+    before = sitk.GetArrayFromImage(ct).copy()
+    res = PlanningLogic(scene).segment_with_model(node, three_class_card)
+    assert res.method == "model" and res.execution_provider == "CPUExecutionProvider"
+    names = [s["name"] for s in res.segments]
+    seg = res.node.GetSegmentation()
+    assert [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())] == names
+    import vtk
+
+    tag = vtk.reference("")
+    assert seg.GetNthSegment(0).GetTag("TerminologyEntry", tag)
+    assert "SCT^108369006^Tumor" in str(tag)
+    for s in res.segments:
+        assert s["voxel_count"] > 0 and s["volume_ml"] == pytest.approx(s["voxel_count"] * 1.4 * 1.5 * 2.2 / 1000, rel=1e-3)
+    from imagio.mrml import image_from_volume_node
+    assert np.array_equal(sitk.GetArrayFromImage(image_from_volume_node(node)), before)  # input untouched
+
+
+def test_logic_flags_labels_the_model_did_not_find(tmp_path, models):
+    models.pointwise(tmp_path / "m3.onnx", classes=3, threshold_hu=-300.0)
+    card = models.card(tmp_path, "m3.onnx", classes=3, spacing=(2.2, 1.5, 1.4))
+    ct, _ = two_class_ct()
+    arr = sitk.GetArrayFromImage(ct)
+    arr[arr > 0] = 60  # only the first kind of tissue left: the dense class is absent
+    ct2 = sitk.GetImageFromArray(arr)
+    ct2.CopyInformation(ct)
+    scene = new_scene()
+    res = PlanningLogic(scene).segment_with_model(volume_node_from_image(scene, ct2, "CT"), card)
+    assert res.empty_labels  # reported, not returned as an empty segment
+    assert all(s["voxel_count"] > 0 for s in res.segments)
+
+
+def test_logic_refuses_when_nothing_is_found(pointwise_card):
+    ct = sitk.GetImageFromArray(np.where(np.arange(20 * 30 * 30).reshape(20, 30, 30) % 7 == 0, -1000, -900)
+                                .astype(np.int16))
+    scene = new_scene()
+    with pytest.raises(ImagioError, match="found none of its labels"):
+        PlanningLogic(scene).segment_with_model(volume_node_from_image(scene, ct, "CT"), pointwise_card)
+
+
+def test_logic_seeded_segment(tmp_path):
+    ct, c1 = two_class_ct()
+    scene = new_scene()
+    res = PlanningLogic(scene).segment_from_seed(volume_node_from_image(scene, ct, "CT"), c1, "soft-tissue")
+    assert res.segments[0]["name"] == "Soft-tissue lesion"
+    true_ml = 4 / 3 * np.pi * 12 ** 3 / 1000
+    assert res.segments[0]["volume_ml"] == pytest.approx(true_ml, rel=0.1)
+
+
+def _write(tmp_path, image, name="ct.nrrd"):
+    p = tmp_path / name
+    sitk.WriteImage(image, str(p))
+    return p
+
+
+def test_cli_segment_with_model(tmp_path, three_class_card, capsys):
+    ct, _ = two_class_ct()
+    ct_path = _write(tmp_path, ct)
+    out = tmp_path / "out"
+    assert main(["segment", "--ct", str(ct_path), "--model", str(three_class_card), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "segment.json").read_text())
+    for key in ("segments", "runtime_s", "execution_provider", "method"):
+        assert key in summary
+    assert summary["execution_provider"] == "CPUExecutionProvider"
+    segs = read_segmentation(out / "segmentation.seg.nrrd", reference=ct)
+    assert [s.name for s in segs] == [s["name"] for s in summary["segments"]]
+    for s, row in zip(segs, summary["segments"], strict=True):
+        assert s.voxel_count() == row["voxel_count"]
+        assert row["volume_ml"] == pytest.approx(s.volume_ml(), rel=1e-3)
+    assert (out / "segment.mrb").stat().st_size > 1000
+    assert "ml" in capsys.readouterr().out
+
+
+def test_cli_segment_with_seed(tmp_path):
+    ct, c1 = two_class_ct()
+    ct_path = _write(tmp_path, ct)
+    out = tmp_path / "seeded"
+    seed = ",".join(f"{v:.3f}" for v in c1)
+    assert main(["segment", "--ct", str(ct_path), f"--seed={seed}", "--kind", "soft-tissue", "--radius", "12",
+                 "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "segment.json").read_text())
+    assert summary["method"] == "seeded" and summary["radius_mm"] == 12.0
+    assert summary["segments"][0]["volume_ml"] == pytest.approx(4 / 3 * np.pi * 1.728, rel=0.1)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed=900,0,0"], "outside the CT"),
+    (["--model", "/nonexistent/model.json"], "does not exist"),
+    (["--model", "no-such-model-name"], "No model card named"),
+    (["--seed=1,2"], "is not a seed point"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
+    ct, _ = two_class_ct()
+    ct_path = _write(tmp_path, ct)
+    out = tmp_path / "never"
+    assert main(["segment", "--ct", str(ct_path), *args, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
+
+
+def test_cli_models_lists_shipped_and_env(tmp_path, models, monkeypatch, capsys):
+    models.pointwise(tmp_path / "extra.onnx")
+    models.card(tmp_path, "extra.onnx", name="my-extra-model")
+    monkeypatch.setenv("IMAGIO_MODELS", str(tmp_path))
+    assert main(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    names = [m["name"] for m in listed["models"]]
+    assert "my-extra-model" in names
+    assert "phantom-lesions" in names
+    shipped = next(m for m in listed["models"] if m["name"] == "phantom-lesions")
+    assert shipped["clinical_use"] is False
+
+
+def test_background_job_runs_and_reports(tmp_path, three_class_card):
+    ct, _ = two_class_ct()
+    job = BackgroundJob(ct, three_class_card, work_dir=tmp_path / "job")
+    try:
+        deadline = time.monotonic() + 120
+        status = job.poll()
+        while status.state == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = job.poll()
+        assert status.state == "done", status.message
+        labels = job.labels()
+        assert labels.GetSize() == ct.GetSize() and labels.GetOrigin() == ct.GetOrigin()
+        assert job.result()["execution_provider"] == "CPUExecutionProvider"
+        from IMAGIOPlanningLib.engine import OnnxSegmenter
+
+        same = OnnxSegmenter(three_class_card).predict(ct).labels  # the worker gives what the engine gives in-process
+        assert np.array_equal(sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(same))
+        assert sitk.GetArrayViewFromImage(labels).max() > 0
+    finally:
+        job.cleanup()
+    assert not (tmp_path / "job").exists()
+
+
+def test_background_job_reports_user_errors(tmp_path, models):
+    models.pointwise(tmp_path / "m.onnx", channels=2)
+    card = models.card(tmp_path, "m.onnx", channels=1)
+    ct, _ = two_class_ct()
+    job = BackgroundJob(ct, card, work_dir=tmp_path / "job")
+    try:
+        job.process.wait(timeout=120)
+        status = job.poll()
+        assert status.state == "failed" and "input channels" in status.message
+        assert job.process.returncode == 2
+    finally:
+        job.cleanup()
+
+
+def test_background_job_cancel_ends_the_process(tmp_path, three_class_card):
+    ct, _ = two_class_ct()
+    job = BackgroundJob(ct, three_class_card, work_dir=tmp_path / "job")
+    job.cancel()
+    assert job.process.poll() is not None  # the process (group) is gone
+    assert job.poll().state == "cancelled"
+    assert not (tmp_path / "job" / "labels.nrrd").exists()
+    job.cleanup()
