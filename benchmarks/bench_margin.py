@@ -38,7 +38,7 @@ import SimpleITK as sitk
 from imagio.geometry import make_image, rotation_matrix
 from imagio.scene import new_scene
 from IMAGIOMarginLib.logic import MarginLogic
-from IMAGIOMarginLib.metrics import refine
+from IMAGIOMarginLib.metrics import refine_mean
 
 SIZE = (512, 512, 300)
 SPACING = (0.78, 0.78, 1.0)
@@ -86,18 +86,18 @@ def full_lattice_mam(tumor: sitk.Image, zone: sitk.Image) -> tuple[float, dict]:
     t = np.pad(sitk.GetArrayViewFromImage(tumor) > 0, 1)
     z = np.pad(sitk.GetArrayViewFromImage(zone) > 0, 1)
     half = np.array(tumor.GetSpacing())[::-1] / 2.0
-    z_any, z_all = refine(z)
-    surf = z_any & ~z_all
-    del z_any
-    dz = _lean_edt(surf, half)
-    del surf
-    t_any, t_all = refine(t)
-    surf_t = t_any & ~t_all
-    del t_all
+    zi = refine_mean(z)
+    dz = _lean_edt(zi == 0.5, half)
+    inside = zi >= 0.5
+    del zi
+    ti = refine_mean(t)
+    surf_t = ti == 0.5
+    t_any = ti > 0.0
+    del ti
     vals = np.abs(sitk.GetArrayViewFromImage(dz)[surf_t])
     del dz
-    vals[~z_all[surf_t]] *= -1.0
-    del z_all, surf_t
+    vals[~inside[surf_t]] *= -1.0
+    del inside, surf_t
     dt = _lean_edt(t_any, half)
     del t_any
     d_t = np.abs(sitk.GetArrayViewFromImage(dt)[::2, ::2, ::2])

@@ -24,10 +24,10 @@ from .metrics import MarginMetrics, check_binary, compute_margin
 from .registration import MODES, RegistrationResult, bring_tumor_to_zone, register
 from .uncertainty import DEFAULT_SIGMA_MM, MarginUncertainty, margin_uncertainty
 
-CONVENTION = ("Masks are unions of voxel boxes; margins are exact Euclidean distances (mm) from the tumour box "
-              "surface (sampled at voxel corners, edge midpoints and face centres) to the ablation-zone box surface, "
-              "positive inside the zone. Shell r mm: voxels whose centres lie within r mm of the tumour (tumour "
-              "included).")
+CONVENTION = ("Surfaces are the 0.5 iso-surfaces of the trilinearly interpolated masks (crossing half-way between "
+              "an inside and an outside voxel), sampled on the half-voxel lattice; margins are exact Euclidean "
+              "distances (mm) between those samples, positive inside the zone. Shell r mm: voxels whose centres lie "
+              "within r mm of the tumour voxels (tumour included).")
 
 
 @dataclass

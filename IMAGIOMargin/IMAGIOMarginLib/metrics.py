@@ -2,21 +2,23 @@
 
 Convention (what "surface" and "distance" mean here)
 ----------------------------------------------------
-A binary mask is read as the union of its voxels, each voxel a box of its
-spacing around its centre (the way a voxel is drawn in a slice view). The
-tumour surface and the ablation-zone surface are the surfaces of these box
-unions. All distances are Euclidean, in millimetres, in the physical frame;
+A binary mask's surface is the 0.5 iso-surface of its trilinearly
+interpolated 0/1 values (what marching cubes draws): it crosses the line
+between a voxel inside and a neighbour outside half-way, at their common
+face centre. Everything is done on the *half-voxel lattice* of a region of
+interest: voxel centres, face centres, edge midpoints and corners (index
+step 1/2), where the interpolated mask is the mean of the 1, 2, 4 or 8
+voxels that touch the point (exact multiples of 1/8). The surface samples
+are the lattice points where that mean is exactly 0.5: every face between an
+inside and an outside voxel, plus the edge midpoints and corners on the
+surface. Distances are exact Euclidean distances in millimetres between
+lattice points (a Maurer distance transform with the lattice spacing);
 direction cosines rotate the grid but do not change distances, so the work
-is done in scaled index space.
-
-Both surfaces are handled on the *half-voxel lattice* of the region of
-interest: the lattice of voxel centres, face centres, edge midpoints and
-corners (index step 1/2). For any lattice point the nearest point of a box
-union is itself a lattice point (clamping a lattice point to a box gives a
-lattice point), so the distance from a lattice point to the zone surface
-computed by an exact Euclidean distance transform on this lattice is the
-exact continuous distance to the zone's box surface. The tumour surface is
-sampled at all its lattice points (corners, edge midpoints, face centres).
+is done in scaled index space. Along a grid line the iso-surface lies
+exactly half-way between voxel centres; between sample points it is not
+resolved finer than the lattice, so a margin read from binary masks is
+known to about half a voxel (the masks themselves carry no finer
+information).
 
 * signed margin at a tumour surface point: distance to the zone surface,
   positive inside the zone, negative outside (uncovered tumour);
@@ -25,8 +27,8 @@ sampled at all its lattice points (corners, edge midpoints, face centres).
 * coverage: share of tumour voxels (centres) inside the zone, in percent;
   residual tumour: volume of tumour voxels outside the zone, in ml;
 * shell coverage r mm: share of the voxels whose centres lie within r mm of
-  the tumour box union (tumour included; 0 mm = the tumour itself) that are
-  inside the zone;
+  the tumour (of the union of its voxel boxes; tumour included, 0 mm = the
+  tumour itself) that are inside the zone;
 * histogram: area-weighted distribution of the signed margin over the tumour
   surface (face centres, weighted by face area), in percent of tumour surface.
 
@@ -74,20 +76,18 @@ def check_binary(mask: sitk.Image, role: str) -> np.ndarray:
     return arr
 
 
-def refine(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(any, all) of a bool [k, j, i] array on its half-voxel lattice (shape 2n-1 per axis).
+def refine_mean(a: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a 0/1 [k, j, i] array at its half-voxel lattice points (float32, shape 2n-1).
 
-    A lattice point gets ``any`` if at least one voxel touching it is set and
-    ``all`` if every voxel touching it is set (a voxel centre touches only
-    its own voxel, a corner touches eight).
+    A voxel centre keeps its value, a face centre gets the mean of 2 voxels, an edge midpoint of 4, a
+    corner of 8: the values are exact multiples of 1/8, so ``== 0.5`` is an exact test.
     """
-    lo, hi = a, a
+    out = a.astype(np.float32)
     for ax in range(3):
-        n = lo.shape[ax]
-        shape = list(lo.shape)
+        n = out.shape[ax]
+        shape = list(out.shape)
         shape[ax] = 2 * n - 1
-        new_lo = np.empty(shape, bool)
-        new_hi = np.empty(shape, bool)
+        new = np.empty(shape, np.float32)
         even = [slice(None)] * 3
         odd = [slice(None)] * 3
         first = [slice(None)] * 3
@@ -96,12 +96,11 @@ def refine(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         odd[ax] = slice(1, None, 2)
         first[ax] = slice(0, n - 1)
         last[ax] = slice(1, n)
-        new_hi[tuple(even)] = hi
-        new_lo[tuple(even)] = lo
-        np.logical_or(hi[tuple(first)], hi[tuple(last)], out=new_hi[tuple(odd)])
-        np.logical_and(lo[tuple(first)], lo[tuple(last)], out=new_lo[tuple(odd)])
-        lo, hi = new_lo, new_hi
-    return hi, lo
+        new[tuple(even)] = out
+        np.add(out[tuple(first)], out[tuple(last)], out=new[tuple(odd)])
+        new[tuple(odd)] *= 0.5
+        out = new
+    return out
 
 
 def _edt(points: np.ndarray, spacing_kji) -> np.ndarray:
@@ -250,16 +249,17 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
         z = _crop_padded(z_full, lo, hi)
         half = spacing_kji / 2.0
         progress.update(0.15, "Building the half-voxel lattice")
-        z_any, z_all = refine(z)
-        surf_z = z_any & ~z_all
-        del z_any
-        t_any, t_all = refine(t)
-        surf_t = t_any & ~t_all
-        del t_all
+        zi = refine_mean(z)
+        surf_z = zi == 0.5  # on the zone's iso-surface
+        ti = refine_mean(t)
+        surf_t = ti == 0.5
+        t_any = ti > 0.0  # the closed box union of the tumour voxels (for the shells)
+        del ti
         progress.update(0.3, "Distance to the ablation-zone surface")
         if surf_z.any():
             phi = _edt(surf_z, half).astype(np.float32)
-            phi[~z_all] *= -1.0
+            phi[zi < 0.5] *= -1.0
+            del zi
         else:
             phi = np.full(surf_z.shape, np.inf, np.float32)
         del surf_z

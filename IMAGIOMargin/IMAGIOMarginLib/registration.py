@@ -112,12 +112,14 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
                           "Give --pre-ct and --post-ct, or use --register none for masks in one frame")
     fixed_full = sitk.Cast(post_ct, sitk.sitkFloat32)
     moving = sitk.Cast(pre_ct, sitk.sitkFloat32)
-    zone = resample_to(zone_post, post_ct) if zone_post.GetSize() != post_ct.GetSize() else zone_post
+    zone = zone_post if same_grid(zone_post, post_ct) else resample_to(zone_post, post_ct)
     fixed = _crop_box(fixed_full, zone, 40.0)
     zone_c = resample_to(zone, fixed)
     zone_grown = sitk.BinaryDilate(zone_c, [max(1, int(round(3.0 / s))) for s in fixed.GetSpacing()])
     region = np.ones(sitk.GetArrayViewFromImage(fixed).shape, bool)
     metric_mask_arr = region & ~(sitk.GetArrayViewFromImage(zone_grown) > 0)
+    if np.count_nonzero(metric_mask_arr) < 0.1 * metric_mask_arr.size:
+        metric_mask_arr = region  # the zone fills the region: use it all rather than almost nothing
     metric_mask = sitk.GetImageFromArray(metric_mask_arr.astype(np.uint8))
     metric_mask.CopyInformation(fixed)
 
@@ -132,7 +134,7 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
     reg.SetInitialTransform(rigid, inPlace=True)
     reg.AddCommand(sitk.sitkIterationEvent, lambda: progress.update(0.05 + 0.4 * min(reg.GetOptimizerIteration(), 120) / 120 / 3,
                                                                     "Rigid registration"))
-    reg.Execute(fixed, moving)
+    _execute(reg, fixed, moving, "Rigid registration")
     quality["rigid_metric"] = float(reg.GetMetricValue())
     full: sitk.Transform = rigid
     tumor_tx: sitk.Transform = rigid
@@ -147,7 +149,7 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
         reg2.SetInitialTransform(bspline, inPlace=True)
         reg2.AddCommand(sitk.sitkIterationEvent, lambda: progress.update(0.45 + 0.45 * min(reg2.GetOptimizerIteration(), 40) / 40 / 2,
                                                                          "Deformable (B-spline) registration"))
-        reg2.Execute(fixed, moving)
+        _execute(reg2, fixed, moving, "Deformable registration")
         quality["deformable_metric"] = float(reg2.GetMetricValue())
         full = sitk.CompositeTransform([rigid, bspline])
         # keep the tumour rigid: best rigid fit of the deformation over the tumour + 5 mm
@@ -170,6 +172,16 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
     err = _tre(full, landmarks_pre_ras, landmarks_post_ras, quality)
     progress.update(1.0, "Registration done")
     return RegistrationResult(mode, tumor_tx, full, quality, err)
+
+
+def _execute(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, what: str) -> None:
+    try:
+        reg.Execute(fixed, moving)
+    except RuntimeError as e:
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ImagioError(f"{what} failed ({last[:160]})",
+                          "Check that both CTs show the same region of the same patient, or give masks already "
+                          "registered with --register none") from e
 
 
 def _tre(tx: sitk.Transform, pre_ras, post_ras, quality: dict) -> float | None:

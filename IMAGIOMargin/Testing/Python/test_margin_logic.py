@@ -223,3 +223,36 @@ def test_assess_on_mrml_nodes(pair):
     assert (tseg.GetMTime(), zseg.GetMTime()) == mtime
     with pytest.raises(ImagioError, match="No tumour segment"):
         logic.assess_nodes(tseg, "", zseg, zseg.GetSegmentation().GetNthSegmentID(0))
+
+
+def test_large_margin_grows_the_region():
+    """A margin beyond the default cap (threshold + 10 mm) is still exact: the region grows."""
+    from IMAGIOMarginLib.metrics import compute_margin
+
+    ref = make_image((120, 110, 70), (1.0, 1.0, 1.5), direction_ras=rotation_matrix((1.0, 1.0, 0.0), 20.0))
+    t = np.zeros((70, 110, 120), np.uint8)
+    t[30:40, 50:60, 55:65] = 1  # a 10 x 10 x 15 mm box
+    z = np.zeros_like(t)
+    z[30 - 14:40 + 14, 50 - 21:60 + 21, 55 - 22:65 + 22] = 1  # faces 21 mm (z), 21 mm (y), 22 mm (x) away
+    m = compute_margin(*(sitk.Image(like(a, ref)) for a in (t, z)), threshold_mm=5.0)
+    assert m.minimal_margin_mm == pytest.approx(21.0, abs=1e-4)
+    assert m.exact and m.cap_mm >= 30.0
+
+
+def test_image_edge_counts_as_zone_boundary():
+    """A zone cut by the image edge is not assumed to go on: the edge bounds the margin (exactly)."""
+    from IMAGIOMarginLib.metrics import compute_margin
+
+    ref = make_image((40, 40, 30), (0.9, 1.1, 2.0), direction_ras=rotation_matrix((0.0, 1.0, 1.0), 35.0))
+    t = np.zeros((30, 40, 40), np.uint8)
+    t[12:18, 15:25, 4:12] = 1  # 4 voxels (3.6 mm) from the i = 0 edge of the image
+    z = np.ones_like(t)
+    m = compute_margin(like(t, ref), like(z, ref))
+    assert m.minimal_margin_mm == pytest.approx(4 * 0.9, abs=1e-4)
+    assert m.thinnest_point_ijk[0] == pytest.approx(3.5)
+
+
+def like(arr, ref):
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    return img
