@@ -64,6 +64,9 @@ def register_cli(subparsers) -> None:
     pl.add_argument("--max-probes", type=int, default=5, help="most probes allowed (default 5)")
     pl.add_argument("--max-tilt-deg", type=float, default=45.0,
                     help="largest angle of a path from the axial plane in degrees (default 45)")
+    pl.add_argument("--verify-bioheat", action="store_true",
+                    help="re-simulate the plan with the bioheat model (perfusion; avoid segments named like vessels "
+                         "as heat sinks) and re-plan with smaller zones until it covers, or say why not")
     pl.add_argument("--library", help="a device library JSON file (default: the bundled one)")
     pl.add_argument("--out", required=True, help="output folder")
     pl.set_defaults(func=_cmd_plan)
@@ -255,8 +258,15 @@ def _cmd_plan(args) -> int:
     if args.avoid and not avoid:
         raise ImagioError("None of the --avoid segments was selected", "Check --avoid-names against the segment names")
     body = body_from_ct(ct) if ct_is_image else None
+    sinks = None
+    if args.verify_bioheat:
+        vessel_masks = [m for name, m in avoid.items() if any(w in name.lower() for w in VESSEL_WORDS)]
+        sinks = np.any(vessel_masks, axis=0) if vessel_masks else None
     plan, d = logic.plan(grid, tumor_seg.mask, dev.id, args.margin_mm, avoid, body, args.clearance_mm,
-                         args.coverage_percent, args.max_probes, args.max_tilt_deg)
+                         args.coverage_percent, args.max_probes, args.max_tilt_deg,
+                         verify_bioheat=args.verify_bioheat, heat_sinks=sinks)
+    if args.verify_bioheat:
+        d["heat_sink_segments"] = [n for n in avoid if any(w in n.lower() for w in VESSEL_WORDS)]
     inputs = [p for p in (args.tumor, args.ct, args.library, *args.avoid) if p]
     with staged_output(args.out, inputs=inputs) as stage:
         write_json(stage / "plan.json", d)
@@ -271,10 +281,14 @@ def _cmd_plan(args) -> int:
                 for n, p in enumerate(plan.probes)] or [{"feasible": "no", "reason": plan.reason}]
         _save_scene(logic, stage / "plan.mrb", grid, ct_is_image, tumor_seg, union, "planned_ablation_zone",
                     [(p.tip_ras, p.entry_ras) for p in plan.probes], rows)
-    state = "feasible" if plan.feasible else "NOT feasible"
+    feasible = bool(d["feasible"])
+    state = "feasible" if feasible else "NOT feasible"
     print(f"plan {state}: {len(plan.probes)} probe(s) of {dev.id}, coverage of tumour + {args.margin_mm:g} mm "
           f"{plan.coverage_percent:.2f} % (tumour {plan.tumor_coverage_percent:.2f} %) in {plan.run_time_s:.1f} s")
-    if not plan.feasible:
-        print(f"reason: {plan.reason}", file=sys.stderr)
+    if "bioheat_coverage_percent" in d:
+        print(f"bioheat check (perfusion, vessels as heat sinks): {d['bioheat_coverage_percent']:.2f} % of tumour + "
+              f"{args.margin_mm:g} mm (vessel lumen excluded)")
+    if not feasible:
+        print(f"reason: {d['reason']}", file=sys.stderr)
     print(f"wrote plan.json, zone.seg.nrrd, plan.mrb to {args.out}")
-    return 0 if plan.feasible else 1
+    return 0 if feasible else 1

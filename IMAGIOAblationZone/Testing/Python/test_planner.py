@@ -96,3 +96,30 @@ def test_plan_on_a_real_liver_tumour_with_its_vessels():
     assert out["feasible"] and out["coverage_percent"] >= 99.0
     assert all(p["min_clearance_mm"] >= 3.0 for p in out["probes"])
     assert out["minimal_margin_mm"] is not None
+
+
+def test_bioheat_check_of_a_plan_next_to_a_vessel():
+    grid, pts = _scene_grid()
+    centre = geometry.ijk_to_ras(grid, [60.4, 55.3, 40.2])
+    d = np.linalg.norm(pts - centre, axis=1)
+    tumor = (d <= 6.0).reshape(grid.GetSize()[::-1])
+    axis = np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0])
+
+    def vessel(offset_mm):
+        q = pts - (centre + [offset_mm, 0.0, 0.0])
+        return (np.linalg.norm(q - np.outer(q @ axis, axis), axis=1) <= 2.0).reshape(tumor.shape)
+
+    logic = AblationZoneLogic(new_scene())
+    far = vessel(30.0)  # outside the zone: no heat sink on the target
+    plan, out = logic.plan(grid, tumor, "emprint", 5.0, {"vessel": far}, verify_bioheat=True, heat_sinks=far)
+    assert out["feasible"] and out["bioheat_verified"] and out["bioheat_coverage_percent"] >= 99.0
+    # a 4 mm vessel running through the margin, 9 mm from the tumour centre: its wall stays near 37 C
+    near = vessel(9.0)
+    plan, out = logic.plan(grid, tumor, "emprint", 5.0, {"vessel": near}, clearance_mm=1.0, verify_bioheat=True,
+                           heat_sinks=near, max_probes=3)
+    checks = out["bioheat_checks"]
+    assert checks[0]["table_coverage_percent"] >= 99.0 and checks[0]["bioheat_coverage_percent"] < 99.0  # heat sink
+    if out["feasible"]:  # re-planned with smaller planning zones until the simulated zones cover
+        assert len(checks) >= 2 and out["bioheat_verified"] and checks[-1]["bioheat_coverage_percent"] >= 99.0
+    else:
+        assert "heat sinks" in out["reason"] and not out["bioheat_verified"]
