@@ -8,6 +8,8 @@ Needs the real data (IMAGIO_DATA, default ../shared/data) and scipy (peer only).
    paths keeping 3 mm from the hepatic artery, hepatic vein and portal vein (no CT in this data set, so the
    entry is where the path leaves the image). Coverage of tumour + 5 mm, tumour coverage, probes, minimal
    margin, run time; and the planned ablation volume over the tumour + margin volume (over-treatment).
+   Then the planned probes re-simulated with the bioheat model (perfused liver; and with the vessels as heat
+   sinks): the coverage the ex-vivo table plan keeps in vivo.
 2. Live update on a clinical CT grid (medmpd-liver-p2, 512 x 512 x 87, 0.78 x 0.78 x 2.5 mm, with its tumour
    and vessels): a probe dragged over 40 positions; per update: table zone (bounding box only), coverage,
    margin, structure fractions, and the segment + model nodes. Peer: the same zone and metrics recomputed on
@@ -55,7 +57,7 @@ def _read_mask(path: Path, ref: sitk.Image | None = None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ 1. plans
-def bench_plans(quick: bool) -> list[dict]:
+def bench_plans(quick: bool, verify: bool = False) -> list[dict]:
     rows = []
     cases = ["medmpd-liver-p3", "medmpd-liver-p2"] if quick else [f"medmpd-liver-p{i}" for i in (1, 2, 3, 4)]
     for case in cases:
@@ -72,6 +74,16 @@ def bench_plans(quick: bool) -> list[dict]:
             t0 = time.perf_counter()
             plan, d = logic.plan(ref, tumor, "emprint", 5.0, avoid, clearance_mm=3.0)
             wall = time.perf_counter() - t0
+            physics = _bioheat_check(logic, ref, tumor, avoid, plan) if plan.probes else {}
+            if verify:
+                vessels = np.any(list(avoid.values()), axis=0)
+                t0 = time.perf_counter()
+                _, dv = logic.plan(ref, tumor, "emprint", 5.0, avoid, clearance_mm=3.0, verify_bioheat=True,
+                                   heat_sinks=vessels)
+                physics.update({"verified_feasible": dv["feasible"], "verified_probes": dv["probe_count"],
+                                "verified_bioheat_coverage_percent": dv.get("bioheat_coverage_percent"),
+                                "verified_run_time_s": round(time.perf_counter() - t0, 1),
+                                "verified_reason": dv["reason"]})
             rows.append({
                 "case": f"{case}/{nod.name}", "tumor_ml": round(float(tumor.sum()) * geometry.voxel_volume_ml(ref), 2),
                 "target_ml": d["target_volume_ml"], "feasible": d["feasible"], "probes": d["probe_count"],
@@ -80,9 +92,32 @@ def bench_plans(quick: bool) -> list[dict]:
                 "minimal_margin_mm": d.get("minimal_margin_mm"),
                 "min_path_clearance_mm": min((p["min_clearance_mm"] for p in d["probes"]), default=None),
                 "ablated_over_target_ratio": round(d.get("zone_volume_ml", 0.0) / d["target_volume_ml"], 2),
-                "run_time_s": round(wall, 2), "reason": d["reason"]})
+                "run_time_s": round(wall, 2), "reason": d["reason"], **physics})
             print(f"plan {rows[-1]['case']}: {rows[-1]}", flush=True)
     return rows
+
+
+def _bioheat_check(logic, ref, tumor, avoid, plan) -> dict:
+    """The planned probes re-simulated with the Pennes model (perfused liver), without and with the hepatic
+    vessels as heat sinks: how much of tumour + 5 mm the table-based plan still covers."""
+    vessels = np.zeros(tumor.shape, bool)
+    for m in avoid.values():
+        vessels |= m
+    vessels &= ~tumor
+    ctx = logic.prepare(ref, tumor, margin_mm=5.0)
+    out = {}
+    for label, sink in (("perfusion_only", None), ("perfusion_and_vessels", vessels)):
+        union = np.zeros(tumor.shape, bool)
+        t0 = time.perf_counter()
+        for p in plan.probes:
+            r = logic.bioheat_zone(ctx, p.tip_ras, p.entry_ras, "emprint", p.setting.power_w, p.setting.time_s,
+                                   vessels=sink, perfusion=True)
+            union[tuple(slice(a, b) for a, b in zip(r.box[::2], r.box[1::2], strict=True))] |= r.mask_box.astype(bool)
+        target = ctx.target & ~vessels  # blood in large vessels is never ablated: lumen left out, as in the planner
+        out[f"bioheat_{label}_coverage_percent"] = round(100.0 * float((union & target).sum()) / float(target.sum()), 2)
+        out[f"bioheat_{label}_tumor_coverage_percent"] = round(100.0 * float((union & tumor).sum()) / ctx.tumor_count, 2)
+        out[f"bioheat_{label}_time_s"] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ 2. live update
@@ -385,6 +420,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_ablation.json")
     ap.add_argument("--quick", action="store_true", help="fewer cases and updates (a smoke run)")
+    ap.add_argument("--verify-bioheat", action="store_true",
+                    help="also plan with the bioheat check and re-planning (slow: about a minute per tumour)")
     ap.add_argument("--figures", help="folder for the figures (bioheat_vs_analytic.svg, heat_sink_axial.png)")
     args = ap.parse_args()
     import vtk
@@ -402,7 +439,7 @@ def main() -> int:
     print(json.dumps(result["bioheat_speed"], indent=1), flush=True)
     result["live_update"] = bench_live(args.quick)
     print(json.dumps(result["live_update"], indent=1), flush=True)
-    result["plans"] = bench_plans(args.quick)
+    result["plans"] = bench_plans(args.quick, args.verify_bioheat)
     ok = [r for r in result["plans"] if "coverage_percent" in r]
     result["plans_summary"] = {"cases": len(ok), "all_feasible": all(r["feasible"] for r in ok),
                                "min_coverage_percent": min((r["coverage_percent"] for r in ok), default=None),
