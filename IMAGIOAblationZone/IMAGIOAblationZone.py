@@ -69,6 +69,7 @@ class IMAGIOAblationZoneParameterNode:
     marginMm: Annotated[float, WithinRange(0.0, 30.0)] = 5.0
     clearanceMm: Annotated[float, WithinRange(0.0, 30.0)] = 3.0
     liveUpdate: bool = True
+    verifyBioheat: bool = False
     zoneSegmentation: vtkMRMLSegmentationNode
     resultsTable: vtkMRMLTableNode
 
@@ -307,7 +308,16 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
             from IMAGIOAblationZoneLib.cli import body_from_ct
 
             body = body_from_ct(grid)
-        plan, d = self.impl.plan(grid, tumor, p.deviceId, p.marginMm, avoid, body, p.clearanceMm)
+        sinks = None
+        if p.verifyBioheat:
+            vessels = self._segments(p, p.vesselSegmentNames)
+            if vessels:
+                import numpy as np
+                import SimpleITK as sitk
+
+                sinks = np.any([sitk.GetArrayFromImage(m) > 0 for m in vessels.values()], axis=0)
+        plan, d = self.impl.plan(grid, tumor, p.deviceId, p.marginMm, avoid, body, p.clearanceMm,
+                                 verify_bioheat=p.verifyBioheat, heat_sinks=sinks)
         if plan.union_mask is not None and plan.probes:
             p.zoneSegmentation = segmentation_node_from_segments(
                 slicer.mrmlScene, [Segment("planned_ablation_zone", plan.union_mask, (1.0, 0.65, 0.0))],
@@ -319,7 +329,7 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
                  "entry_ras": ",".join(f"{v:.1f}" for v in pr["entry_ras"]),
                  "path_length_mm": pr["path_length_mm"]} for n, pr in enumerate(d["probes"])]
         p.resultsTable = add_table(slicer.mrmlScene, "Ablation plan", rows or [{"feasible": "no", "reason": plan.reason}])
-        self.lastSummary = (("Feasible: " if plan.feasible else "Not feasible: ") + plan.reason
+        self.lastSummary = (("Feasible: " if d["feasible"] else "Not feasible: ") + d["reason"]
                             + f" (tumour coverage {plan.tumor_coverage_percent:.1f} %)")
         logging.info(self.lastSummary)
         return d
