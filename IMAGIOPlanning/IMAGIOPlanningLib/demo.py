@@ -38,7 +38,7 @@ def demo_step(ctx) -> None:
     truth_key = {"Liver tumor": "liver_tumor", "Lung nodule": "lung_nodule"}
     if case.get("phantom") is not None:
         card = find_card_by_name(SHIPPED_MODEL)
-        res = logic.segment_with_model(ct_node, card, progress=ctx.progress.sub(0.0, 0.7))
+        res = logic.segment_with_model(ct_node, card, largest_component=True, progress=ctx.progress.sub(0.0, 0.7))
         got = {s.name: s for s in segments_from_segmentation_node(res.node, ct_node)}
         model_rows = []
         for s in res.segments:

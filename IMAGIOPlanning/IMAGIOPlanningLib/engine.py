@@ -516,10 +516,14 @@ def keep_largest_components(labels: sitk.Image, classes) -> sitk.Image:
         m = arr == cls
         if not m.any():
             continue
-        mi = sitk.GetImageFromArray(m.astype(np.uint8))
-        cc = sitk.RelabelComponent(sitk.ConnectedComponent(mi, True), sortByObjectSize=True)
-        cca = sitk.GetArrayViewFromImage(cc)
-        arr[m & (cca != 1)] = 0
+        # only the bounding box of this class (fast on large volumes)
+        box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(m))
+        mb = m[box]
+        cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mb.astype(np.uint8)), True),
+                                   sortByObjectSize=True)
+        cca = sitk.GetArrayFromImage(cc)
+        sub = arr[box]
+        sub[mb & (cca != 1)] = 0
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(labels)
     return out
