@@ -30,9 +30,11 @@ def _landmarks(path):
 
     if path is None:
         return None
-    from imagio.io import _check_path
+    from pathlib import Path
 
-    p = _check_path(path)
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ImagioError(f"Landmark file {p} does not exist", "Give a text file with one R,A,S point (mm) per line")
     try:
         pts = np.loadtxt(p, delimiter=",", ndmin=2)
     except ValueError as e:

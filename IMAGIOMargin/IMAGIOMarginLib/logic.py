@@ -239,6 +239,9 @@ class MarginLogic:
             sigma, source = DEFAULT_SIGMA_MM, "default: published mean registration error 1.6 mm, used per axis"
         progress.update(0.92, "Uncertainty")
         unc = margin_uncertainty(metrics, threshold_mm, sigma, n_samples=n_samples, seed=seed)
+        if metrics.minimal_margin_mm > unc.margin_ci_mm[1]:
+            notes.append(f"The measured margin lies above its 95% interval: a misregistration of {sigma:g} mm in any "
+                         "direction thins the thinnest side, so the measured value is the best case")
         verdict, text, confident = _verdict(metrics.minimal_margin_mm, threshold_mm, metrics.residual_tumor_ml,
                                             unc.margin_ci_mm)
         reg_err = reg.error_estimate_mm if (reg is not None and reg.error_estimate_mm is not None) else sigma

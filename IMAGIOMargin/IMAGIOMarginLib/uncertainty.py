@@ -6,6 +6,11 @@ sigma = 1.6 mm (the published mean registration error, used here per axis,
 which is conservative: the mean 3D shift is then 2.55 mm) or a sigma from
 the registration's landmark error.
 
+Reading: with a flat prior on where the zone truly lies, the sampled values
+are the distribution of the true MAM given the measured configuration. A
+well-centred zone is thinned by a shift in any direction, so the interval
+can lie below the measured MAM (the measurement is then the best case).
+
 For each of ``n_samples`` seeded shifts the MAM of the shifted zone is the
 minimum of the signed-distance field at the shifted tumour-surface points
 (trilinear on the half-voxel lattice). The signed distance changes by at

@@ -99,12 +99,19 @@ def test_cli_rigid_registration(case, tmp_path):
     post_p = write_image(tmp_path / "post.nrrd", case["post"])
     t_p = write_segmentation(tmp_path / "tumor.seg.nrrd", [Segment("nodule", case["tumor"])])
     z_p = write_segmentation(tmp_path / "zone.seg.nrrd", [Segment("zone", case["zone"])])
+    lm_pre, lm_post = tmp_path / "pre_landmarks.txt", tmp_path / "post_landmarks.txt"
+    np.savetxt(lm_pre, case["landmarks_pre_ras"], delimiter=",")
+    np.savetxt(lm_post, case["landmarks_post_ras"], delimiter=",")
     out = tmp_path / "out"
     assert main(["margin", "--tumor", str(t_p), "--ablation", str(z_p), "--pre-ct", str(pre_p), "--post-ct",
-                 str(post_p), "--register", "rigid", "--out", str(out)]) == 0
+                 str(post_p), "--register", "rigid", "--landmarks-pre", str(lm_pre), "--landmarks-post", str(lm_post),
+                 "--out", str(out)]) == 0
     d = json.loads((out / "margin.json").read_text())
     truth = compute_margin(case["tumor_true"], case["zone"])
     print(f"rigid: MAM {d['minimal_margin_mm']:.2f} mm vs truth {truth.minimal_margin_mm:.2f} mm, {d['registration']}")
     assert d["registration"]["mode"] == "rigid" and d["registration"]["ncc_after"] > 0.9
     assert abs(d["minimal_margin_mm"] - truth.minimal_margin_mm) < 1.5
+    # landmark error of the rigid fit (the true motion has a B-spline part): measured about 0.7 mm
+    assert d["registration"]["landmark_count"] == 6 and d["registration"]["tre_rms_mm"] < 2.0
+    assert d["sigma_mm"] == pytest.approx(d["registration"]["tre_rms_mm"])
     assert (out / "margin.mrb").exists()
