@@ -492,8 +492,10 @@ def _build_tree(pts, radius, parent, keep, root, sp, min_branch_mm, prune_factor
                 continue
             seg = np.linalg.norm(np.diff(pts[chain], axis=0), axis=1).sum()
             jr = radius[chain[0]]
-            # what sticks out of the parent's lumen must be longer than the parent is wide (half)
-            if seg - jr < max(min_branch_mm, prune_factor * jr):
+            # what sticks out of the parent's lumen must be longer than the parent is wide (half);
+            # a thin short leaf on a wide airway (a third of its radius, shorter than 3 radii) is a bump
+            r_leaf = float(np.median(radius[chain[1:]]))
+            if seg - jr < max(min_branch_mm, prune_factor * jr) or (r_leaf < 0.3 * jr and seg < 3.0 * jr):
                 keep[chain[1:]] = False
                 removed = True
         if not removed:
@@ -514,6 +516,7 @@ def _build_tree(pts, radius, parent, keep, root, sp, min_branch_mm, prune_factor
             branches[pb].children.append(bi)
         owned = chain if pb is None else chain[1:]
         branch_of[owned] = bi
+    _assign_generations(branches)
     # node arrays restricted to kept nodes, re-indexed
     old = np.flatnonzero(keep)
     new_id = np.full(len(parent), -1, np.int64)
@@ -528,6 +531,50 @@ def _build_tree(pts, radius, parent, keep, root, sp, min_branch_mm, prune_factor
                       spacing_mm=sp, bridges=new_bridges)
 
 
+def _is_connector(b: Branch) -> bool:
+    """A very short inner branch (two bifurcations closer than half a lumen radius): one split."""
+    return bool(b.children) and b.length_mm < max(2.0, 0.5 * float(b.radius_mm[0]))
+
+
+def effective_children(branches: list[Branch], b: Branch) -> list[int]:
+    """Children of ``b``, looking through connectors (their children count as ``b``'s)."""
+    out, stack = [], list(b.children)
+    for _ in range(len(branches)):
+        if not stack:
+            break
+        c = stack.pop(0)
+        if _is_connector(branches[c]):
+            stack.extend(branches[c].children)
+        else:
+            out.append(c)
+    return out
+
+
+def _assign_generations(branches: list[Branch]) -> None:
+    """Generation = number of real bifurcations above a branch. Connectors do not count; at a
+    junction whose other children are all short leaves (stubs shorter than max(10 mm, 3 junction
+    radii)) the dominant child continues its parent's generation and the stubs count one more."""
+    sub = [0.0] * len(branches)
+    for b in reversed(branches):  # children come after their parents
+        sub[b.id] = b.length_mm + sum(sub[c] for c in b.children)
+    for b in branches:
+        if b.parent is None:
+            b.generation = 0
+        if not b.children or (b.parent is not None and _is_connector(b)):
+            continue
+        kids = sorted(effective_children(branches, b), key=lambda c: -sub[c])
+        jr = float(b.radius_mm[-1])
+        stubs = all(not branches[c].children and sub[c] < max(10.0, 3.0 * jr) for c in kids[1:])
+        for n, c in enumerate(kids):
+            branches[c].generation = b.generation + (0 if (n == 0 and stubs) else 1)
+            p = branches[c].parent  # connectors between b and c
+            for _ in range(len(branches)):
+                if p is None or p == b.id:
+                    break
+                branches[p].generation = b.generation + 1
+                p = branches[p].parent
+
+
 # ----------------------------------------------------------------------------- names
 
 def _direction(b: Branch) -> np.ndarray:
@@ -537,33 +584,68 @@ def _direction(b: Branch) -> np.ndarray:
     return d / n if n > 0 else d
 
 
+def _subtree_length(tree: AirwayTree, bid: int) -> float:
+    total, stack = 0.0, [bid]
+    for _ in range(len(tree.branches)):
+        if not stack:
+            break
+        b = tree.branches[stack.pop()]
+        total += b.length_mm
+        stack.extend(b.children)
+    return total
+
+
 def name_branches(tree: AirwayTree) -> None:
-    """Anatomical names where the topology allows: trachea, main bronchi, lobar bronchi."""
+    """Anatomical names where the topology and directions agree: trachea, main bronchi, lobar bronchi.
+
+    Conservative: a lobar name is given only when the split looks like the textbook one (the trunk
+    that carries the larger subtree continues; the side branch points the expected way), else the
+    branch stays unnamed.
+    """
     if not tree.branches:
         return
     br = tree.branches
+    # the trachea runs down to the first junction where the tree really splits (stubs of the
+    # larynx or of a ragged segmentation on the way keep its generation 0)
     trachea = br[0]
-    trachea.name = "trachea"
-    kids = [br[c] for c in trachea.children]
-    if len(kids) < 2:
+    for _ in range(len(br)):
+        trachea.name = "trachea"
+        cont = [br[c] for c in effective_children(br, trachea) if br[c].generation == trachea.generation]
+        if not cont:
+            break
+        trachea = cont[0]
+    kids = sorted((br[c] for c in effective_children(br, trachea)), key=lambda b: -_subtree_length(tree, b.id))[:2]
+    if len(kids) != 2:
         return
-    kids = sorted(kids, key=lambda b: b.points_ras[-1][0])  # by R coordinate of the end
-    left, right = kids[0], kids[-1]
+    carina_r = trachea.points_ras[-1][0]
+    left, right = sorted(kids, key=lambda b: b.points_ras[-1][0])  # by R coordinate of the end
+    if not (left.points_ras[-1][0] < carina_r < right.points_ras[-1][0]):
+        return
     left.name, right.name = "left main bronchus", "right main bronchus"
-    # right: the upper lobe bronchus goes up (superior); the other continues as the intermedius
-    rk = [br[c] for c in right.children]
-    if len(rk) >= 2:
-        rk = sorted(rk, key=lambda b: _direction(b)[2])
-        rk[-1].name = "right upper lobe bronchus"
-        inter = rk[0]
-        inter.name = "bronchus intermedius"
-        ik = [br[c] for c in inter.children]
-        if len(ik) >= 2:
-            ik = sorted(ik, key=lambda b: _direction(b)[1])  # anterior = +A
-            ik[-1].name = "right middle lobe bronchus"
-            ik[0].name = "right lower lobe bronchus"
-    lk = [br[c] for c in left.children]
-    if len(lk) >= 2:
-        lk = sorted(lk, key=lambda b: _direction(b)[2])
-        lk[-1].name = "left upper lobe bronchus"
-        lk[0].name = "left lower lobe bronchus"
+
+    def split(parent: Branch):
+        """(trunk, side): the child carrying the largest subtree and the next largest, when that one
+        carries at least 8 % of the tree below the parent (small stubs are no lobar bronchi)."""
+        ch = sorted((br[c] for c in effective_children(br, parent)), key=lambda b: -_subtree_length(tree, b.id))
+        if len(ch) < 2:
+            return None
+        below = sum(_subtree_length(tree, b.id) for b in ch)
+        if _subtree_length(tree, ch[1].id) < 0.08 * below:
+            return None
+        return ch[0], ch[1]
+
+    sp = split(right)
+    if sp is not None:
+        trunk, side = sp
+        if _direction(side)[2] > _direction(trunk)[2] + 0.3 and _direction(trunk)[2] < 0.0:
+            side.name, trunk.name = "right upper lobe bronchus", "bronchus intermedius"
+            sp2 = split(trunk)
+            if sp2 is not None:
+                lower, middle = sp2
+                if _direction(middle)[1] > _direction(lower)[1] + 0.2 and _direction(lower)[2] < 0.0:
+                    middle.name, lower.name = "right middle lobe bronchus", "right lower lobe bronchus"
+    sp = split(left)
+    if sp is not None:
+        a, b = sorted(sp, key=lambda x: _direction(x)[2])
+        if _direction(b)[2] - _direction(a)[2] > 0.3 and _direction(a)[2] < 0.0:
+            b.name, a.name = "left upper lobe bronchus", "left lower lobe bronchus"
