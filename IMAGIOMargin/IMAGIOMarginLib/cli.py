@@ -20,7 +20,7 @@ def _pick(path, name, reference, role):
     if name is None and len(segments) > 1:
         raise ImagioError(
             f"The {role} file {path} holds {len(segments)} segments (not a single binary mask)",
-            f"Choose one with --{'tumor' if role == 'tumour' else 'ablation'}-segment NAME; segments: "
+            f"Choose one with --{ {'tumour': 'tumor', 'organ': 'organ'}.get(role, 'ablation')}-segment NAME; segments: "
             + ", ".join(s.name for s in segments[:12]) + (" ..." if len(segments) > 12 else ""))
     return find_segment(segments, name)
 
@@ -61,6 +61,9 @@ def run(args) -> int:
                           "Give both CTs, or use --register none for masks already in one frame")
     pre = read_image(args.pre_ct) if args.pre_ct else None
     post = read_image(args.post_ct) if args.post_ct else None
+    if args.organ and args.register == "none":
+        raise ImagioError("--organ only restricts a registration", "Use it with --register rigid or deformable")
+    organ = _pick(args.organ, args.organ_segment, post, "organ") if args.organ else None
     tumor = _pick(args.tumor, args.tumor_segment, pre, "tumour")
     zone = _pick(args.ablation, args.ablation_segment, post, "ablation zone")
     last = [-1.0]
@@ -75,12 +78,12 @@ def run(args) -> int:
     result = logic.assess(tumor, zone, pre, post, register_mode=args.register, threshold_mm=args.threshold_mm,
                           sigma_mm=args.sigma_mm, landmarks_pre_ras=_landmarks(args.landmarks_pre),
                           landmarks_post_ras=_landmarks(args.landmarks_post), n_samples=args.samples,
-                          seed=args.seed, progress=Progress(show))
+                          seed=args.seed, progress=Progress(show), organ=organ)
     if post is not None:
         volume_node_from_image(scene, post, "post-treatment CT")
     logic.add_to_scene(result)
     inputs = [p for p in (args.tumor, args.ablation, args.pre_ct, args.post_ct, args.landmarks_pre,
-                          args.landmarks_post) if p]
+                          args.landmarks_post, args.organ) if p]
     data = result.to_dict()
     data["inputs"] = {"tumor": str(args.tumor), "tumor_segment": tumor.name, "ablation": str(args.ablation),
                       "ablation_segment": zone.name, "pre_ct": args.pre_ct, "post_ct": args.post_ct}
@@ -113,6 +116,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--post-ct", help="post-treatment CT (DICOM folder or image file)")
     p.add_argument("--register", choices=("none", "rigid", "deformable"), default="none",
                    help="registration of the pre- to the post-treatment CT (default none: masks share a frame)")
+    p.add_argument("--organ", help="organ segmentation on the post-treatment CT (e.g. the liver): the registration "
+                   "only looks inside it")
+    p.add_argument("--organ-segment", help="segment name in the organ file (needed when it holds several)")
     p.add_argument("--threshold-mm", type=float, default=5.0, help="margin threshold for the verdict (mm, default 5)")
     p.add_argument("--sigma-mm", type=float, default=None,
                    help="registration/segmentation uncertainty per axis (mm; default: landmark error, else 1.6)")

@@ -173,11 +173,12 @@ class MarginLogic:
     def assess(self, tumor, zone, pre_ct: sitk.Image | None = None, post_ct: sitk.Image | None = None,
                register_mode: str = "none", threshold_mm: float = 5.0, sigma_mm: float | None = None,
                landmarks_pre_ras=None, landmarks_post_ras=None, n_samples: int = 400, seed: int = 0,
-               progress=None) -> MarginResult:
+               progress=None, organ=None) -> MarginResult:
         """Assess the margin of ``tumor`` (on the pre-treatment grid) by ``zone`` (post-treatment grid).
 
         ``tumor``/``zone``: :class:`imagio.io.Segment` or binary SimpleITK images.
         ``register_mode``: "none" (masks share a frame), "rigid" or "deformable" (needs both CTs).
+        ``organ``: optional organ segment/mask on the post-treatment CT that restricts the registration.
         """
         t0 = time.perf_counter()
         progress = ensure(progress)
@@ -212,8 +213,9 @@ class MarginLogic:
             if not same_grid(zone_m, post_ct) and not bounds_overlap(zone_m, post_ct):
                 raise ImagioError("The ablation-zone mask lies outside the post-treatment CT",
                                   "Give the zone segmented on the post-treatment CT")
+            organ_m = _mask_of(organ, "organ") if organ is not None else None
             reg = register(pre_ct, post_ct, register_mode, tumor_m, zone_m, landmarks_pre_ras, landmarks_post_ras,
-                           seed=seed, progress=progress.sub(0.0, 0.6))
+                           seed=seed, progress=progress.sub(0.0, 0.6), organ_post=organ_m)
         tumor_z = bring_tumor_to_zone(tumor_m, zone_m, reg)
         if reg is not None or not same_grid(tumor_m, zone_m):
             before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))

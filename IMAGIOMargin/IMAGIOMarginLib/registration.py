@@ -4,9 +4,11 @@ Modes
 -----
 * ``none``: the masks already share one physical frame.
 * ``rigid``: Euler 3D transform, Mattes mutual information, 3 resolution
-  levels, on a region around the ablation zone.
+  levels, on a region around the ablation zone (the zone's box grown by
+  40 mm).
 * ``deformable``: the rigid result, then a B-spline transform (control
-  points about every 30 mm) on the same region. The tumour is kept rigid:
+  points about every 30 mm) on the same region, restricted to the organ
+  when an organ mask (on the post-treatment CT) is given. The tumour is kept rigid:
   the deformation is sampled over the tumour (and 5 mm around it) and the
   best rigid transform through those displacements (least squares) moves the
   tumour, so the tumour cannot be warped or shrunk "into" the zone.
@@ -96,8 +98,13 @@ def _points_of(mask: sitk.Image, max_points: int = 4000, seed: int = 0) -> np.nd
 
 
 def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk.Image, zone_post: sitk.Image,
-             landmarks_pre_ras=None, landmarks_post_ras=None, seed: int = 0, progress=None) -> RegistrationResult:
-    """Register ``pre_ct`` (moving) to ``post_ct`` (fixed); see the module docstring."""
+             landmarks_pre_ras=None, landmarks_post_ras=None, seed: int = 0, progress=None,
+             organ_post: sitk.Image | None = None) -> RegistrationResult:
+    """Register ``pre_ct`` (moving) to ``post_ct`` (fixed); see the module docstring.
+
+    ``organ_post``: optional organ mask on the post-treatment CT (e.g. the liver); the metric then only
+    looks inside the organ (grown by 5 mm), so that sliding neighbours (ribs, lung) do not drive it.
+    """
     from imagio.progress import ensure
 
     progress = ensure(progress)
@@ -117,6 +124,14 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
     zone_c = resample_to(zone, fixed)
     zone_grown = sitk.BinaryDilate(zone_c, [max(1, int(round(3.0 / s))) for s in fixed.GetSpacing()])
     region = np.ones(sitk.GetArrayViewFromImage(fixed).shape, bool)
+    if organ_post is not None:
+        organ = resample_to(sitk.Cast(organ_post > 0, sitk.sitkUInt8), fixed)
+        organ = sitk.BinaryDilate(organ, [max(1, int(round(5.0 / s))) for s in fixed.GetSpacing()])
+        region = sitk.GetArrayFromImage(organ) > 0
+        if np.count_nonzero(region) < 1000:
+            raise ImagioError("The organ mask hardly overlaps the region around the ablation zone",
+                              "Give the organ that contains the ablation zone, segmented on the post-treatment CT")
+        quality["organ_restricted"] = True
     metric_mask_arr = region & ~(sitk.GetArrayViewFromImage(zone_grown) > 0)
     if np.count_nonzero(metric_mask_arr) < 0.1 * metric_mask_arr.size:
         metric_mask_arr = region  # the zone fills the region: use it all rather than almost nothing

@@ -73,9 +73,12 @@ def case():
 def test_deformable_recovers_the_tumour_and_its_margin(case):
     truth_c = centroid_lps(case["tumor_true"])
     err_none = np.linalg.norm(centroid_lps(case["tumor"]) - truth_c)
+    # the "organ": a 51 mm ball around the zone on the post-treatment CT (the registration only looks there)
+    organ = sitk.Cast(sitk.SignedMaurerDistanceMap(case["zone"], insideIsPositive=False, useImageSpacing=True)
+                      < 35.0, sitk.sitkUInt8)
     res = MarginLogic(new_scene()).assess(
         case["tumor"], case["zone"], case["pre"], case["post"], register_mode="deformable",
-        landmarks_pre_ras=case["landmarks_pre_ras"], landmarks_post_ras=case["landmarks_post_ras"])
+        landmarks_pre_ras=case["landmarks_pre_ras"], landmarks_post_ras=case["landmarks_post_ras"], organ=organ)
     err = np.linalg.norm(centroid_lps(res.tumor_on_zone) - truth_c)
     truth = compute_margin(case["tumor_true"], case["zone"])
     q = res.registration.quality
@@ -89,7 +92,7 @@ def test_deformable_recovers_the_tumour_and_its_margin(case):
     assert q["tre_rms_mm"] < 1.5
     d = res.to_dict()
     assert d["sigma_mm"] == pytest.approx(q["tre_rms_mm"]) and "landmark" in d["sigma_source"]
-    assert d["registration"]["mode"] == "deformable"
+    assert d["registration"]["mode"] == "deformable" and d["registration"]["organ_restricted"]
 
 
 def test_cli_rigid_registration(case, tmp_path):
