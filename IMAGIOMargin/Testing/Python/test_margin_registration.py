@@ -6,7 +6,8 @@ changed-appearance 'ablation zone' (a 16 mm ball around the moved nodule, -150 H
 post-treatment CT. Truth: the nodule moved by the known transform.
 
 Measured here (see the report): tumour centroid error without registration 5.6 mm, rigid 0.7 mm,
-deformable (tumour kept rigid) 0.2 mm; the thresholds below are set from those measurements.
+deformable (tumour kept rigid, metric restricted to an 'organ' ball) 0.19-0.49 mm over six runs (the
+multi-threaded metric is not bit-reproducible); the thresholds below are set from those measurements.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_deformable_recovers_the_tumour_and_its_margin(case):
     print(f"tumour centroid error: none {err_none:.2f} mm, deformable {err:.2f} mm; MAM {res.metrics.minimal_margin_mm:.2f}"
           f" mm vs {truth.minimal_margin_mm:.2f} mm on the truly moved tumour; quality {q}")
     assert err_none > 4.0
-    assert err < 0.6
+    assert err < 0.8
     # the margin seen through the registration matches the margin of the truly moved tumour
     assert abs(res.metrics.minimal_margin_mm - truth.minimal_margin_mm) < 1.0
     assert q["ncc_after"] > q["ncc_before"] + 0.2
