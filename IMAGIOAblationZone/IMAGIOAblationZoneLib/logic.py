@@ -301,6 +301,7 @@ class AblationZoneLogic:
         sinks = None if heat_sinks is None else (_as_array(heat_sinks, grid, "heat sinks") & ~t)
         scales = (1.0, 0.9, 0.8, 0.7) if verify_bioheat else (1.0,)
         checks = []
+        stopped = ""
         best = None  # (bioheat coverage, plan)
         for n, scale in enumerate(scales):
             sub = progress.sub(n / len(scales), (n + 1) / len(scales))
@@ -312,6 +313,8 @@ class AblationZoneLogic:
             if not verify_bioheat or not plan.feasible:
                 if best is None:
                     best = (None, plan)
+                elif verify_bioheat:
+                    stopped = f"; with zones shrunk to x{scale:g} no plan was found ({plan.reason})"
                 break
             ctx = self.prepare(grid, t, margin_mm=margin_mm)
             union = np.zeros(t.shape, bool)
@@ -341,7 +344,8 @@ class AblationZoneLogic:
                 d["reason"] = (f"The table plan covers tumour + {margin_mm:g} mm, but with perfusion and the vessels as heat "
                                f"sinks the simulated zones cover at best {best[0]:.1f} % of it (vessel lumen excluded; "
                                f"needed {required_percent:g} %), with table zones shrunk down to "
-                               f"x{checks[-1]['planning_zone_scale']:g} for planning and at most {max_probes} probes")
+                               f"x{checks[-1]['planning_zone_scale']:g} for planning and at most {max_probes} probes"
+                               + stopped)
             else:
                 d["reason"] += f"; bioheat check (perfusion, vessels as heat sinks): {best[0]:.2f} %"
         elif verify_bioheat:
