@@ -1,0 +1,1 @@
+"""IMAGIOMargin algorithms: margin metrics, registration, uncertainty, logic, CLI and demo step (no Qt)."""
