@@ -5,17 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
-import SimpleITK as sitk
 
 from IMAGIOPlanningLib.card import SHIPPED_MODELS_DIR, find_card_by_name
-
-
-@pytest.fixture(scope="module")
-def phantom0():
-    from imagio.phantom import make_phantom
-
-    return make_phantom(0)  # held out: the model was trained on seeds 1-6
 
 
 def test_card_is_honest_and_small():
@@ -29,20 +20,6 @@ def test_card_is_honest_and_small():
         assert lab.terminology["type"]["scheme"] == "SCT"
 
 
-def _dice(a, b):
-    x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
-    return 2.0 * (x & y).sum() / (x.sum() + y.sum())
-
-
-def test_shipped_model_finds_the_phantom_lesions(phantom0):
-    from IMAGIOPlanningLib.engine import OnnxSegmenter
-
-    res = OnnxSegmenter(find_card_by_name("phantom-lesions")).predict(phantom0.ct, largest_component=True)
-    d_liver = _dice(sitk.Cast(res.labels == 1, sitk.sitkUInt8), phantom0.segments["liver_tumor"].mask)
-    d_nodule = _dice(sitk.Cast(res.labels == 2, sitk.sitkUInt8), phantom0.segments["lung_nodule"].mask)
-    assert d_liver > LIVER_MIN and d_nodule > NODULE_MIN, (d_liver, d_nodule)
-
-
 def test_demo_planning_step(tmp_path):
     from imagio.demo import run_demo
 
@@ -51,7 +28,9 @@ def test_demo_planning_step(tmp_path):
     plan = summary["planning"]
     assert plan["status"] == "ok", plan
     rows = {r["name"]: r for r in plan["model"]["segments"]}
+    # the ONNX path end to end on phantom seed 0, which the model never saw
     assert rows["Liver tumor"]["dice_vs_truth"] > LIVER_MIN
+    assert rows["Lung nodule"]["dice_vs_truth"] > NODULE_MIN
     assert plan["seeded"]["dice_vs_truth"] > 0.7
     assert plan["model"]["execution_provider"] == "CPUExecutionProvider"
     assert (out / "scene.mrb").exists() and "Planning" in (out / "report.html").read_text()
