@@ -1,8 +1,10 @@
 """The margin step of `imagio demo`: a margin report for the phantom's liver tumour.
 
-The phantom has no post-treatment CT, so the ablation zone is a made-up
-but plausible one: an ellipsoid around the tumour (long axis head-feet)
-placed 3 mm off-centre, so that one side is thin. The report shows the
+The phantom has no post-treatment CT. When an earlier step left an ablation
+zone in ``ctx.case["ablation_zone"]`` (a Segment on the CT grid) that zone
+is assessed; otherwise a made-up but plausible one: an ellipsoid around the
+tumour (long axis head-feet) placed 3 mm off-centre, so that one side is
+thin. The report shows the
 metrics with units, a slice with tumour, zone and thinnest point, and the
 margin histogram.
 """
@@ -50,8 +52,13 @@ def demo_step(ctx) -> None:
     tumor = segments.get("liver_tumor") or next((s for n, s in segments.items() if "tumor" in n.lower()), None)
     if tumor is None:
         raise ImagioError("The case has no tumour segment", "Add a segment named liver_tumor to the case")
-    ctx.progress.update(0.05, "margin: making an ablation zone around the tumour")
-    zone = Segment("ablation zone (synthetic)", synthetic_zone(tumor.mask), (0.2, 0.6, 0.9), 1)
+    zone = ctx.case.get("ablation_zone")
+    if isinstance(zone, Segment):
+        source = "the ablation step's zone"
+    else:
+        ctx.progress.update(0.05, "margin: making an ablation zone around the tumour")
+        zone = Segment("ablation zone (synthetic)", synthetic_zone(tumor.mask), (0.2, 0.6, 0.9), 1)
+        source = "synthetic ablation zone: ellipsoid 8 mm beyond the tumour, 3 mm off-centre"
     logic = MarginLogic(ctx.scene)
     result = logic.assess(tumor, zone, progress=ctx.progress.sub(0.1, 0.8))
     nodes = logic.add_to_scene(result, "Margin")
@@ -67,11 +74,12 @@ def demo_step(ctx) -> None:
                         vline=result.threshold_mm, vline_label=f"threshold {result.threshold_mm:g} mm")
     metrics = [(r["metric"], r["value"], r["unit"]) for r in result.table_rows()]
     ctx.report.add_section(
-        "Ablation margin (liver tumour, synthetic ablation zone)", metrics, images=[pic],
+        f"Ablation margin (liver tumour, {source})", metrics, images=[pic],
         text=f"{data['verdict_text']}. Sigma {data['sigma_mm']:g} mm ({data['sigma_source']}). "
              f"Tumour (red), zone (blue), thinnest point (cross). {data['convention']}", svgs=[svg])
     ctx.summary["margin"] = {k: data[k] for k in (
         "minimal_margin_mm", "coverage_percent", "shell_coverage_percent", "residual_tumor_ml", "thinnest_point_ras",
         "margin_ci_mm", "p_margin_ge_threshold", "verdict", "threshold_mm", "sigma_mm")}
+    ctx.summary["margin"]["zone_source"] = source
     ctx.summary["margin"]["nodes"] = [nodes.model.GetName(), nodes.thinnest.GetName(), nodes.table.GetName()]
     ctx.summary["margin"]["tumor_centroid_ras"] = [round(float(v), 2) for v in centroid_ras(tumor.mask)]
