@@ -152,8 +152,9 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ok = bool(p.ctVolume and p.modelCardPath and pathlib.Path(p.modelCardPath).is_file())
             tip = "Run the model in a background process" if ok else "Select a CT and a model card"
         else:
-            ok = bool(p.ctVolume and p.seedPoints and p.seedPoints.GetNumberOfControlPoints() > 0)
-            tip = "Segment the lesion at the seed point" if ok else "Select a CT and place a seed point"
+            self.ui.seedPlaceWidget.setCurrentNode(p.seedPoints)
+            ok = bool(p.ctVolume and p.seedPoints)
+            tip = "Segment the lesion at the seed point" if ok else "Select a CT and a seed point list"
         self.ui.applyButton.enabled = ok
         self.ui.applyButton.toolTip = tip
 
@@ -170,6 +171,8 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p.method == "Seed":
             with slicer.util.tryWithErrorDisplay("Seeded segmentation failed.", waitCursor=True):
+                if p.seedPoints.GetNumberOfControlPoints() < 1:
+                    raise ValueError("Place a seed point inside the lesion first")
                 point = [0.0, 0.0, 0.0]
                 p.seedPoints.GetNthControlPointPositionWorld(0, point)
                 radius = p.radiusMm if p.radiusMm > 0 else None
