@@ -551,9 +551,9 @@ def effective_children(branches: list[Branch], b: Branch) -> list[int]:
 
 
 def _assign_generations(branches: list[Branch]) -> None:
-    """Generation = number of real bifurcations above a branch. Connectors do not count; at a
-    junction whose other children are all short leaves (stubs shorter than max(10 mm, 3 junction
-    radii)) the dominant child continues its parent's generation and the stubs count one more."""
+    """Generation = number of bifurcations above a branch. Connectors do not count; on the trachea,
+    a junction whose other children are all short leaves (stubs shorter than max(10 mm, 3 junction
+    radii): larynx, ragged top) keeps the trachea at generation 0 and the stubs count one more."""
     sub = [0.0] * len(branches)
     for b in reversed(branches):  # children come after their parents
         sub[b.id] = b.length_mm + sum(sub[c] for c in b.children)
@@ -564,7 +564,9 @@ def _assign_generations(branches: list[Branch]) -> None:
             continue
         kids = sorted(effective_children(branches, b), key=lambda c: -sub[c])
         jr = float(b.radius_mm[-1])
-        stubs = all(not branches[c].children and sub[c] < max(10.0, 3.0 * jr) for c in kids[1:])
+        # stubs only on the trachea (no real branch leaves it before the carina)
+        stubs = b.generation == 0 and all(not branches[c].children and sub[c] < max(10.0, 3.0 * jr)
+                                          for c in kids[1:])
         for n, c in enumerate(kids):
             branches[c].generation = b.generation + (0 if (n == 0 and stubs) else 1)
             p = branches[c].parent  # connectors between b and c
