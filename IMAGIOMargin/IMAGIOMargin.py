@@ -174,7 +174,8 @@ class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
         ci = d["margin_ci_mm"]
         self.lastSummary = (f"{d['verdict_text']}. 95% interval {ci[0]:.1f} to {ci[1]:.1f} mm (sigma "
                             f"{d['sigma_mm']:g} mm); P(margin >= {d['threshold_mm']:g} mm) "
-                            f"{100 * d['p_margin_ge_threshold']:.0f} %; coverage {d['coverage_percent']:.1f} %")
+                            f"{100 * d['p_margin_ge_threshold']:.0f} %; coverage {d['coverage_percent']:.1f} %"
+                            + "".join(f"\nNote: {n}" for n in d["notes"]))
         logging.info(self.lastSummary)
         return result, nodes
 
