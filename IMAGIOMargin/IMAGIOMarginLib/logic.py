@@ -220,6 +220,8 @@ class MarginLogic:
         if reg is not None or not same_grid(tumor_m, zone_m):
             before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))
             after = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_z))) * float(np.prod(tumor_z.GetSpacing()))
+            if before == 0:
+                raise ImagioError("The tumour segmentation is empty", "Choose a tumour segment that contains voxels")
             if after == 0:
                 raise ImagioError("The tumour falls outside the ablation-zone image after alignment",
                                   "Check that the masks belong to the same patient and the registration")

@@ -103,6 +103,12 @@ def test_bad_input(pair):
         logic.assess(empty, zone)
     with pytest.raises(ImagioError, match="ablation zone segmentation is empty"):
         logic.assess(tumor, empty)
+    # an empty tumour on another grid (resampled first) is still called empty
+    coarse_empty = sitk.Image([30, 30, 20], sitk.sitkUInt8)
+    coarse_empty.SetSpacing((2.0, 2.0, 3.0))
+    coarse_empty.SetOrigin(zone.GetOrigin())
+    with pytest.raises(ImagioError, match="tumour segmentation is empty"):
+        logic.assess(coarse_empty, zone)
     label = sitk.Cast(tumor * 2 + zone, sitk.sitkUInt8)
     with pytest.raises(ImagioError, match="not binary"):
         logic.assess(label, zone)
