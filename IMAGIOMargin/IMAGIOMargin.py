@@ -161,13 +161,15 @@ class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
     def process(self, p):
         """Assess the margin for the parameter node's inputs; returns (MarginResult, MarginNodes)."""
         from imagio.errors import ImagioError
+        from IMAGIOMarginLib.uncertainty import DEFAULT_SIGMA_MM
 
         if not p.tumorSegmentation or not p.zoneSegmentation:
             raise ImagioError("Choose the tumour and the ablation-zone segmentations")
         result = self.impl.assess_nodes(
             p.tumorSegmentation, self.segmentId(p.tumorSegmentation, p.tumorSegmentName),
             p.zoneSegmentation, self.segmentId(p.zoneSegmentation, p.zoneSegmentName),
-            p.preCT, p.postCT, register_mode=p.registration, threshold_mm=p.thresholdMm, sigma_mm=p.sigmaMm)
+            p.preCT, p.postCT, register_mode=p.registration, threshold_mm=p.thresholdMm,
+            sigma_mm=None if abs(p.sigmaMm - DEFAULT_SIGMA_MM) < 1e-9 else p.sigmaMm)
         nodes = self.impl.add_to_scene(result, "Margin")
         p.resultsTable = nodes.table
         d = result.to_dict()
