@@ -73,7 +73,7 @@ def demo_step(ctx) -> None:
                     ("airway Dice against truth", dice, "")]
     images = [slice_png(ctx.image_path("lungnav_exit.png"), ct,
                         [(result.airway_mask, AIRWAY_COLOR), (nodule.mask, nodule.color)], r.exit_point_ras,
-                        "coronal", window=(-600, 1500))]
+                        "coronal", window=(-600, 1500), markers_ras=[r.exit_point_ras, r.target_ras])]
     summary["runtime_s"] = round(time.perf_counter() - t0, 2)
     ctx.summary["lungnav"] = summary
     ctx.report.add_section(
