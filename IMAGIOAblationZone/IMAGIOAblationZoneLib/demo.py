@@ -83,7 +83,14 @@ def demo_step(ctx) -> None:
                     ("table zone of probe 1", " x ".join(f"{a:.1f}" for a in bm["table_zone_axes_mm"]), "mm"),
                     ("bioheat coverage of tumour", bm.get("coverage_percent"), "%"),
                     ("bioheat solver time", bm["solver_time_s"], "s")]
-        overlays.append((res.full_mask(), (1.0, 0.2, 0.6)))
+        achieved = res.full_mask()
+        overlays.append((achieved, (1.0, 0.2, 0.6)))
+        # hand the zone on to the margin step, as if this were the post-treatment segmentation
+        if len(plan.probes) == 1:
+            case["ablation_zone"] = Segment("simulated ablation zone (bioheat, vessels as heat sinks)", achieved,
+                                            (1.0, 0.2, 0.6))
+        else:
+            case["ablation_zone"] = Segment("planned ablation zone (table)", plan.union_mask, ZONE_COLOR)
         markers = [p.tip_ras for p in plan.probes]
         images.append(slice_png(ctx.image_path("ablation_axial.png"), ct, overlays, plan.probes[0].tip_ras, "axial",
                                 markers_ras=markers))

@@ -100,13 +100,28 @@ def segmentation_node_from_segments(scene, segments: list[Segment], name: str, r
     return node
 
 
-def segments_from_segmentation_node(node, reference_node=None) -> list[Segment]:
-    """Every segment of ``node`` as a mask on ``reference_node``'s grid (or the segments' own grid)."""
+def segments_from_segmentation_node(node, reference_node=None, segment_ids=None) -> list[Segment]:
+    """Segments of ``node`` as masks on ``reference_node``'s grid (or the segments' own grid).
+
+    ``segment_ids`` (segment IDs or names) limits the export to those segments, in that order.
+    """
     scene = node.GetScene()
     seg = node.GetSegmentation()
+    all_ids = [seg.GetNthSegmentID(n) for n in range(seg.GetNumberOfSegments())]
+    if segment_ids is None:
+        wanted = all_ids
+    else:
+        by_name = {seg.GetSegment(i).GetName().lower(): i for i in all_ids}
+        wanted = []
+        for key in segment_ids:
+            sid = key if key in all_ids else by_name.get(str(key).lower())
+            if sid is None:
+                raise ImagioError(f"Segmentation '{node.GetName()}' has no segment '{key}'",
+                                  "Segments: " + ", ".join(seg.GetSegment(i).GetName() for i in all_ids))
+            wanted.append(sid)
     out = []
-    for n in range(seg.GetNumberOfSegments()):
-        sid = seg.GetNthSegmentID(n)
+    for sid in wanted:
+        n = all_ids.index(sid)
         segment = seg.GetSegment(sid)
         lm = slicer.vtkMRMLLabelMapVolumeNode()
         scene.AddNode(lm)

@@ -54,7 +54,7 @@ def demo_step(ctx) -> None:
         raise ImagioError("The case has no tumour segment", "Add a segment named liver_tumor to the case")
     zone = ctx.case.get("ablation_zone")
     if isinstance(zone, Segment):
-        source = "the ablation step's zone"
+        source = f"the ablation step's zone: {zone.name}"
     else:
         ctx.progress.update(0.05, "margin: making an ablation zone around the tumour")
         zone = Segment("ablation zone (synthetic)", synthetic_zone(tumor.mask), (0.2, 0.6, 0.9), 1)

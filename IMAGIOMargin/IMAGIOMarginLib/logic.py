@@ -268,10 +268,7 @@ class MarginLogic:
             segment = node.GetSegmentation().GetSegment(sid) if sid else None
             if segment is None:
                 raise ImagioError(f"No {role} segment chosen", f"Choose the {role} segment")
-            for s in segments_from_segmentation_node(node, ref):
-                if s.name == segment.GetName():
-                    return s
-            raise ImagioError(f"Segment '{segment.GetName()}' could not be read")
+            return segments_from_segmentation_node(node, ref, segment_ids=[sid])[0]
 
         pre = image_from_volume_node(pre_ct_node) if pre_ct_node is not None else None
         post = image_from_volume_node(post_ct_node) if post_ct_node is not None else None

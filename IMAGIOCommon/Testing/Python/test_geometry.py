@@ -74,6 +74,12 @@ def test_segmentation_roundtrip_oblique(tmp_path):
     again = mrml.segments_from_segmentation_node(node, vol)
     assert np.array_equal(again[0].array(), arr > 0)
     assert np.allclose(g.centroid_ras(again[1].mask), g.centroid_ras(segs[1].mask), atol=1e-4)
+    only = mrml.segments_from_segmentation_node(node, vol, segment_ids=["Vessel"])
+    assert [s.name for s in only] == ["vessel"] and np.array_equal(only[0].array(), arr2 > 0)
+    from imagio.errors import ImagioError
+
+    with pytest.raises(ImagioError, match="no segment 'liver'"):
+        mrml.segments_from_segmentation_node(node, vol, segment_ids=["liver"])
 
 
 def test_surface_is_in_ras():
