@@ -124,3 +124,15 @@ def test_logic_on_nodes_adds_new_nodes_and_leaves_inputs(phantom):
     assert airway_node.GetSegmentation().GetNumberOfSegments() == 1
     assert target_node.GetNumberOfControlPoints() == 1
     assert result.route.gap_to_target_mm < 12.0
+
+
+def test_cli_route_from_a_start_point(case, phantom, tmp_path):
+    """--start: the route begins at the tree node nearest the given point (e.g. a scope pose)."""
+    right_main = next(b for b in phantom.airway_centerlines if b["name"] == "right main bronchus")
+    start = np.asarray(right_main["points_ras"])[len(right_main["points_ras"]) // 2]
+    out = tmp_path / "out"
+    r = run_imagio("lungnav", "--airway", case / "truth.seg.nrrd", "--airway-segment", "airway_lumen",
+                   "--target", _point(phantom.lung_nodule_center_ras), "--start", _point(start), "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    route = json.loads((out / "route.json").read_text())
+    assert np.linalg.norm(np.asarray(route["route_points_ras"][0]) - start) < 3.0

@@ -106,3 +106,20 @@ def test_target_outside_the_lungs_is_refused(phantom):
     # the liver tumour is below the diaphragm, far from any aerated lung
     with pytest.raises(ImagioError, match="outside the lungs"):
         LungNavLogic().compute(ct=phantom.ct, target_ras=phantom.liver_tumor_center_ras)
+
+
+def test_segmentation_reports_progress_and_can_be_cancelled(phantom):
+    from imagio.errors import Cancelled
+    from imagio.progress import Progress
+
+    seen = []
+
+    def callback(fraction, message):
+        seen.append(fraction)
+        if fraction > 0.3:
+            progress.cancel()
+
+    progress = Progress(callback)
+    with pytest.raises(Cancelled):
+        segment_airway(phantom.ct, progress=progress)
+    assert seen and max(seen) < 0.7
