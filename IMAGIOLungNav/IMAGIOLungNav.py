@@ -19,10 +19,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-try:  # the shared core is put on sys.path by the hidden IMAGIOCommon module
-    import IMAGIOCommon  # noqa: F401
-except ImportError:
-    pass
+import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
 
 
 class IMAGIOLungNav(ScriptedLoadableModule):
@@ -38,7 +35,7 @@ class IMAGIOLungNav(ScriptedLoadableModule):
             "from the trachea to the airway point nearest a target point or lesion: route length (mm), gap to the "
             "target (mm), narrowest lumen (mm) against the scope's outer diameter, largest turning angle (deg), "
             "bronchus sign. The route is a markups curve for the Endoscopy module's fly-through. "
-            "See <a href='https://github.com/imagio/imagio'>the IMAGIO documentation</a>."
+            "See <a href='https://github.com/imagio-slicer/SlicerIMAGIO'>the documentation</a>."
         )
         self.parent.acknowledgementText = "Uses SimpleITK and Slicer's MRML. Not for clinical use."
 
