@@ -83,7 +83,7 @@ class LungNavLogic:
                 raise ImagioError("The airway segmentation is empty", "Choose the segment that holds the airway tree")
         if lesion is not None and ct is not None:
             lesion = _on_grid(lesion, ct, "lesion segmentation")
-        tree = extract_centerlines(airway, progress=progress.sub(0.55, 0.9))
+        tree = extract_centerlines(airway, progress=progress.sub(0.55 if ct is not None else 0.0, 0.9))
         progress.update(0.9, "Planning the route")
         if lungs is not None:
             _check_in_lungs(lungs, target_ras, lesion)
