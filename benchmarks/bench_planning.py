@@ -196,7 +196,9 @@ def main(argv=None) -> int:
     if model_dir is None:
         model_dir = tmp / "nnunet_model"
         subprocess.run([sys.executable, str(REPO / "IMAGIOPlanning/Training/make_nnunet_model.py"), "--out",
-                        str(model_dir), "--ct", str(_data("chest-lidc0314/ct.nrrd")), "--iterations", "150"], check=True)
+                        str(model_dir), "--ct", str(_data("chest-lidc0314/ct.nrrd")),
+                        str(_data("sarcoma-sts001/nifti/image/image.nii.gz")), "--iterations", "200", "--seed", "1"],
+                       check=True)
     from IMAGIOPlanningLib.export import export_nnunet
 
     card = export_nnunet(model_dir, tmp / "onnx")
