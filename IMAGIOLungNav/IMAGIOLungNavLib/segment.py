@@ -90,8 +90,14 @@ def _lungs_coarse(ct: sitk.Image, progress: Progress) -> tuple[sitk.Image, np.nd
         if ax == k_ax:
             continue
         faces += [np.take(cc, 0, axis=ax).ravel(), np.take(cc, cc.shape[ax] - 1, axis=ax).ravel()]
-    outside = np.unique(np.concatenate(faces))
+    touching = np.unique(np.concatenate(faces))
     sizes = np.bincount(cc.ravel())
+    # air that touches the sides is outside air, unless it looks like lung parenchyma (a field of view
+    # cropped through the lungs): outside air averages below -920 HU (measured -950..-990 on the chest
+    # CTs here), aerated lung well above (-790..-850)
+    hu = sitk.GetArrayViewFromImage(small).astype(np.float64)
+    mean_hu = np.bincount(cc.ravel(), weights=hu.ravel()) / np.maximum(sizes, 1)
+    outside = touching[mean_hu[touching] < -920.0]
     vox_ml = geometry.voxel_volume_ml(small)
     keep = np.zeros(len(sizes), bool)
     keep[1:] = sizes[1:] * vox_ml >= 30.0

@@ -123,3 +123,15 @@ def test_segmentation_reports_progress_and_can_be_cancelled(phantom):
     with pytest.raises(Cancelled):
         segment_airway(phantom.ct, progress=progress)
     assert seen and max(seen) < 0.7
+
+
+def test_chest_ct_cropped_through_the_lungs():
+    """A field of view cropped through the lungs (TotalSegmentator's 1.5 mm chest crop): the lungs touch
+    the sides of the image and must not be taken for outside air."""
+    ct = read_image(data_path("totalseg-examples/pulmonary_report/ct_cropped.nii.gz"))
+    seg = segment_airway(ct)
+    leak = seg.leak_check()
+    assert 15.0 < leak["airway_volume_ml"] < 80.0 and not leak["leak_suspected"]
+    assert seg.explosion_hu is not None and seg.threshold_hu < seg.explosion_hu
+    tree = extract_centerlines(seg.mask)
+    assert {"trachea", "left main bronchus", "right main bronchus"} <= {b.name for b in tree.branches}
