@@ -217,11 +217,10 @@ def _trachea_top(comp: np.ndarray, label: int, image: sitk.Image, arr: np.ndarra
     return kji[slab == first]
 
 
-def _component_seed_near(comp_arr: np.ndarray, label: int, dist_to_main: np.ndarray,
+def _component_seed_near(kji: np.ndarray, dist_to_main: np.ndarray,
                          face_mm: float) -> tuple[np.ndarray, float, np.ndarray]:
-    """Voxel of a piece nearest to the main tree, the gap (mm), and the piece's face towards the tree
-    (its voxels within ``face_mm`` of the nearest distance) from which its front starts."""
-    kji = np.argwhere(comp_arr == label)
+    """Voxel of a piece (its voxels ``kji``) nearest to the main tree, the gap (mm), and the piece's
+    face towards the tree (its voxels within ``face_mm`` of the nearest distance) where its front starts."""
     d = dist_to_main[tuple(kji.T)]
     i = int(np.argmin(d))
     return kji[i], float(d[i]), kji[d <= d[i] + face_mm]
@@ -281,10 +280,17 @@ def extract_centerlines(mask: sitk.Image, seed_ras=None, progress: Progress | No
     if n_comp > 1:
         d_main = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
             main_mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+        # voxels of every piece at once (one pass, however many pieces a ragged mask has)
+        flat = np.flatnonzero(comp)
+        labs = comp.ravel()[flat]
+        order = np.argsort(labs, kind="stable")
+        starts = np.searchsorted(labs[order], np.arange(1, n_comp + 2))
         for lab in range(1, n_comp + 1):
             if lab == main or sizes[lab] < min_fragment_voxels:
                 continue
-            s, gap, face = _component_seed_near(comp, lab, d_main, max(m.GetSpacing()))
+            vox = flat[order[starts[lab - 1]:starts[lab]]]
+            kji = np.column_stack(np.unravel_index(vox, comp.shape))
+            s, gap, face = _component_seed_near(kji, d_main, max(m.GetSpacing()))
             if gap <= bridge_max_mm:
                 seeds.append((s, lab, gap))
                 faces.append(face)

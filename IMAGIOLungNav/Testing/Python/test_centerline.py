@@ -122,3 +122,25 @@ def test_airquant_reference_skeleton_agreement():
     assert b >= 60.0, b
     a3, b3 = _agreement(_tree_points(tree), ref, 3.0)
     assert a3 >= 85.0 and b3 >= 80.0, (a3, b3)
+
+
+def test_many_detached_specks_are_counted_not_traced(y_mask):
+    """A ragged segmentation: 200 detached 4x4x4-voxel specks far from the tree."""
+    arr = sitk.GetArrayFromImage(y_mask)
+    dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(y_mask, insideIsPositive=False,
+                                                               squaredDistance=False, useImageSpacing=True))
+    rng = np.random.default_rng(7)
+    free = np.argwhere(dist[:-4, :-4, :-4] > 15.0)
+    placed = 0
+    for k, j, i in free[rng.permutation(len(free))]:
+        if placed == 200:
+            break
+        if arr[k - 1:k + 5, j - 1:j + 5, i - 1:i + 5].any():
+            continue
+        arr[k:k + 4, j:j + 4, i:i + 4] = 1
+        placed += 1
+    ragged = g.copy_geometry(arr, y_mask)
+    tree = extract_centerlines(ragged)
+    assert tree.n_branches == 3 and tree.bridges == []
+    assert tree.n_components == 201
+    assert tree.disconnected_volume_ml == pytest.approx(200 * 64 * g.voxel_volume_ml(y_mask), rel=1e-6)
