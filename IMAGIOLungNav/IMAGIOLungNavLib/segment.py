@@ -1,9 +1,11 @@
 """Airway segmentation from a chest CT (HU) with SimpleITK.
 
-1. Lungs: air (< -500 HU) inside the body, on a half-resolution grid.
-2. Trachea: a dark, round blob near the body's left-right middle that runs
-   straight for >= 15 mm in the slices above the carina, part of the same
-   air space as the lungs.
+1. Lungs: air (< -500 HU) that is not outside air, on a half-resolution
+   grid (air touching the image sides is outside air when it averages
+   below -920 HU; lungs cut by the field of view average well above).
+2. Trachea: a dark, round blob near the lungs' left-right middle that runs
+   straight for >= 15 mm from the top slices down, part of the same air
+   space as >= 400 ml of lung.
 3. Region growing from the trachea with an adaptively raised upper HU
    threshold; each step is checked for an explosion (volume jump), the
    step before the first explosion is kept.
