@@ -56,6 +56,7 @@ class IMAGIOLungNavWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._progress = None  # set while a route is being planned; Apply then works as Cancel
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -117,18 +118,35 @@ class IMAGIOLungNavWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.processEvents()
 
     def onApplyButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Route planning failed.", waitCursor=True):
-            p = self._parameterNode
-            result = self.logic.process(p.ctVolume, p.airwaySegmentation, p.targetPoints, p.lesionSegmentation,
-                                        p.scopeDiameterMm, self._onProgress)
-            r = result.route
-            fits = "fits" if r.reachable else "does not fit"
-            self.ui.resultLabel.text = (
-                f"Route {r.path_length_mm:.1f} mm through {' > '.join(r.branch_names)}; exit at generation "
-                f"{r.generation}, gap to target {r.gap_to_target_mm:.1f} mm. Narrowest lumen "
-                f"{r.min_lumen_diameter_mm:.1f} mm: the {p.scopeDiameterMm:.1f} mm scope {fits} all the way "
-                f"(it reaches to {r.scope_stop_to_target_mm:.1f} mm of the target). Largest turn "
-                f"{r.max_turn_angle_deg:.0f} deg. Bronchus sign: {'yes' if r.bronchus_sign else 'no'}.")
+        if self._progress is not None:  # running: the button is "Cancel"
+            self._progress.cancel()
+            return
+        from imagio.errors import Cancelled
+        from imagio.progress import Progress
+
+        self._progress = Progress(self._onProgress)  # _onProgress keeps the GUI responsive (processEvents)
+        applyText = self.ui.applyButton.text
+        self.ui.applyButton.text = "Cancel"
+        try:
+            with slicer.util.tryWithErrorDisplay("Route planning failed."):
+                p = self._parameterNode
+                try:
+                    result = self.logic.process(p.ctVolume, p.airwaySegmentation, p.targetPoints,
+                                                p.lesionSegmentation, p.scopeDiameterMm, progress=self._progress)
+                except Cancelled:
+                    self.ui.resultLabel.text = "Cancelled: no route was added to the scene."
+                    return
+                r = result.route
+                fits = "fits" if r.reachable else "does not fit"
+                self.ui.resultLabel.text = (
+                    f"Route {r.path_length_mm:.1f} mm through {' > '.join(r.branch_names)}; exit at generation "
+                    f"{r.generation}, gap to target {r.gap_to_target_mm:.1f} mm. Narrowest lumen "
+                    f"{r.min_lumen_diameter_mm:.1f} mm: the {p.scopeDiameterMm:.1f} mm scope {fits} all the way "
+                    f"(it reaches to {r.scope_stop_to_target_mm:.1f} mm of the target). Largest turn "
+                    f"{r.max_turn_angle_deg:.0f} deg. Bronchus sign: {'yes' if r.bronchus_sign else 'no'}.")
+        finally:
+            self._progress = None
+            self.ui.applyButton.text = applyText
 
 
 class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
@@ -140,7 +158,9 @@ class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return IMAGIOLungNavParameterNode(super().getParameterNode())
 
-    def process(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2, progressCallback=None):
+    def process(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2, progressCallback=None,
+                progress=None):
+        """Plan the route; ``progress`` (an imagio Progress) reports and cancels, else ``progressCallback``."""
         from imagio.progress import Progress
         from IMAGIOLungNavLib.logic import LungNavLogic
 
@@ -148,7 +168,7 @@ class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
         logic = LungNavLogic(slicer.mrmlScene)
         return logic.run_nodes(ct_node=ctNode, airway_node=airwayNode, target_node=targetNode,
                                lesion_node=lesionNode, scope_diameter_mm=scopeDiameterMm,
-                               progress=Progress(progressCallback))
+                               progress=progress if progress is not None else Progress(progressCallback))
 
 
 class IMAGIOLungNavTest(ScriptedLoadableModuleTest):
