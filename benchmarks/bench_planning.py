@@ -195,9 +195,11 @@ def main(argv=None) -> int:
     model_dir = a.model_dir
     if model_dir is None:
         model_dir = tmp / "nnunet_model"
+        lidc = sitk.ReadImage(str(_data("chest-lidc0314/ct.nrrd")))
+        sitk.WriteImage(lidc[100:330, 90:330, 100:220], str(tmp / "train_lidc_crop.nrrd"))
         subprocess.run([sys.executable, str(REPO / "IMAGIOPlanning/Training/make_nnunet_model.py"), "--out",
-                        str(model_dir), "--ct", str(_data("chest-lidc0314/ct.nrrd")),
-                        str(_data("sarcoma-sts001/nifti/image/image.nii.gz")), "--iterations", "200", "--seed", "1"],
+                        str(model_dir), "--ct", str(tmp / "train_lidc_crop.nrrd"),
+                        str(_data("sarcoma-sts001/nifti/image/image.nii.gz")), "--iterations", "150", "--seed", "0"],
                        check=True)
     from IMAGIOPlanningLib.export import export_nnunet
 
