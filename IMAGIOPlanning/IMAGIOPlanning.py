@@ -80,6 +80,7 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._jobCt = None
+        self._jobCard = None
         self._timer = None
 
     def setup(self) -> None:
@@ -183,6 +184,7 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startModelSegmentation(p.ctVolume, p.modelCardPath, p.mirroring,
                                                           p.largestComponent)
             self._jobCt = p.ctVolume
+            self._jobCard = p.modelCardPath
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.toolTip = "Stop the background process"
             self.ui.applyButton.enabled = True
@@ -205,7 +207,7 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             if status.state == "done":
                 with slicer.util.tryWithErrorDisplay("Could not load the model's result."):
-                    result = self.logic.loadModelResult(self._jobCt, job, self._parameterNode.modelCardPath)
+                    result = self.logic.loadModelResult(self._jobCt, job, self._jobCard)
                     self._showResult(result)
             elif status.state == "failed":
                 slicer.util.errorDisplay(f"Model segmentation failed: {status.message}")
