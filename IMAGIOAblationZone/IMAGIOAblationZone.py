@@ -9,7 +9,6 @@ import logging
 from typing import Annotated
 
 import slicer
-import vtk
 from slicer import (
     vtkMRMLMarkupsLineNode,
     vtkMRMLScalarVolumeNode,
@@ -26,6 +25,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
+from imagio.slicer_widget import ParameterNodeWidgetMixin
 from IMAGIOAblationZoneLib.devices import load_library
 
 #: Device ids of the bundled library (the combo box choices).
@@ -74,13 +74,11 @@ class IMAGIOAblationZoneParameterNode:
     resultsTable: vtkMRMLTableNode
 
 
-class IMAGIOAblationZoneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._observedLine = None
         self._zoneModel = None
 
@@ -91,8 +89,7 @@ class IMAGIOAblationZoneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOAblationZoneLogic()  # the combo boxes are filled from the Choice annotations
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.planButton.connect("clicked(bool)", self.onPlanButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateSettingInfo)
@@ -100,42 +97,16 @@ class IMAGIOAblationZoneWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.timeSpinBox.connect("valueChanged(double)", self.updateSettingInfo)
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-
     def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
+        ParameterNodeWidgetMixin.onSceneStartClose(self, caller, event)
         self._zoneModel = None
         self._observedLine = None
 
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        ParameterNodeWidgetMixin.initializeParameterNode(self)
         p = self._parameterNode
         if not p.referenceVolume:
             p.referenceVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
-            self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
