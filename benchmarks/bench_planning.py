@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each predictor per case (interleaved)")
     ap.add_argument("--skip-large", action="store_true", help="skip the 512x512x300 peak-memory run")
+    ap.add_argument("--skip-cases", action="store_true", help="only the 512x512x300 run")
     ap.add_argument("--large-nnunet", action="store_true", help="also run nnU-Net on the 512x512x300 CT (slow)")
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="imagio-bench-"))
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
                "torch_version": __import__("torch").__version__,
                "nnunetv2_version": __import__("importlib.metadata").metadata.version("nnunetv2"),
                "onnxruntime_version": __import__("onnxruntime").__version__, "cases": []}
-    for case in make_cases(tmp):
+    for case in ([] if a.skip_cases else make_cases(tmp)):
         runs_ours, runs_peer = [], []
         for _ in range(a.repeats):  # interleaved, so both see the same machine load; best and median reported
             runs_ours.append(_child("ours", card, case["ct"], tmp / "ours.nrrd", int(case["mirroring"]), a.threads))
