@@ -204,3 +204,14 @@ def test_background_job_cancel_ends_the_process(tmp_path, three_class_card):
     assert job.poll().state == "cancelled"
     assert not (tmp_path / "job" / "labels.nrrd").exists()
     job.cleanup()
+
+
+def test_worker_imports_no_slicer_code():
+    """The background script must start with Slicer's plain Python: no slicer, vtk or Qt imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor m in ('slicer', 'vtk', 'qt', 'ctk'): sys.modules[m] = None\n"
+            "import IMAGIOPlanningLib.worker, IMAGIOPlanningLib.engine, IMAGIOPlanningLib.card\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
