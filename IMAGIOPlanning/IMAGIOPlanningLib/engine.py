@@ -125,22 +125,26 @@ def _interp_1d(n_in: int, n_out: int, nearest: bool):
     return np.clip(lo, 0, n_in - 1), np.clip(lo + 1, 0, n_in - 1), w
 
 
-def resample_array(data: np.ndarray, old_spacing, new_shape, threshold: float = 3.0,
+def resample_array(data, old_spacing, new_shape, threshold: float = 3.0,
                    force_separate: bool | None = None) -> np.ndarray:
     """Cubic B-spline resampling of a [k, j, i] float32 array to ``new_shape`` (SimpleITK).
 
     Pixel edges are aligned (as scikit-image's resize that nnU-Net uses); for
     anisotropic spacing the low-resolution axis is resampled by nearest
-    neighbour after an in-plane cubic pass, as nnU-Net does.
+    neighbour after an in-plane cubic pass, as nnU-Net does. ``data`` may be
+    a one-element list, which is emptied, so the array is freed as soon as
+    SimpleITK has its copy (one volume less at the peak).
     """
-    old_shape = data.shape
+    arr = data.pop() if isinstance(data, list) else data
+    del data
+    old_shape = arr.shape
     if tuple(new_shape) == tuple(old_shape):
-        return data
+        return arr
     new_spacing = np.asarray(old_spacing, float) * np.asarray(old_shape) / np.asarray(new_shape)
     axis = separate_axis(old_spacing, new_spacing, threshold, force_separate)
-    img = sitk.GetImageFromArray(data)
+    img = sitk.GetImageFromArray(arr)
     img.SetSpacing([float(s) for s in old_spacing[::-1]])
-    del data
+    del arr
 
     def _resample(src, shape_kji, interp):
         sp_in = np.array(src.GetSpacing())
@@ -295,13 +299,15 @@ class OnnxSegmenter:
         if min(model_shape) < 1:
             raise ImagioError(f"The image ({cropped_shape} voxels) is too small for the model spacing {list(target)} mm",
                               "Give a larger image")
-        data = np.empty((c.channels, *model_shape), np.float32)
+        resampled = []
         for ci, (ch, norm) in enumerate(zip(chans, c.normalization, strict=True)):
-            x = _normalise(np.array(ch[crop], dtype=np.float32), norm)
-            data[ci] = resample_array(x, spacing_t, model_shape, c.anisotropy_threshold, c.force_separate_z)
-            del x
+            holder = [_normalise(np.array(ch[crop], dtype=np.float32), norm)]
+            resampled.append(resample_array(holder, spacing_t, model_shape, c.anisotropy_threshold,
+                                            c.force_separate_z))
             progress.update(0.05 * (ci + 1) / c.channels, "Resampled to the model spacing")
         del chans
+        data = resampled[0][None] if len(resampled) == 1 else np.stack(resampled)
+        del resampled
         patch = np.array(c.patch_size_kji)
         pad_needed = np.maximum(patch - np.array(model_shape), 0)
         pad_lo = pad_needed // 2
