@@ -14,7 +14,6 @@ from typing import Annotated
 
 import qt
 import slicer
-import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -29,6 +28,8 @@ try:  # the shared core is put on sys.path by the hidden IMAGIOCommon module
     import IMAGIOCommon  # noqa: F401
 except ImportError:
     pass
+
+from imagio.slicer_widget import ParameterNodeWidgetMixin
 
 KINDS = ["lung-nodule", "liver-tumor", "soft-tissue"]
 
@@ -71,13 +72,11 @@ class IMAGIOPlanningParameterNode:
     radiusMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
 
 
-class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
         self._job = None
         self._jobCt = None
         self._jobCard = None
@@ -93,34 +92,20 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(500)
         self._timer.connect("timeout()", self._pollJob)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self._cancelJob()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        super().cleanup()
 
     def onSceneStartClose(self, caller, event) -> None:
         self._cancelJob()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
+        super().onSceneStartClose(caller, event)
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        super().initializeParameterNode()
         p = self._parameterNode
         if not p.ctVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
@@ -129,17 +114,7 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p.modelCardPath or str(p.modelCardPath) in ("", "."):
             p.modelCardPath = _defaultCardPath()
 
-    def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
-            self._updateGui()
-
-    def _updateGui(self, caller=None, event=None) -> None:
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
         if p is None:
             return
@@ -213,7 +188,7 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(f"Model segmentation failed: {status.message}")
         finally:
             job.cleanup()
-            self._updateGui()
+            self.onParameterNodeModified()
 
     def _cancelJob(self) -> None:
         if self._job is not None:
@@ -222,7 +197,7 @@ class IMAGIOPlanningWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = None
             self.ui.applyButton.text = "Apply"
             self.ui.progressBar.value = 0
-            self._updateGui()
+            self.onParameterNodeModified()
 
     def _showResult(self, result) -> None:
         lines = [f"{s['name']}: {s['volume_ml']:.2f} ml ({s['voxel_count']} voxels)" for s in result.segments]
