@@ -128,6 +128,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("imagio: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (e.g. `imagio ... | head`)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ImagioError as e:
         if args.debug:
             raise
