@@ -25,41 +25,56 @@ PATCH = [48, 64, 64]
 SPACING = [1.5, 1.0, 1.0]
 
 
-def plans(fg: dict) -> dict:
+def plain_unet_plans(dataset_name: str, patch, spacing, fg: dict, features, kernel_sizes, strides,
+                     extra: dict | None = None, extra_config: dict | None = None) -> dict:
+    """nnU-Net v2 plans (3d_fullres, PlainConvUNet, CT normalisation, default resampling).
+
+    Shared by this script and ``train_phantom_model.py``; ``extra`` and
+    ``extra_config`` add keys at the top level and in the configuration.
+    """
+    n = len(features)
     arch_kwargs = {
-        "n_stages": 5, "features_per_stage": [8, 16, 32, 64, 64],
+        "n_stages": n, "features_per_stage": list(features),
         "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [2, 2, 2, 2, 2], "n_conv_per_stage_decoder": [2, 2, 2, 2], "conv_bias": True,
+        "kernel_sizes": kernel_sizes, "strides": strides,
+        "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1), "conv_bias": True,
         "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
         "dropout_op": None, "dropout_op_kwargs": None,
         "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
     }
-    resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
+    config = {
+        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2, "patch_size": patch, "spacing": spacing,
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                         "arch_kwargs": arch_kwargs,
+                         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "batch_dice": False,
+        **(extra_config or {}),
+    }
     return {
-        "dataset_name": "Dataset901_IMAGIOChest", "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [1.0, 0.78, 0.78],
-        "original_median_shape_after_transp": [275, 512, 512],
+        "dataset_name": dataset_name, "plans_name": "nnUNetPlans",
         "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": PATCH, "median_image_size_in_voxels": [183, 400, 400],
-            "spacing": SPACING, "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape",
-            "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": resampling,
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                   "force_separate_z": None},
-            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": arch_kwargs,
-                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-            "batch_dice": False}},
+        "configurations": {"3d_fullres": config},
         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": {"0": fg},
+        **(extra or {}),
     }
+
+
+def plans(fg: dict) -> dict:
+    return plain_unet_plans(
+        "Dataset901_IMAGIOChest", PATCH, SPACING, fg, features=[8, 16, 32, 64, 64],
+        kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+        strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+        extra={"original_median_spacing_after_transp": [1.0, 0.78, 0.78],
+               "original_median_shape_after_transp": [275, 512, 512]},
+        extra_config={"median_image_size_in_voxels": [183, 400, 400]})
 
 
 DATASET = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "lung_air": 1, "dense_bone": 2},

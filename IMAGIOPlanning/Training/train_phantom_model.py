@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from make_nnunet_model import plain_unet_plans  # the same directory: run as a script
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "IMAGIOPlanningLib" / "models" / "phantom_lesions"
@@ -39,35 +40,8 @@ TERMINOLOGY = {
 
 
 def plans(fg: dict) -> dict:
-    arch_kwargs = {
-        "n_stages": 4, "features_per_stage": [8, 16, 32, 64],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 4, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [2, 2, 2, 2], "n_conv_per_stage_decoder": [2, 2, 2], "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None, "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-    }
-    rs = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
-    return {
-        "dataset_name": "Dataset902_IMAGIOPhantomLesions", "plans_name": "nnUNetPlans",
-        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": {
-            "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-            "batch_size": 2, "patch_size": PATCH, "spacing": SPACING_KJI,
-            "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": rs,
-            "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": arch_kwargs,
-                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
-            "batch_dice": False}},
-        "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": fg},
-    }
+    return plain_unet_plans("Dataset902_IMAGIOPhantomLesions", PATCH, SPACING_KJI, fg, features=[8, 16, 32, 64],
+                            kernel_sizes=[[3, 3, 3]] * 4, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]])
 
 
 def main(argv=None) -> int:
