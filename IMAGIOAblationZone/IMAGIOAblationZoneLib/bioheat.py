@@ -29,6 +29,8 @@ from imagio import geometry
 from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
 
+from .zone import crop, mask_box
+
 BODY_C = 37.0
 BLOOD_RHO_C = 1050.0 * 3617.0  # J/(m^3 K), IT'IS database v4.1 (blood)
 
@@ -162,11 +164,11 @@ def simulate(grid: sitk.Image, k: np.ndarray, rho_c: np.ndarray, perfusion: np.n
         theta += lap
         np.maximum(theta_max, theta, out=theta_max)
         if n % 10 == 0 or dose_box is None:
-            dose_box = _box(theta_max >= f32(39.0 - body_c))
+            dose_box = mask_box(theta_max >= f32(39.0 - body_c))
         if dose_box is not None:
-            t = theta[dose_box]
+            t = crop(theta, dose_box)
             e = np.where(t >= t43, t - t43, 2.0 * (t - t43))  # R^(43 - T): R = 0.5 above 43 C, 0.25 below
-            cem[dose_box] += (dt / 60.0) * np.exp2(np.minimum(e, 110.0).astype(np.float64))
+            crop(cem, dose_box)[...] += (dt / 60.0) * np.exp2(np.minimum(e, 110.0).astype(np.float64))
         if rec_idx is not None and (n % rec_every == 0 or n == steps - 1):
             history["time_s"].append(round((n + 1) * dt, 3))
             history["points_c"].append([float(v) for v in theta[rec_idx] + body_c])
@@ -179,17 +181,6 @@ def simulate(grid: sitk.Image, k: np.ndarray, rho_c: np.ndarray, perfusion: np.n
         zone = (cem >= cem43_threshold_min).astype(np.uint8)
     progress.update(1.0, "bioheat done")
     return BioheatResult(grid, theta + f32(body_c), t_max, cem, zone, criterion, float(duration_s), dt, steps, history)
-
-
-def _box(mask: np.ndarray):
-    """Slices of the bounding box of ``mask`` (None when empty)."""
-    out = []
-    for ax in ((1, 2), (0, 2), (0, 1)):
-        nz = np.flatnonzero(mask.any(axis=ax))
-        if len(nz) == 0:
-            return None
-        out.append(slice(int(nz[0]), int(nz[-1]) + 1))
-    return tuple(out)
 
 
 def tissue_maps(labels: np.ndarray, tissue_of_label: dict[int, Tissue], perfusion_scale: float = 1.0):

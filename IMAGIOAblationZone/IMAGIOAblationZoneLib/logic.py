@@ -22,7 +22,7 @@ from imagio.scene import get_scene
 from . import bioheat as bh
 from .devices import Device, ZoneSetting, get_device, load_library
 from .planner import Plan, grow_mask, plan_ablation
-from .zone import EllipsoidZone, crop, mask_box, union_box
+from .zone import EllipsoidZone, crop, mask_box, sub_grid, union_box
 
 TUMOR_COLOR = (0.9, 0.2, 0.2)
 ZONE_COLOR = (1.0, 0.65, 0.0)
@@ -227,7 +227,7 @@ class AblationZoneLogic:
         table = EllipsoidZone.from_probe(tip, entry, s)
         grow = EllipsoidZone(table.centre_ras, table.axis_ras, table.semi_long_mm + pad_mm, table.semi_short_mm + pad_mm)
         box = grow.index_box(ctx.grid, pad=1)
-        sub = _sub_grid(ctx.grid, box)
+        sub = sub_grid(ctx.grid, box)
         shape = sub.GetSize()[::-1]
         labels = np.full(shape, 1, np.uint8)  # liver by default (the calibration tissue)
         tissue_of_label = {0: bh.TISSUES["soft_tissue"], 1: bh.TISSUES["liver"], 2: bh.TISSUES["tumor"],
@@ -421,12 +421,6 @@ def _restore_settings(plan: Plan, dev: Device, grid: sitk.Image, tumor: np.ndarr
                    coverage_percent=100.0 * float((union & target).sum()) / float(target.sum()),
                    tumor_coverage_percent=100.0 * float((union & tumor).sum()) / float(tumor.sum()),
                    union_mask=geometry.copy_geometry(union.astype(np.uint8), grid))
-
-
-def _sub_grid(grid: sitk.Image, box) -> sitk.Image:
-    from .planner import sub_grid
-
-    return sub_grid(grid, box)
 
 
 def _oriented_box(grid: sitk.Image, box, sub: np.ndarray):

@@ -33,7 +33,7 @@ from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
 
 from .devices import Device, ZoneSetting
-from .zone import EllipsoidZone, crop, mask_box
+from .zone import EllipsoidZone, crop, mask_box, sub_grid
 
 
 @dataclass
@@ -367,16 +367,6 @@ def _union(grid: sitk.Image, zones: list[EllipsoidZone], shape) -> np.ndarray:
         if box is not None:
             crop(out, box)[...] |= sub.astype(bool)
     return out
-
-
-def sub_grid(grid: sitk.Image, box) -> sitk.Image:
-    """An empty image with the geometry of the index box (k0, k1, j0, j1, i0, i1) of ``grid``."""
-    k0, k1, j0, j1, i0, i1 = box
-    img = sitk.Image([i1 - i0, j1 - j0, k1 - k0], sitk.sitkUInt8)
-    img.SetSpacing(grid.GetSpacing())
-    img.SetDirection(grid.GetDirection())
-    img.SetOrigin(grid.TransformIndexToPhysicalPoint([int(i0), int(j0), int(k0)]))
-    return img
 
 
 def _finish(grid, tumor, target, probes, settings, need, checker, clearance_mm):

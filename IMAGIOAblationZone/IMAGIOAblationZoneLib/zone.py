@@ -214,3 +214,13 @@ def mask_box(arr: np.ndarray, pad: int = 0) -> Box | None:
 def crop(arr: np.ndarray, box: Box) -> np.ndarray:
     k0, k1, j0, j1, i0, i1 = box
     return arr[k0:k1, j0:j1, i0:i1]
+
+
+def sub_grid(grid: sitk.Image, box) -> sitk.Image:
+    """An empty image with the geometry of the index box (k0, k1, j0, j1, i0, i1) of ``grid``."""
+    k0, k1, j0, j1, i0, i1 = box
+    img = sitk.Image([i1 - i0, j1 - j0, k1 - k0], sitk.sitkUInt8)
+    img.SetSpacing(grid.GetSpacing())
+    img.SetDirection(grid.GetDirection())
+    img.SetOrigin(grid.TransformIndexToPhysicalPoint([int(i0), int(j0), int(k0)]))
+    return img
