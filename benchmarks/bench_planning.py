@@ -38,6 +38,18 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _proc_status_mb(key: str) -> float | None:
+    """A memory line (kB) of /proc/self/status in MB, or None where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def _rss_mb() -> float:
     """Peak resident memory of this process (MB).
 
@@ -45,25 +57,13 @@ def _rss_mb() -> float:
     the forking parent (so a child of a large parent reports the parent's
     peak), it counts only this program. ru_maxrss is the fallback elsewhere.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux/BSD: kB
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB
 
 
 def _current_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    now = _proc_status_mb("VmRSS")
+    return now if now is not None else float("nan")
 
 
 # ----------------------------------------------------------------------------- child processes
