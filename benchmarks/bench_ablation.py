@@ -211,7 +211,7 @@ def _reference_solver(theta0, k, rc, wcb, q, dt, steps, spacing_m):
 def bench_bioheat(quick: bool) -> dict:
     n = 100
     grid = geometry.make_image([n, n, n], [1.0, 1.0, 1.0], origin_ras=[49.5, 49.5, -49.5],
-                               direction_ras=np.diag([-1.0, -1.0, 1.0]))
+                               direction_ras=geometry.CT_AXES_RAS)
     logic = AblationZoneLogic(new_scene())
     dev = logic.device("emprint")
     s = dev.setting(100, 600)

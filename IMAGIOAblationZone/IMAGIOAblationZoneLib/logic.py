@@ -94,7 +94,7 @@ def default_grid_around(tip_ras, entry_ras, setting: ZoneSetting, spacing_mm: fl
     n = int(np.ceil(2 * r / spacing_mm)) + 1
     # LPS-aligned like a CT series
     return geometry.make_image([n, n, n], [spacing_mm] * 3, origin_ras=[lo[0] + 2 * r, lo[1] + 2 * r, lo[2]],
-                               direction_ras=np.diag([-1.0, -1.0, 1.0]))
+                               direction_ras=geometry.CT_AXES_RAS)
 
 
 class AblationZoneLogic:

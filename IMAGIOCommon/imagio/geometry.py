@@ -19,6 +19,9 @@ from .errors import ImagioError
 #: Homogeneous matrix that flips L->R and P->A (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 RAS_TO_LPS = LPS_TO_RAS
+#: Axes (RAS direction columns, for ``make_image``) of an image stored like a CT series:
+#: i to the patient's left, j to posterior, k to superior (identity in LPS).
+CT_AXES_RAS = np.diag([-1.0, -1.0, 1.0])
 _FLIP = np.array([-1.0, -1.0, 1.0])
 
 
@@ -90,7 +93,7 @@ def geometry_from_ijk_to_ras(ijk_to_ras) -> tuple[tuple, tuple, tuple]:
     return tuple(origin), tuple(spacing), tuple(direction.ravel())
 
 
-def image_from_array(array_kji: np.ndarray, ijk_to_ras, reference: sitk.Image | None = None) -> sitk.Image:
+def image_from_array(array_kji: np.ndarray, ijk_to_ras) -> sitk.Image:
     """SimpleITK (LPS) image from a [k, j, i] array and a 4x4 IJK-to-RAS matrix."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
     origin, spacing, direction = geometry_from_ijk_to_ras(ijk_to_ras)

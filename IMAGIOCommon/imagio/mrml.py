@@ -68,7 +68,7 @@ def image_from_volume_node(node) -> sitk.Image:
     arr = slicer.util.arrayFromVolume(node)
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
-    return image_from_array(arr.copy(), _np_matrix(m))
+    return image_from_array(arr, _np_matrix(m))  # SimpleITK copies the voxels
 
 
 def _oriented_image(mask: sitk.Image):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import copy_geometry, ijk_to_ras, make_image, ras_to_ijk
+from .geometry import CT_AXES_RAS, copy_geometry, ijk_to_ras, make_image, ras_to_ijk
 from .io import Segment, write_image, write_segmentation
 
 HU = {"air": -1000, "fat": -90, "soft": 40, "lung": -860, "liver": 65, "tumor": 20, "vessel": 190,
@@ -158,7 +158,7 @@ def make_phantom(seed: int = 0, spacing=(1.0, 1.0, 1.25), size=(288, 208, 224), 
     extent = (size - 1) * spacing
     # LPS-axis-aligned grid like a CT series, centred on the RAS origin
     origin_ras = np.array([extent[0] / 2, extent[1] / 2, -extent[2] / 2])
-    image = make_image(size, spacing, origin_ras, np.diag([-1.0, -1.0, 1.0]), sitk.sitkInt16)
+    image = make_image(size, spacing, origin_ras, CT_AXES_RAS, sitk.sitkInt16)
     grid = _Grid(image)
     shape = grid.shape
     masks = {name: np.zeros(shape, bool) for name in COLORS}

@@ -24,10 +24,7 @@ def ensure_converters() -> None:
     if _converters_registered or in_slicer_app():
         return
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    existing = set()
-    rules = factory.GetConverterRules()
-    for i in range(len(rules) if hasattr(rules, "__len__") else 0):
-        existing.add(rules[i].GetName())
+    existing = {rule.GetName() for rule in factory.GetConverterRules()}
     for rule in (slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule(),
                  slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule()):
         if rule.GetName() not in existing:
@@ -39,9 +36,7 @@ def new_scene():
     """A fresh vtkMRMLScene ready for IMAGIO's Logic outside the Slicer application."""
     ensure_converters()
     scene = slicer.vtkMRMLScene()
-    for cls in ("vtkMRMLMarkupsJsonStorageNode",):
-        if hasattr(slicer, cls):
-            scene.RegisterNodeClass(getattr(slicer, cls)())
+    scene.RegisterNodeClass(slicer.vtkMRMLMarkupsJsonStorageNode())
     selection = slicer.vtkMRMLSelectionNode()
     selection.SetSingletonTag("Singleton")
     scene.AddNode(selection)
