@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from imagio import geometry, mrml
 from imagio.errors import ImagioError
-from imagio.io import Segment
+from imagio.io import Segment, on_reference_grid
 from imagio.progress import Progress, ensure
 from imagio.scene import get_scene
 
@@ -82,7 +82,7 @@ class LungNavLogic:
             if not np.any(sitk.GetArrayViewFromImage(airway)):
                 raise ImagioError("The airway segmentation is empty", "Choose the segment that holds the airway tree")
         if lesion is not None and ct is not None:
-            lesion = _on_grid(lesion, ct, "lesion segmentation")
+            lesion = on_reference_grid(lesion, ct, "lesion segmentation")
         tree = extract_centerlines(airway, progress=progress.sub(0.55 if ct is not None else 0.0, 0.9))
         progress.update(0.9, "Planning the route")
         if lungs is not None:
@@ -141,26 +141,12 @@ class LungNavLogic:
 
 
 def _segment_mask(seg_node, segment_id, reference_node, role: str) -> sitk.Image:
-    segments = mrml.segments_from_segmentation_node(seg_node, reference_node)
-    if not segments:
+    """The chosen segment (by ID or name; the first one when none is chosen) on the reference grid."""
+    segmentation = seg_node.GetSegmentation()
+    if segmentation.GetNumberOfSegments() == 0:
         raise ImagioError(f"The {role} segmentation has no segments", f"Choose a segmentation with the {role}")
-    if segment_id:
-        name = seg_node.GetSegmentation().GetSegment(segment_id)
-        name = name.GetName() if name is not None else segment_id
-        for s in segments:
-            if s.name == name:
-                return s.mask
-        raise ImagioError(f"No segment '{name}' in {seg_node.GetName()}", "Choose one of: "
-                          + ", ".join(s.name for s in segments))
-    return segments[0].mask
-
-
-def _on_grid(mask: sitk.Image, ct: sitk.Image, what: str) -> sitk.Image:
-    if geometry.same_grid(mask, ct):
-        return mask
-    if not geometry.bounds_overlap(mask, ct):
-        raise ImagioError(f"The {what} lies outside the CT", f"Give the {what} made on this CT")
-    return geometry.resample_to(mask, ct, nearest=True)
+    wanted = segment_id or segmentation.GetNthSegmentID(0)
+    return mrml.segments_from_segmentation_node(seg_node, reference_node, segment_ids=[wanted])[0].mask
 
 
 def _check_in_lungs(lungs: sitk.Image, target_ras, lesion: sitk.Image | None, tol_mm: float = 15.0) -> None:
@@ -168,7 +154,7 @@ def _check_in_lungs(lungs: sitk.Image, target_ras, lesion: sitk.Image | None, to
     d = sitk.SignedMaurerDistanceMap(lungs, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
     darr = sitk.GetArrayViewFromImage(d)
     if lesion is not None:
-        les = sitk.GetArrayFromImage(_on_grid(lesion, lungs, "lesion segmentation")) > 0
+        les = sitk.GetArrayFromImage(on_reference_grid(lesion, lungs, "lesion segmentation")) > 0
         if not np.any(les):
             raise ImagioError("The lesion segment is empty", "Choose a lesion segment that contains voxels")
         dist = float(darr[les].min())
