@@ -55,7 +55,7 @@ class IMAGIOPlanning(ScriptedLoadableModule):
 
 
 def _defaultCardPath() -> pathlib.Path:
-    from IMAGIOPlanningLib.card import SHIPPED_MODELS_DIR
+    from imagio.model_card import SHIPPED_MODELS_DIR
 
     return SHIPPED_MODELS_DIR / "phantom_lesions" / "phantom_lesions.json"
 
@@ -224,7 +224,7 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
 
     def describeCard(self, cardPath) -> str:
         from imagio.errors import ImagioError
-        from IMAGIOPlanningLib.card import load_card
+        from imagio.model_card import load_card
 
         try:
             card = load_card(cardPath)
@@ -252,16 +252,16 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     def startModelSegmentation(self, ctNode, cardPath, mirroring=False, largestComponent=False):
+        from imagio.model_card import load_card
         from imagio.mrml import image_from_volume_node
         from IMAGIOPlanningLib.background import BackgroundJob
-        from IMAGIOPlanningLib.card import load_card
 
         card = load_card(cardPath)  # fail early, in the GUI, on a bad card
         return BackgroundJob(image_from_volume_node(ctNode), card.path, mirroring="card" if mirroring else "off",
                              largest_component=largestComponent, python_executable=self.pythonExecutable())
 
     def loadModelResult(self, ctNode, job, cardPath):
-        from IMAGIOPlanningLib.card import load_card
+        from imagio.model_card import load_card
 
         info = job.result()
         return self._lib().result_from_labels(ctNode, job.labels(), load_card(cardPath), info.get("runtime_s", 0.0),

@@ -69,7 +69,7 @@ def _current_rss_mb() -> float:
 # ----------------------------------------------------------------------------- child processes
 
 def run_ours(card: str, ct_path: str, out_path: str, mirroring: bool, threads: int) -> dict:
-    from IMAGIOPlanningLib.engine import OnnxSegmenter
+    from imagio.engine import OnnxSegmenter
 
     ct = sitk.ReadImage(ct_path)
     seg = OnnxSegmenter(card, providers=["CPUExecutionProvider"], threads=threads)

@@ -297,7 +297,7 @@ def merge_proposal(mask: sitk.Image, proposal: sitk.Image, max_piece_ml: float) 
 def onnx_refiner(card_path, label: str = "airway") -> Callable[[sitk.Image, sitk.Image], sitk.Image]:
     """A ``refine`` callable that runs an ONNX model (IMAGIOPlanning's model card and engine) on the CT region
     and proposes its label whose name contains ``label`` (or label 1 when none does)."""
-    from IMAGIOPlanningLib.engine import OnnxSegmenter
+    from imagio.engine import OnnxSegmenter
 
     segmenter = OnnxSegmenter(card_path)
     names = {lab.value: lab.name for lab in segmenter.card.labels}

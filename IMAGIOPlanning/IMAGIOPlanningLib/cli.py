@@ -98,7 +98,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .card import find_cards, model_dirs
+    from imagio.model_card import find_cards, model_dirs
 
     cards = find_cards()
     if args.json:

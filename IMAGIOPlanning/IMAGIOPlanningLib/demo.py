@@ -23,10 +23,10 @@ def _dice(a: sitk.Image, b: sitk.Image) -> float:
 
 def demo_step(ctx) -> None:
     from imagio.geometry import centroid_ras
+    from imagio.model_card import find_card_by_name
     from imagio.mrml import segments_from_segmentation_node
     from imagio.report import slice_png
 
-    from .card import find_card_by_name
     from .logic import PlanningLogic
 
     case = ctx.case

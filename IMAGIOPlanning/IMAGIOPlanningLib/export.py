@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from imagio.errors import ImagioError
+from imagio.model_card import write_card
 from imagio.progress import Progress, ensure
-
-from .card import write_card
 
 NORMALISATION_MAP = {"CTNormalization": "CT", "ZScoreNormalization": "ZScore", "NoNormalization": "NoNormalization"}
 DEFAULT_RESAMPLING = "resample_data_or_seg_to_shape"

@@ -24,11 +24,11 @@ import SimpleITK as sitk
 
 from imagio.errors import ImagioError
 from imagio.io import PALETTE, Segment
+from imagio.model_card import ModelCard, find_card_by_name, load_card
 from imagio.mrml import image_from_volume_node, segmentation_node_from_segments
 from imagio.progress import Progress, ensure
 from imagio.scene import get_scene
 
-from .card import ModelCard, find_card_by_name, load_card
 from .seeded import SEGMENT_NAMES, segment_from_seed
 
 #: Slicer terminology entries (SNOMED CT) for seeded lesions.
@@ -125,7 +125,7 @@ class PlanningLogic:
     def segment_with_model(self, ct_node, model, *, mirroring: bool | None = None, largest_component: bool = False,
                            providers: list[str] | None = None, progress: Progress | None = None,
                            name: str | None = None) -> PlanningResult:
-        from .engine import OnnxSegmenter
+        from imagio.engine import OnnxSegmenter
 
         progress = ensure(progress)
         card = resolve_card(model)

@@ -52,9 +52,9 @@ def main(argv=None) -> int:
     try:
         import SimpleITK as sitk
 
+        from imagio.engine import OnnxSegmenter
         from imagio.errors import ImagioError
         from imagio.progress import Progress
-        from IMAGIOPlanningLib.engine import OnnxSegmenter
     except ImportError as e:
         _write_json(result_file, {"status": "error", "error": f"Cannot start the segmentation process: {e}"})
         return 1

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from IMAGIOPlanningLib.engine import compute_new_shape, resample_array
+    from imagio.engine import compute_new_shape, resample_array
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path)

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 from make_nnunet_model import plain_unet_plans  # the same directory: run as a script
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE.parent / "IMAGIOPlanningLib" / "models" / "phantom_lesions"
+DEFAULT_OUT = HERE.parents[1] / "IMAGIOCommon" / "imagio" / "models" / "phantom_lesions"
 SPACING_KJI = [2.5, 2.0, 2.0]
 PATCH = [32, 32, 32]
 LABELS = {"background": 0, "Liver tumor": 1, "Lung nodule": 2}
@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+    from imagio.engine import compute_new_shape, resample_array
+    from imagio.model_card import write_card
     from imagio.phantom import make_phantom
-    from IMAGIOPlanningLib.card import write_card
-    from IMAGIOPlanningLib.engine import compute_new_shape, resample_array
     from IMAGIOPlanningLib.export import export_nnunet
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imagio.errors import Cancelled, ImagioError
-from imagio.geometry import ijk_to_ras, make_image, rotation_matrix
-from imagio.progress import Progress
-from IMAGIOPlanningLib.card import load_card
-from IMAGIOPlanningLib.engine import (
+from imagio.engine import (
     OnnxSegmenter,
     compute_new_shape,
     compute_steps,
     gaussian_importance_map,
     separate_axis,
 )
+from imagio.errors import Cancelled, ImagioError
+from imagio.geometry import ijk_to_ras, make_image, rotation_matrix
+from imagio.model_card import load_card
+from imagio.progress import Progress
 
 
 def sphere_ct(size=(60, 50, 30), spacing=(1.5, 1.5, 2.0), radius=15.0, hu=60, background=-1000, angle=25.0):

@@ -67,7 +67,7 @@ def test_exported_model_matches_nnunet_predictor(tmp_path):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from IMAGIOPlanningLib.engine import OnnxSegmenter
+    from imagio.engine import OnnxSegmenter
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -172,7 +172,7 @@ def test_background_job_runs_and_reports(tmp_path, three_class_card):
         labels = job.labels()
         assert labels.GetSize() == ct.GetSize() and labels.GetOrigin() == ct.GetOrigin()
         assert job.result()["execution_provider"] == "CPUExecutionProvider"
-        from IMAGIOPlanningLib.engine import OnnxSegmenter
+        from imagio.engine import OnnxSegmenter
 
         same = OnnxSegmenter(three_class_card).predict(ct).labels  # the worker gives what the engine gives in-process
         assert np.array_equal(sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(same))
@@ -212,6 +212,6 @@ def test_worker_imports_no_slicer_code():
     import sys
 
     code = ("import sys\nfor m in ('slicer', 'vtk', 'qt', 'ctk'): sys.modules[m] = None\n"
-            "import IMAGIOPlanningLib.worker, IMAGIOPlanningLib.engine, IMAGIOPlanningLib.card\nprint('ok')")
+            "import IMAGIOPlanningLib.worker, imagio.engine, imagio.model_card\nprint('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from IMAGIOPlanningLib.card import SHIPPED_MODELS_DIR, find_card_by_name
+from imagio.model_card import SHIPPED_MODELS_DIR, find_card_by_name
 
 
 def test_card_is_honest_and_small():

@@ -99,7 +99,7 @@ class ModelCard:
 
 def _require(d: dict, key: str, path: Path):
     if key not in d:
-        raise ImagioError(f"Model card {path} has no '{key}'", "Write the card as described in IMAGIOPlanningLib/card.py")
+        raise ImagioError(f"Model card {path} has no '{key}'", "Write the card as described in imagio/model_card.py")
     return d[key]
 
 

@@ -39,7 +39,7 @@ import SimpleITK as sitk
 from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
 
-from .card import ModelCard, load_card
+from .model_card import ModelCard, load_card
 
 log = logging.getLogger(__name__)
 
