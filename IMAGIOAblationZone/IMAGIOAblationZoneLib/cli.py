@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import sys
-
-import numpy as np
-import SimpleITK as sitk
+from typing import TYPE_CHECKING
 
 from imagio.errors import ImagioError
+
+if TYPE_CHECKING:  # imported where used, so `imagio --help` stays quick
+    import numpy as np
+    import SimpleITK as sitk
 
 TUMOR_WORDS = ("tumor", "tumour", "nodule", "lesion", "gtv", "target")
 VESSEL_WORDS = ("vessel", "vein", "artery", "portal", "cava", "aorta")
@@ -89,6 +91,8 @@ def _pick_tumor(segments, name):
 
 
 def _pick_union(segments, names, words, what):
+    import SimpleITK as sitk
+
     from imagio.io import find_segment
 
     if names:
@@ -132,6 +136,8 @@ def _cmd_devices(args) -> int:
 
 
 def _save_scene(logic, path, ct, ct_is_image, tumor_seg, zone_mask, zone_name, probes, table_rows, zone_model=None):
+    import SimpleITK as sitk
+
     from imagio.bundle import save_mrb
     from imagio.io import Segment
     from imagio.mrml import add_line, add_model, add_table, segmentation_node_from_segments, volume_node_from_image
@@ -220,6 +226,9 @@ def _cmd_zone(args) -> int:
 # ---------------------------------------------------------------------------------------------- plan
 def body_from_ct(ct: sitk.Image, threshold_hu: float = -400.0) -> np.ndarray:
     """Body outline from a CT: above ``threshold_hu``, the largest component, holes filled slice by slice."""
+    import numpy as np
+    import SimpleITK as sitk
+
     m = sitk.Cast(sitk.Cast(ct, sitk.sitkFloat32) > float(threshold_hu), sitk.sitkUInt8)
     cc = sitk.RelabelComponent(sitk.ConnectedComponent(m), sortByObjectSize=True)
     arr = sitk.GetArrayFromImage(cc) == 1
@@ -230,6 +239,9 @@ def body_from_ct(ct: sitk.Image, threshold_hu: float = -400.0) -> np.ndarray:
 
 
 def _cmd_plan(args) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
     from imagio.cli_utils import staged_output, write_json
     from imagio.io import read_segmentation
 

@@ -22,7 +22,7 @@ from .errors import ImagioError
 from .geometry import describe_grid
 from .io import Segment, read_image, read_segmentation
 from .mrml import add_fiducials, segmentation_node_from_segments, volume_node_from_image
-from .progress import Progress
+from .progress import Progress, terminal_progress
 from .report import Report, slice_png
 from .scene import new_scene
 
@@ -73,15 +73,11 @@ def load_case(case_dir: Path) -> dict:
     return {"ct": ct, "segments": segments, "phantom": None, "info": info, "name": case_dir.name}
 
 
-def _print_progress(fraction: float, message: str) -> None:
-    print(f"[{fraction * 100:5.1f}%] {message}", flush=True)
-
-
 def run_demo(out_dir, case_dir=None, seed: int = 0, steps=None, progress: Progress | None = None) -> dict:
     """Run the demo; returns the summary dict. Raises ImagioError for bad input."""
     from .phantom import make_phantom
 
-    progress = progress or Progress(_print_progress)
+    progress = progress or Progress(terminal_progress())
     t0 = time.perf_counter()
     selected = [s for s in STEPS if steps is None or s[0] in steps]
     if steps is not None:

@@ -8,6 +8,8 @@ widget's Cancel button, a signal handler, another thread).
 
 from __future__ import annotations
 
+import re
+import sys
 import threading
 from collections.abc import Callable
 
@@ -55,3 +57,69 @@ class Progress:
 def ensure(progress: Progress | None) -> Progress:
     """Return ``progress`` or a silent Progress, so algorithms can always call update()."""
     return progress if progress is not None else Progress()
+
+
+# ---------------------------------------------------------------------------------------------- terminal printer
+_OPEN_LIVE_LINES: list = []  # streams holding an unfinished live line (ended before an error is printed)
+
+
+def _phase(message: str) -> str:
+    """A message with its numbers blanked: "Window 3 of 288" and "Window 4 of 288" are one phase."""
+    return re.sub(r"[-+]?\d[\d.,:]*", "#", message.strip())
+
+
+def terminal_progress(stream=None, step: float = 0.1, width: int = 70, tty: bool | None = None) -> ProgressCallback:
+    """The command line's progress printer: a callback for :class:`Progress`.
+
+    On a terminal: one live line, rewritten in place (``[ 42.0%] message``) and ended at 100 %.
+    Otherwise (a log file, a pipe, CI): a line only when the progress advanced by ``step`` (10 %)
+    since the last line, when a message of a new kind appears (numbers in messages do not count,
+    so "Window 3 of 288" and "Window 4 of 288" are one kind), and at 100 %: a few lines per run.
+    ``stream`` defaults to the current ``sys.stdout`` (stderr is kept for the one-line error).
+    """
+    state = {"last": None, "phases": set(), "done": False}
+
+    def show(fraction: float, message: str = "") -> None:
+        out = stream if stream is not None else sys.stdout
+        live = out.isatty() if tty is None else tty
+        f = min(max(float(fraction), 0.0), 1.0)
+        text = f"[{f * 100:5.1f}%] {message}"
+        try:
+            if live:
+                out.write("\r" + text[: width + 9].ljust(width + 9))
+                if f >= 1.0:
+                    out.write("\n")
+                    if out in _OPEN_LIVE_LINES:
+                        _OPEN_LIVE_LINES.remove(out)
+                elif out not in _OPEN_LIVE_LINES:
+                    _OPEN_LIVE_LINES.append(out)
+                out.flush()
+                return
+            phase = _phase(message)
+            new_phase = phase not in state["phases"]
+            state["phases"].add(phase)
+            last = state["last"]
+            if f >= 1.0:
+                due = not state["done"]
+                state["done"] = True
+            else:
+                due = last is None or new_phase or f - last >= step - 1e-9
+            if due:
+                state["last"] = f
+                out.write(text + "\n")
+                out.flush()
+        except (ValueError, OSError):  # the stream was closed (a finished pipe): progress is optional
+            pass
+
+    return show
+
+
+def end_live_lines() -> None:
+    """End a live progress line left open (before an error message is printed)."""
+    while _OPEN_LIVE_LINES:
+        out = _OPEN_LIVE_LINES.pop()
+        try:
+            out.write("\n")
+            out.flush()
+        except (ValueError, OSError):
+            pass

@@ -14,13 +14,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from imagio.bundle import save_mrb
 from imagio.cli_utils import parse_point, staged_output, write_json
 from imagio.errors import ImagioError
-from imagio.io import Segment, find_segment, read_image, read_segmentation, write_segmentation
-from imagio.progress import Progress
-
-from .logic import AIRWAY_COLOR, LungNavLogic
+from imagio.progress import Progress, terminal_progress
 
 
 def register_cli(subparsers) -> None:
@@ -45,11 +41,12 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=run_cli)
 
 
-def _print_progress(fraction: float, message: str) -> None:
-    print(f"[{fraction * 100:5.1f}%] {message}", flush=True)
-
-
 def run_cli(args) -> int:
+    from imagio.bundle import save_mrb
+    from imagio.io import Segment, find_segment, read_image, read_segmentation, write_segmentation
+
+    from .logic import AIRWAY_COLOR, LungNavLogic
+
     if not math.isfinite(args.scope_diameter_mm) or args.scope_diameter_mm <= 0:
         raise ImagioError(f"--scope-diameter-mm must be a positive number of mm, got {args.scope_diameter_mm}",
                           "Give the scope's outer diameter, e.g. 4.2")
@@ -71,7 +68,7 @@ def run_cli(args) -> int:
     result = logic.compute(ct=ct, airway=airway, target_ras=target, lesion=lesion,
                            scope_diameter_mm=args.scope_diameter_mm, start_ras=start,
                            max_gap_mm=args.max_gap_mm, airway_model=args.airway_model,
-                           progress=Progress(_print_progress))
+                           progress=Progress(terminal_progress()))
     with staged_output(args.out, inputs=inputs) as stage:
         if ct is not None:
             from imagio.mrml import volume_node_from_image

@@ -49,7 +49,7 @@ def run(args) -> int:
     from imagio.cli_utils import staged_output, write_json
     from imagio.io import read_image
     from imagio.mrml import volume_node_from_image
-    from imagio.progress import Progress
+    from imagio.progress import Progress, terminal_progress
     from imagio.scene import new_scene
 
     from .logic import MarginLogic
@@ -66,19 +66,12 @@ def run(args) -> int:
     organ = _pick(args.organ, args.organ_segment, post, "organ") if args.organ else None
     tumor = _pick(args.tumor, args.tumor_segment, pre, "tumour")
     zone = _pick(args.ablation, args.ablation_segment, post, "ablation zone")
-    last = [-1.0]
-
-    def show(fraction, message):
-        if fraction - last[0] >= 0.1 or fraction >= 1.0:
-            last[0] = fraction
-            print(f"[{fraction * 100:5.1f}%] {message}", flush=True)
-
     scene = new_scene()
     logic = MarginLogic(scene)
     result = logic.assess(tumor, zone, pre, post, register_mode=args.register, threshold_mm=args.threshold_mm,
                           sigma_mm=args.sigma_mm, landmarks_pre_ras=_landmarks(args.landmarks_pre),
                           landmarks_post_ras=_landmarks(args.landmarks_post), n_samples=args.samples,
-                          seed=args.seed, progress=Progress(show), organ=organ)
+                          seed=args.seed, progress=Progress(terminal_progress()), organ=organ)
     if post is not None:
         volume_node_from_image(scene, post, "post-treatment CT")
     logic.add_to_scene(result)

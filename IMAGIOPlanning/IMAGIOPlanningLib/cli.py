@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 from imagio.errors import ImagioError
-from imagio.progress import Progress
+from imagio.progress import Progress, end_live_lines, terminal_progress
 
 KIND_CHOICES = ("lung-nodule", "liver-tumor", "soft-tissue")
-
-
-def _terminal_progress(fraction: float, message: str) -> None:
-    print(f"\r[{fraction * 100:5.1f} %] {message[:70]:<70}", end="", file=sys.stderr, flush=True)
 
 
 def register_cli(subparsers) -> None:
@@ -61,7 +56,7 @@ def cmd_segment(args) -> int:
     from .logic import PlanningLogic, resolve_card
 
     t0 = time.perf_counter()
-    progress = Progress(None if args.quiet else _terminal_progress)
+    progress = Progress(None if args.quiet else terminal_progress())
     seed = parse_point(args.seed, "seed point") if args.seed else None
     if seed is None and args.radius is not None:
         raise ImagioError("--radius applies to --seed only", "Leave --radius out with --model")
@@ -87,7 +82,7 @@ def cmd_segment(args) -> int:
             write_json(stage / "segment.json", summary)
     finally:
         if not args.quiet:
-            print(file=sys.stderr)
+            end_live_lines()
     for s in res.segments:
         print(f"{s['name']}: {s['volume_ml']:.2f} ml ({s['voxel_count']} voxels)")
     for name in res.empty_labels:
