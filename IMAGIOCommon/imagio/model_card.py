@@ -24,8 +24,25 @@ order ``[k, j, i]`` (slice, row, column), hence the ``_kji`` suffixes::
                   "terminology": {"category": {...}, "type": {...}}}]
     }
 
-``force_separate_z`` null resamples the low-resolution axis separately (nearest)
-when the spacing is anisotropic, true always, false never (nnU-Net's rule).
+Optional entries:
+
+* ``"folds": [{"fold": "0", "onnx": "m_fold0.onnx"}, ...]`` instead of ``onnx``: a
+  fold ensemble (``fold_all`` is the fold named ``"all"``); the engine averages
+  the folds' logits as ``nnUNetv2_predict -f 0 1 2 3 4`` does.
+* ``"output": {"activation": "sigmoid", "regions_class_order": [1, 2, 3],
+  "regions": [[1, 2, 3], [2, 3], [3]]}``: a region-based model (one sigmoid
+  output per region, label ``regions_class_order[i]`` written where region ``i``
+  has probability > 0.5, in that order). Default ``{"activation": "softmax"}``.
+* ``"resampling": {"anisotropy_threshold": 3.0, "data": {"order": 3, "order_z": 0,
+  "force_separate_z": null}, "probabilities": {"order": 1, "order_z": 0,
+  "force_separate_z": null}}`` (nnU-Net's plans kwargs; ``force_separate_z`` null
+  resamples the low-resolution axis separately when the spacing is anisotropic,
+  true always, false never).
+* ``"intended_use"``: a text, or ``{"summary", "modality", "body_region",
+  "segments", "spacing_mm_kji": {"min", "max"}, "field_of_view_mm_kji": {"min",
+  "max"}, "intensity": {"unit", "p01_min", "p01_max", "p99_min", "p99_max"}}``;
+  :mod:`imagio.intended_use` checks an image against the ranges given.
+* normalisation ``"use_mask_for_norm": true`` (ZScore inside the non-zero mask).
 
 Normalisation schemes (as nnU-Net): ``CT`` clips to [clip_low, clip_high] and
 subtracts the stored foreground ``mean`` / divides by ``std``; ``ZScore``
@@ -45,6 +62,11 @@ CARD_KEY = "imagio_model_card"
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
 MODELS_ENV = "IMAGIO_MODELS"
 SCHEMES = ("CT", "ZScore", "NoNormalization")
+#: nnU-Net's default resampling (plans: resampling_fn_data_kwargs / resampling_fn_probabilities_kwargs)
+RESAMPLING_DEFAULTS = {"data": {"order": 3, "order_z": 0, "force_separate_z": None},
+                       "probabilities": {"order": 1, "order_z": 0, "force_separate_z": None}}
+SUPPORTED_ORDERS = {"data": (0, 1, 3), "probabilities": (0, 1)}
+INTENSITY_KEYS = ("p01_min", "p01_max", "p99_min", "p99_max")
 
 
 @dataclass
@@ -56,10 +78,64 @@ class Label:
 
 
 @dataclass
+class Fold:
+    name: str                  # "0" ... "4" or "all"
+    onnx_path: Path
+
+
+@dataclass
+class IntendedUse:
+    """What the model was made for; :func:`imagio.intended_use.check_intended_use` checks an image against it."""
+
+    summary: str = ""
+    modality: list[str] = field(default_factory=list)
+    body_region: list[str] = field(default_factory=list)
+    segments: list[str] = field(default_factory=list)
+    spacing_mm_kji: dict | None = None          # {"min": [k, j, i], "max": [k, j, i]}
+    field_of_view_mm_kji: dict | None = None    # {"min": [...], "max": [...]}
+    intensity: dict | None = None               # {"unit": "HU", "p01_min", "p01_max", "p99_min", "p99_max"}
+
+    def to_dict(self) -> dict:
+        d = {"summary": self.summary, "modality": self.modality, "body_region": self.body_region,
+             "segments": self.segments}
+        for key in ("spacing_mm_kji", "field_of_view_mm_kji", "intensity"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        return d
+
+    def lines(self) -> list[str]:
+        """Human-readable lines for `imagio models` and the Slicer module."""
+        out = []
+        if self.summary:
+            out.append(self.summary)
+        what = []
+        if self.modality:
+            what.append("/".join(self.modality))
+        if self.body_region:
+            what.append(", ".join(self.body_region))
+        if what:
+            out.append("for " + "; ".join(what))
+        if self.segments:
+            out.append("segments " + ", ".join(self.segments))
+        for key, name, unit in (("spacing_mm_kji", "spacing", "mm"), ("field_of_view_mm_kji", "field of view", "mm")):
+            r = getattr(self, key)
+            if r:
+                lo = "x".join(f"{v:g}" for v in r["min"])
+                hi = "x".join(f"{v:g}" for v in r["max"])
+                out.append(f"{name} {lo} to {hi} {unit} (k,j,i)")
+        if self.intensity:
+            i = self.intensity
+            out.append(f"intensity: 1st percentile {i.get('p01_min', '-inf')} to {i.get('p01_max', 'inf')}, "
+                       f"99th percentile {i.get('p99_min', '-inf')} to {i.get('p99_max', 'inf')} {i.get('unit', '')}"
+                       .rstrip())
+        return out
+
+
+@dataclass
 class ModelCard:
     path: Path
     name: str
-    onnx_path: Path
+    folds: list[Fold]
     channels: int
     modality: list[str]
     target_spacing_kji_mm: list[float]
@@ -71,29 +147,54 @@ class ModelCard:
     transpose_forward: list[int] = field(default_factory=lambda: [0, 1, 2])
     crop_to_nonzero: bool = True
     anisotropy_threshold: float = 3.0
-    force_separate_z: bool | None = None
+    resampling_data: dict = field(default_factory=lambda: dict(RESAMPLING_DEFAULTS["data"]))
+    resampling_probabilities: dict = field(default_factory=lambda: dict(RESAMPLING_DEFAULTS["probabilities"]))
+    regions_class_order: list[int] | None = None
+    regions: list[list[int]] | None = None
     clinical_use: bool = False
     description: str = ""
-    intended_use: str = ""
+    intended: IntendedUse = field(default_factory=IntendedUse)
     version: str = ""
     raw: dict = field(default_factory=dict)
 
     @property
+    def onnx_path(self) -> Path:
+        """The first fold's network (single-fold models have one)."""
+        return self.folds[0].onnx_path
+
+    @property
+    def intended_use(self) -> str:
+        return self.intended.summary
+
+    @property
+    def force_separate_z(self):
+        return self.resampling_probabilities.get("force_separate_z")
+
+    @property
     def num_classes(self) -> int:
+        """Label values in the output, background included."""
         return len(self.labels)
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: one per label (softmax) or one per region (sigmoid)."""
+        return len(self.regions_class_order) if self.regions_class_order else len(self.labels)
 
     def summary(self) -> dict:
         return {
             "name": self.name,
             "version": self.version,
             "card": str(self.path),
-            "onnx": str(self.onnx_path),
+            "onnx": [str(f.onnx_path) for f in self.folds] if len(self.folds) > 1 else str(self.onnx_path),
+            "folds": [f.name for f in self.folds],
             "modality": self.modality,
             "labels": [lab.name for lab in self.labels if lab.value != 0],
+            "region_based": bool(self.regions_class_order),
             "target_spacing_kji_mm": self.target_spacing_kji_mm,
             "patch_size_kji": self.patch_size_kji,
             "clinical_use": self.clinical_use,
             "description": self.description,
+            "intended_use": self.intended.to_dict(),
         }
 
 
@@ -101,6 +202,89 @@ def _require(d: dict, key: str, path: Path):
     if key not in d:
         raise ImagioError(f"Model card {path} has no '{key}'", "Write the card as described in imagio/model_card.py")
     return d[key]
+
+
+def _bad(path: Path, what: str, hint: str = "Fix the card (see imagio/model_card.py)") -> ImagioError:
+    return ImagioError(f"Model card {path}: {what}", hint)
+
+
+def _resampling(d: dict, p: Path) -> tuple[float, dict, dict]:
+    r = d.get("resampling", {}) or {}
+    if not isinstance(r, dict):
+        raise _bad(p, "'resampling' must be an object")
+    legacy = r.get("force_separate_z", None)
+    out = []
+    for key in ("data", "probabilities"):
+        v = {**RESAMPLING_DEFAULTS[key], "force_separate_z": legacy, **(r.get(key) or {})}
+        if v["order"] not in SUPPORTED_ORDERS[key] or v["order_z"] not in (0, 1):
+            raise _bad(p, f"resampling.{key} order {v['order']} / order_z {v['order_z']} is not supported "
+                          f"(orders {SUPPORTED_ORDERS[key]}, order_z 0 or 1)")
+        if v["force_separate_z"] not in (None, True, False):
+            raise _bad(p, f"resampling.{key}.force_separate_z must be null, true or false")
+        out.append(v)
+    thr = float(r.get("anisotropy_threshold", 3.0))
+    if not thr > 0:
+        raise _bad(p, f"anisotropy_threshold {thr} must be positive")
+    return thr, out[0], out[1]
+
+
+def _range3(v, p: Path, key: str) -> dict | None:
+    if v is None:
+        return None
+    try:
+        lo, hi = [float(x) for x in v["min"]], [float(x) for x in v["max"]]
+    except (KeyError, TypeError, ValueError):
+        raise _bad(p, f"intended_use.{key} must be {{'min': [k, j, i], 'max': [k, j, i]}}") from None
+    if len(lo) != 3 or len(hi) != 3 or any(a <= 0 or a > b for a, b in zip(lo, hi, strict=True)):
+        raise _bad(p, f"intended_use.{key} needs 3 positive minima, each at most its maximum")
+    return {"min": lo, "max": hi}
+
+
+def _intended(d: dict, p: Path) -> IntendedUse:
+    iu = d.get("intended_use", "")
+    if isinstance(iu, str):
+        return IntendedUse(summary=iu)
+    if not isinstance(iu, dict):
+        raise _bad(p, "'intended_use' must be a text or an object")
+
+    def strings(key):
+        v = iu.get(key, [])
+        v = [v] if isinstance(v, str) else v
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise _bad(p, f"intended_use.{key} must be a list of texts")
+        return list(v)
+
+    inten = iu.get("intensity")
+    if inten is not None:
+        if not isinstance(inten, dict) or not any(k in inten for k in INTENSITY_KEYS):
+            raise _bad(p, f"intended_use.intensity must give some of {', '.join(INTENSITY_KEYS)}")
+        try:
+            inten = {k: (float(v) if k in INTENSITY_KEYS else str(v)) for k, v in inten.items()}
+        except (TypeError, ValueError):
+            raise _bad(p, "intended_use.intensity values must be numbers") from None
+    return IntendedUse(summary=str(iu.get("summary", "")), modality=strings("modality"),
+                       body_region=strings("body_region"), segments=strings("segments"),
+                       spacing_mm_kji=_range3(iu.get("spacing_mm_kji"), p, "spacing_mm_kji"),
+                       field_of_view_mm_kji=_range3(iu.get("field_of_view_mm_kji"), p, "field_of_view_mm_kji"),
+                       intensity=inten)
+
+
+def _folds(d: dict, p: Path) -> list[Fold]:
+    if "folds" in d:
+        raw = d["folds"]
+        if not isinstance(raw, list) or not raw:
+            raise _bad(p, "'folds' must be a non-empty list of {'fold', 'onnx'}")
+        folds = []
+        for f in raw:
+            if not isinstance(f, dict) or "onnx" not in f:
+                raise _bad(p, "each entry of 'folds' needs 'fold' and 'onnx'")
+            folds.append(Fold(str(f.get("fold", len(folds))), (p.parent / str(f["onnx"])).resolve()))
+        if len({f.name for f in folds}) != len(folds):
+            raise _bad(p, "fold names repeat")
+        return folds
+    onnx_rel = _require(d, "onnx", p)
+    return [Fold(str(d.get("source", {}).get("fold", "0")) if isinstance(d.get("source"), dict) else "0",
+                 (p.parent / str(onnx_rel)).resolve())]
 
 
 def load_card(path_or_dir) -> ModelCard:
@@ -128,10 +312,11 @@ def load_card(path_or_dir) -> ModelCard:
     if not isinstance(d, dict) or CARD_KEY not in d:
         raise ImagioError(f"{p} is not an IMAGIO model card (no '{CARD_KEY}' key)",
                           "Export the model with `imagio export-onnx`, which writes the card")
-    onnx_rel = _require(d, "onnx", p)
-    onnx_path = (p.parent / onnx_rel).resolve()
+    folds = _folds(d, p)
     inp = _require(d, "input", p)
     channels = int(inp.get("channels", 1))
+    if channels < 1:
+        raise _bad(p, f"input.channels {channels} must be at least 1")
     modality = list(inp.get("modality", ["CT"] * channels))
     spacing = [float(s) for s in _require(d, "target_spacing_kji_mm", p)]
     patch = [int(s) for s in _require(d, "patch_size_kji", p)]
@@ -145,6 +330,18 @@ def load_card(path_or_dir) -> ModelCard:
     if [lab.value for lab in labels] != list(range(len(labels))) or len(labels) < 2:
         raise ImagioError(f"Model card {p}: labels must be numbered 0..N-1 (background first), at least two",
                           "Fix the card's labels")
+    if len(labels) > 256:
+        raise _bad(p, f"{len(labels)} labels; at most 256 fit the uint8 label map")
+    output = d.get("output", {}) or {}
+    order = None
+    regions = None
+    if output.get("activation", "softmax") == "sigmoid":
+        order = [int(v) for v in output.get("regions_class_order", [])]
+        if not order or sorted(order) != list(range(1, len(labels))):
+            raise _bad(p, f"region-based card: regions_class_order {order} must list the labels 1..{len(labels) - 1}")
+        regions = [[int(v) for v in r] for r in output.get("regions", [])] or None
+    elif output.get("activation", "softmax") != "softmax":
+        raise _bad(p, f"output.activation {output.get('activation')!r} must be softmax or sigmoid")
     norm = list(_require(d, "normalization", p))
     if len(norm) != channels:
         raise ImagioError(f"Model card {p}: {len(norm)} normalisation entries for {channels} input channels",
@@ -163,15 +360,19 @@ def load_card(path_or_dir) -> ModelCard:
     if sorted(transpose) != [0, 1, 2]:
         raise ImagioError(f"Model card {p}: transpose_forward {transpose} is not a permutation of 0, 1, 2",
                           "Fix the card")
+    mirror = [int(a) for a in d.get("mirror_axes_kji", [])]
+    if any(a not in (0, 1, 2) for a in mirror):
+        raise _bad(p, f"mirror_axes_kji {mirror} must be axes 0, 1, 2")
+    thr, rs_data, rs_prob = _resampling(d, p)
     return ModelCard(
-        path=p.resolve(), name=str(d.get("name", p.stem)), onnx_path=onnx_path, channels=channels,
+        path=p.resolve(), name=str(d.get("name", p.stem)), folds=folds, channels=channels,
         modality=modality, target_spacing_kji_mm=spacing, patch_size_kji=patch, labels=labels,
-        normalization=norm, overlap=overlap, mirror_axes_kji=[int(a) for a in d.get("mirror_axes_kji", [])],
+        normalization=norm, overlap=overlap, mirror_axes_kji=mirror,
         transpose_forward=transpose, crop_to_nonzero=bool(d.get("crop_to_nonzero", True)),
-        anisotropy_threshold=float(d.get("resampling", {}).get("anisotropy_threshold", 3.0)),
-        force_separate_z=d.get("resampling", {}).get("force_separate_z", None),
+        anisotropy_threshold=thr, resampling_data=rs_data, resampling_probabilities=rs_prob,
+        regions_class_order=order, regions=regions,
         clinical_use=bool(d.get("clinical_use", False)), description=str(d.get("description", "")),
-        intended_use=str(d.get("intended_use", "")), version=str(d.get("version", "")), raw=d,
+        intended=_intended(d, p), version=str(d.get("version", "")), raw=d,
     )
 
 

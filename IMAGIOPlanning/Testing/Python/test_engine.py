@@ -10,10 +10,10 @@ import pytest
 import SimpleITK as sitk
 
 from imagio.engine import (
+    CPU_PROVIDERS,
     OnnxSegmenter,
     compute_new_shape,
     compute_steps,
-    gaussian_importance_map,
     separate_axis,
 )
 from imagio.errors import Cancelled, ImagioError
@@ -46,16 +46,6 @@ def test_compute_steps_follow_nnunet_rule():
     assert compute_steps((100, 48, 60), (48, 48, 48), 0.5) == [[0, 17, 35, 52], [0], [0, 12]]
 
 
-def test_gaussian_map_shape_and_scale():
-    g = gaussian_importance_map((16, 24, 24))
-    assert g.shape == (16, 24, 24) and g.dtype == np.float32
-    assert g.max() == pytest.approx(10.0) and g[8, 12, 12] == g.max()
-    assert g.min() > 0
-    # separable Gaussian with sigma = patch / 8 along each axis
-    sigma = 24 / 8
-    assert g[8, 12, 12 + 3] / g[8, 12, 12] == pytest.approx(np.exp(-0.5 * (3 / sigma) ** 2), rel=1e-3)  # float16
-
-
 def test_new_shape_and_anisotropy_rule():
     assert compute_new_shape((48, 143, 161), (3.27, 0.977, 0.977), (1.5, 1.0, 1.0)) == (105, 140, 157)
     assert separate_axis((3.27, 0.98, 0.98), (1.5, 1.0, 1.0), 3.0) == 0
@@ -75,11 +65,12 @@ def test_pointwise_model_is_exact_without_resampling(tmp_path, mirroring, transp
     res = OnnxSegmenter(card).predict(ct, mirroring=mirroring, probabilities=True)
     arr = sitk.GetArrayFromImage(ct)
     p = sitk.GetArrayFromImage(res.probabilities[1])
-    assert np.abs(p - sigmoid_prob(arr)).max() < 1e-5
+    # logits are aggregated in float16, as nnU-Net does: probabilities exact to float16 logit rounding
+    assert np.abs(p - sigmoid_prob(arr)).max() < 1e-3
     lab = sitk.GetArrayFromImage(res.labels)
     assert np.array_equal(lab, (arr > -300).astype(np.uint8))
     assert res.labels.GetOrigin() == ct.GetOrigin() and res.labels.GetDirection() == ct.GetDirection()
-    assert res.provider == "CPUExecutionProvider"
+    assert res.provider in CPU_PROVIDERS
     assert res.windows > 1
 
 
@@ -145,6 +136,7 @@ def test_progress_and_cancel(tmp_path, pointwise_card):
 
 
 def test_bad_provider_falls_back_to_cpu(pointwise_card, monkeypatch):
+    monkeypatch.setenv("IMAGIO_BACKEND", "onnxruntime")
     monkeypatch.setenv("IMAGIO_ORT_PROVIDER", "NoSuchExecutionProvider")
     assert OnnxSegmenter(pointwise_card).provider == "CPUExecutionProvider"
 
