@@ -241,9 +241,10 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
 
     def segmentWithModel(self, ctNode, cardPath, mirroring=False, largestComponent=False, progressCallback=None):
         """Run the model in this process (blocking); the widget uses startModelSegmentation instead."""
+        from imagio.engine import Mirroring
         from imagio.progress import Progress
 
-        return self._lib().segment_with_model(ctNode, str(cardPath), mirroring=mirroring or None,
+        return self._lib().segment_with_model(ctNode, str(cardPath), mirroring=Mirroring.coerce(mirroring),
                                               largest_component=largestComponent, progress=Progress(progressCallback))
 
     @staticmethod
@@ -257,7 +258,7 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
         from IMAGIOPlanningLib.background import BackgroundJob
 
         card = load_card(cardPath)  # fail early, in the GUI, on a bad card
-        return BackgroundJob(image_from_volume_node(ctNode), card.path, mirroring="card" if mirroring else "off",
+        return BackgroundJob(image_from_volume_node(ctNode), card.path, mirroring=mirroring,
                              largest_component=largestComponent, python_executable=self.pythonExecutable())
 
     def loadModelResult(self, ctNode, job, cardPath):

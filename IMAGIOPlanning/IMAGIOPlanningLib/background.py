@@ -37,14 +37,16 @@ class JobStatus:
 class BackgroundJob:
     """One segmentation run in a separate process, communicating through a temporary folder."""
 
-    def __init__(self, ct: sitk.Image, card_path, *, mirroring: str = "card", largest_component: bool = False,
+    def __init__(self, ct: sitk.Image, card_path, *, mirroring=None, largest_component: bool = False,
                  python_executable: str | None = None, work_dir=None, threads: int | None = None):
         self.work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="imagio-planning-"))
         self.work.mkdir(parents=True, exist_ok=True)
         ct_path = self.work / "ct.nrrd"
         sitk.WriteImage(ct, str(ct_path), False)
+        from imagio.engine import Mirroring
+
         cmd = [python_executable or sys.executable, str(WORKER), "--ct", str(ct_path), "--card", str(card_path),
-               "--work", str(self.work), "--mirroring", mirroring]
+               "--work", str(self.work), "--mirroring", Mirroring.coerce(mirroring).value]
         if largest_component:
             cmd.append("--largest-component")
         if threads:

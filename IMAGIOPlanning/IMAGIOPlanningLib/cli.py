@@ -49,6 +49,7 @@ def register_cli(subparsers) -> None:
 def cmd_segment(args) -> int:
     from imagio.bundle import save_mrb
     from imagio.cli_utils import parse_point, staged_output, write_json
+    from imagio.engine import Mirroring
     from imagio.io import read_image, write_segmentation
     from imagio.mrml import segments_from_segmentation_node, volume_node_from_image
     from imagio.scene import new_scene
@@ -69,8 +70,7 @@ def cmd_segment(args) -> int:
     try:
         with staged_output(args.out, inputs=[ct_path] + ([card.path, card.onnx_path] if card else [])) as stage:
             if card is not None:
-                mirroring = None if args.mirroring == "card" else args.mirroring == "on"
-                res = logic.segment_with_model(ct_node, card, mirroring=mirroring,
+                res = logic.segment_with_model(ct_node, card, mirroring=Mirroring.coerce(args.mirroring),
                                                largest_component=args.largest_component, progress=progress)
             else:
                 res = logic.segment_from_seed(ct_node, seed, args.kind, args.radius, progress=progress)

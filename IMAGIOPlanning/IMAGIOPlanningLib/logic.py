@@ -122,7 +122,7 @@ class PlanningLogic:
                  "volume_ml": round(s.volume_ml(), 4)} for s in segments]
 
     # ------------------------------------------------------------------ model
-    def segment_with_model(self, ct_node, model, *, mirroring: bool | None = None, largest_component: bool = False,
+    def segment_with_model(self, ct_node, model, *, mirroring=None, largest_component: bool = False,
                            providers: list[str] | None = None, progress: Progress | None = None,
                            name: str | None = None) -> PlanningResult:
         from imagio.engine import OnnxSegmenter

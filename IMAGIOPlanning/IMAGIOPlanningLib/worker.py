@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     try:
         import SimpleITK as sitk
 
-        from imagio.engine import OnnxSegmenter
+        from imagio.engine import Mirroring, OnnxSegmenter
         from imagio.errors import ImagioError
         from imagio.progress import Progress
     except ImportError as e:
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
         except RuntimeError as e:
             raise ImagioError(f"Cannot read {a.ct} ({str(e).strip().splitlines()[-1][:200]})", "") from None
         seg = OnnxSegmenter(a.card, threads=a.threads)
-        mirroring = None if a.mirroring == "card" else a.mirroring == "on"
-        res = seg.predict(ct, mirroring=mirroring, largest_component=a.largest_component, progress=Progress(report))
+        res = seg.predict(ct, mirroring=Mirroring.coerce(a.mirroring), largest_component=a.largest_component, progress=Progress(report))
         sitk.WriteImage(res.labels, str(work / "labels.nrrd"), True)
         report(1.0, "Done")
         _write_json(result_file, {"status": "ok", "execution_provider": res.provider,

@@ -220,3 +220,53 @@ def test_card_errors(tmp_path, models):
     p.write_text(json.dumps(d))
     with pytest.raises(ImagioError, match="unknown normalisation"):
         load_card(p)
+
+
+def test_mirroring_is_one_type_converted_once():
+    from imagio.engine import Mirroring
+
+    assert Mirroring.coerce(None) is Mirroring.CARD
+    assert Mirroring.coerce(True) is Mirroring.ON and Mirroring.coerce(False) is Mirroring.OFF
+    assert Mirroring.coerce("off") is Mirroring.OFF and Mirroring.coerce(Mirroring.ON) is Mirroring.ON
+    assert Mirroring.CARD.axes([0, 2]) == [0, 2] and Mirroring.CARD.axes([]) == []
+    assert Mirroring.ON.axes([]) == [0, 1, 2] and Mirroring.ON.axes([1]) == [1]
+    assert Mirroring.OFF.axes([0, 1, 2]) == []
+    with pytest.raises(ImagioError, match="Unknown mirroring"):
+        Mirroring.coerce("sometimes")
+
+
+def test_background_job_passes_the_same_mirroring_as_in_process(tmp_path, pointwise_card):
+    """Both Slicer entry points convert the checkbox through Mirroring.coerce: False is 'off' in each."""
+    from IMAGIOPlanningLib.background import BackgroundJob
+
+    ct, _ = sphere_ct()
+    job = BackgroundJob(ct, pointwise_card, mirroring=False, work_dir=tmp_path / "job")
+    try:
+        args = job.process.args
+        assert args[args.index("--mirroring") + 1] == "off"
+    finally:
+        job.cleanup()
+
+
+def test_openvino_backend_gives_onnxruntimes_labels(tmp_path, models):
+    pytest.importorskip("openvino", reason="the optional openvino extra is not installed")
+    models.conv(tmp_path / "net.onnx", classes=3, seed=3)
+    card = models.card(tmp_path, "net.onnx", classes=3, patch=(16, 20, 24), mirror=(0, 1, 2), spacing=(1.5, 1.2, 1.2),
+                       extra={"normalization": [{"scheme": "CT", "clip_low": -900.0, "clip_high": 900.0,
+                                                 "mean": -250.0, "std": 450.0}]})
+    ct, _ = sphere_ct(size=(50, 44, 26), spacing=(1.1, 1.3, 2.0))
+    arr = sitk.GetArrayFromImage(ct).astype(np.float32)
+    arr += np.random.default_rng(0).normal(0, 80, arr.shape).astype(np.float32)
+    ct2 = sitk.GetImageFromArray(arr)
+    ct2.CopyInformation(ct)
+    ov = OnnxSegmenter(card, backend="openvino")
+    ort_ = OnnxSegmenter(card, backend="onnxruntime")
+    assert ov.provider == "OpenVINO CPU" and ort_.provider == "CPUExecutionProvider"
+    a = ov.predict(ct2, probabilities=True)
+    b = ort_.predict(ct2, probabilities=True)
+    la, lb = sitk.GetArrayFromImage(a.labels), sitk.GetArrayFromImage(b.labels)
+    # the two runtimes differ by float32 rounding in the convolutions: a label may flip only at a float16 tie
+    assert np.mean(la == lb) > 0.999 and len(np.unique(lb)) == 3
+    for cls in (1, 2):
+        assert np.abs(sitk.GetArrayFromImage(a.probabilities[cls]) - sitk.GetArrayFromImage(b.probabilities[cls])).max() \
+            < 2e-3
