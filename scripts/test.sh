@@ -7,5 +7,11 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
+# dciodvfy (dicom3tools, from Debian's packages) validates the DICOM SEG/SR that export-dicom writes; the tests
+# need it under CI. Installed only when missing and when we may (root with apt-get, as on the CI machines).
+if ! command -v dciodvfy >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get install -y -q dicom3tools || { apt-get update -q && apt-get install -y -q dicom3tools; }; } >/dev/null 2>&1 \
+    || echo "scripts/test.sh: could not install dicom3tools (dciodvfy); the DICOM validation tests need it" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"
