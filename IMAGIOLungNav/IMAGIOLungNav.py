@@ -28,7 +28,7 @@ class IMAGIOLungNav(ScriptedLoadableModule):
         self.parent.title = "IMAGIO Lung Navigation"
         self.parent.categories = ["IMAGIO"]
         self.parent.dependencies = ["IMAGIOCommon"]
-        self.parent.contributors = ["IMAGIO developers"]
+        self.parent.contributors = ["IMAGIO developers (imagio-slicer project)"]
         self.parent.helpText = (
             "Airway segmentation from a chest CT, a centerline graph of the bronchial tree (generations, lengths "
             "and lumen diameters in mm, anatomical names where they can be inferred) and the bronchoscopic route "

@@ -1,0 +1,72 @@
+"""IMAGIOCommon in Slicer: the supported-version message and the phantom as sample data."""
+
+import ast
+import inspect
+import logging
+from pathlib import Path
+
+import pytest
+import slicer
+
+from imagio.testing_slicer import SlicerHarness
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: SampleData.SampleDataLogic.registerCustomSampleDataSource in Slicer v5.10.0
+#: (Modules/Scripted/SampleData/SampleData.py, lines 510-515): the module itself is not in the
+#: framework folder, so the call is checked against its signature, not run.
+SAMPLE_DATA_510 = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for n, d in (
+    ("category", "Custom"), ("sampleName", None), ("uris", None), ("fileNames", None), ("nodeNames", None),
+    ("customDownloader", None), ("thumbnailFileName", None), ("loadFileTypes", None), ("loadFiles", None),
+    ("loadFileProperties", {}), ("checksums", None), ("loadFileType", None))])
+
+
+def test_common_module_file_is_python_39_syntax():
+    """Slicer 5.8 runs Python 3.9: the module that tells its users so must itself load there."""
+    ast.parse((ROOT / "IMAGIOCommon" / "IMAGIOCommon.py").read_text(), feature_version=(3, 9))
+
+
+@pytest.mark.parametrize("version, supported", [((5, 8, 1), False), ((5, 9, 0), False), ((5, 10, 0), True),
+                                                ((5, 12, 2), True), ((6, 0, 0), True)])
+def test_an_older_slicer_gets_a_clear_message_at_start_up(version, supported, caplog):
+    with SlicerHarness(version=version) as h, caplog.at_level(logging.ERROR):
+        h.load_module("IMAGIOCommon")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        if supported:
+            assert errors == []
+            assert h.app.startupCompleted.slotCount() == 1  # the sample data registration
+        else:
+            assert len(errors) == 1
+            msg = errors[0]
+            assert "needs 3D Slicer 5.10 or later" in msg and "this is Slicer {}.{}.{}".format(*version) in msg
+            assert "download.slicer.org" in msg
+            h.app.startupCompleted.emit()  # the message is shown again once the main window is up
+            assert sum("needs 3D Slicer 5.10" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_phantom_is_registered_as_sample_data_and_loads(slicer_app):
+    import IMAGIOCommon
+
+    calls = []
+
+    class SampleDataLogic510:
+        @staticmethod
+        def registerCustomSampleDataSource(*args, **kwargs):
+            bound = SAMPLE_DATA_510.bind(*args, **kwargs)  # TypeError on a parameter 5.10 does not have
+            calls.append(bound.arguments)
+
+    IMAGIOCommon.registerSampleData(SampleDataLogic510)
+    (a,) = calls
+    assert a["category"] == "IMAGIO" and a["sampleName"] == "IMAGIOPhantom"
+    assert len(a["uris"]) == len(a["fileNames"]) == len(a["nodeNames"]) == len(a["loadFiles"])  # 5.10 checks this
+    assert Path(a["thumbnailFileName"]).is_file()
+    # what the Sample Data panel's button does: call the custom downloader with the source
+    composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # one slice view's layers
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    ct, truth = a["customDownloader"](object())
+    assert slicer.mrmlScene.GetNumberOfNodes() > before
+    assert ct.GetName() == a["nodeNames"][0] and ct.GetImageData().GetDimensions() == (288, 208, 224)
+    names = {truth.GetSegmentation().GetNthSegment(i).GetName()
+             for i in range(truth.GetSegmentation().GetNumberOfSegments())}
+    assert {"lung_nodule", "liver_tumor", "airway_lumen", "hepatic_vessels"} <= names
+    assert composite.GetBackgroundVolumeID() == ct.GetID()  # shown in the slice views
