@@ -1512,7 +1512,7 @@ class SlicerHarness:
         if name not in self.modules:
             mod = sys.modules.get(name)
             path = REPO_ROOT / name / f"{name}.py"
-            if mod is None or Path(getattr(mod, "__file__", "")).resolve() != path.resolve():
+            if mod is None or Path(getattr(mod, "__file__", None) or "").resolve() != path.resolve():
                 spec = importlib.util.spec_from_file_location(name, path)
                 mod = importlib.util.module_from_spec(spec)
                 sys.modules[name] = mod
