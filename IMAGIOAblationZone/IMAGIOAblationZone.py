@@ -26,10 +26,13 @@ from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
 from imagio.slicer_widget import ParameterNodeWidgetMixin
-from IMAGIOAblationZoneLib.devices import load_library
+from IMAGIOAblationZoneLib.devices import TISSUE_CHOICES, load_library
 
-#: Device ids of the bundled library (the combo box choices).
+#: Device ids of the bundled library (the combo box choices): every device, also those whose settings are all
+#: unsourced (they need "Allow unsourced settings").
 DEVICE_IDS = list(load_library())
+#: "auto": the tissue from the tumour segment's terminology or name, else liver (with a warning).
+TISSUE_IDS = ["auto", *TISSUE_CHOICES]
 
 
 class IMAGIOAblationZone(ScriptedLoadableModule):
@@ -41,15 +44,17 @@ class IMAGIOAblationZone(ScriptedLoadableModule):
         self.parent.contributors = ["IMAGIO developers"]
         self.parent.helpText = (
             "Predicted thermal ablation zones for a probe placed with a markups line (point 1: entry on the skin, "
-            "point 2: tip): ellipsoids from published device tables (approximate ex-vivo values, each with its "
-            "source), updated live while the probe is dragged, or a Pennes bioheat simulation with perfusion and "
-            "vessels as heat sinks. Reports coverage of the tumour and of tumour + margin (%), the minimal margin "
-            "(mm) and the fraction of other structures in the zone (%). 'Plan probes' finds the fewest probes with "
-            "clear straight paths that cover tumour + margin. Planning aid for research, not a medical device. See "
-            "<a href='https://github.com/imagio-slicer/SlicerIMAGIO'>the documentation</a>."
+            "point 2: tip): ellipsoids from the device library (every setting names its source; settings without "
+            "one are used only when allowed, with a warning), updated live while the probe is dragged, or a Pennes "
+            "bioheat simulation with perfusion, vessels as heat sinks and all probes heating together. Reports "
+            "coverage of the tumour and of tumour + margin (%), the minimal margin (mm) and the fraction of other "
+            "structures in the zone (%). 'Plan probes' finds the fewest probes with clear straight paths that keep "
+            "the margin (feasible only then); 'Re-plan' takes the probes as placed (markups lines) and proposes one "
+            "added probe or a changed setting for what they leave. Planning aid for research, not a medical device. "
+            "See <a href='https://github.com/imagio-slicer/SlicerIMAGIO'>the documentation</a>."
         )
         self.parent.acknowledgementText = (
-            "Device zone sizes: manufacturer charts and papers cited in devices.json. Tissue properties: IT'IS "
+            "Device zone sizes: the sources cited per setting in devices.json. Tissue properties: IT'IS "
             "Foundation database. Built on 3D Slicer, VTK, SimpleITK and numpy."
         )
 
@@ -62,6 +67,7 @@ class IMAGIOAblationZoneParameterNode:
     vesselSegmentNames: str = "hepatic_vessels"
     avoidSegmentNames: str = "hepatic_vessels,ribs,lungs"
     probeLine: vtkMRMLMarkupsLineNode
+    tissue: Annotated[str, Choice(TISSUE_IDS)] = "auto"
     deviceId: Annotated[str, Choice(DEVICE_IDS)] = "emprint"
     powerW: Annotated[float, WithinRange(0.0, 300.0)] = 100.0
     timeS: Annotated[float, WithinRange(0.0, 3600.0)] = 600.0
@@ -70,6 +76,7 @@ class IMAGIOAblationZoneParameterNode:
     clearanceMm: Annotated[float, WithinRange(0.0, 30.0)] = 3.0
     liveUpdate: bool = True
     verifyBioheat: bool = False
+    allowUnsourced: bool = False
     zoneSegmentation: vtkMRMLSegmentationNode
     resultsTable: vtkMRMLTableNode
 
@@ -92,15 +99,18 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.planButton.connect("clicked(bool)", self.onPlanButton)
+        self.ui.replanButton.connect("clicked(bool)", self.onReplanButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateSettingInfo)
         self.ui.powerSpinBox.connect("valueChanged(double)", self.updateSettingInfo)
         self.ui.timeSpinBox.connect("valueChanged(double)", self.updateSettingInfo)
         self.initializeParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.observeProbe(None)  # remove the observer from the closing scene's line (it must not survive it)
         ParameterNodeWidgetMixin.onSceneStartClose(self, caller, event)
         self._zoneModel = None
-        self._observedLine = None
+        if self.logic:
+            self.logic.forgetScene()
 
     def initializeParameterNode(self) -> None:
         ParameterNodeWidgetMixin.initializeParameterNode(self)
@@ -113,6 +123,7 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
         ready = bool(p and p.probeLine and (p.referenceVolume or p.segmentation))
         self.ui.applyButton.enabled = ready
         self.ui.planButton.enabled = bool(p and p.segmentation)
+        self.ui.replanButton.enabled = bool(p and p.segmentation)
         self.observeProbe(p.probeLine if p else None)
         self.updateSettingInfo()
 
@@ -132,7 +143,7 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
             return
         try:
             self._zoneModel = self.logic.computeZone(p, self._zoneModel, live=True)
-            self.ui.statusLabel.text = self.logic.lastSummary
+            self.showResult()
         except Exception as e:  # live feedback: show, never raise inside a VTK callback
             self.ui.statusLabel.text = f"Zone not updated: {e}"
 
@@ -140,18 +151,29 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
         p = self._parameterNode
         if not p or not self.logic:
             return
-        self.ui.settingInfoLabel.text = self.logic.describeSetting(p.deviceId, p.powerW, p.timeS)
+        self.ui.settingInfoLabel.text = self.logic.describeSetting(p.deviceId, p.powerW, p.timeS, p.allowUnsourced)
+
+    def showResult(self) -> None:
+        self.ui.statusLabel.text = self.logic.lastSummary
+        self.ui.warningsLabel.text = "\n".join(f"Warning: {w}" for w in self.logic.lastWarnings)
 
     def onApplyButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Failed to compute the ablation zone.", waitCursor=True):
             self._zoneModel = self.logic.computeZone(self._parameterNode, self._zoneModel, live=False)
-            self.ui.statusLabel.text = self.logic.lastSummary
+            self.showResult()
             self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
 
     def onPlanButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Failed to plan the probes.", waitCursor=True):
             self.logic.planProbes(self._parameterNode)
-            self.ui.statusLabel.text = self.logic.lastSummary
+            self.showResult()
+            self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+
+    def onReplanButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to re-plan from the placed probes.", waitCursor=True):
+            lines = list(self.ui.placedProbesSelector.checkedNodes())
+            self.logic.replanFromLines(self._parameterNode, lines)
+            self.showResult()
             self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
 
 
@@ -166,20 +188,32 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         self._context = None
         self._contextKey = None
         self._vessels = []
+        self._ownTables = set()  # IDs of the table nodes this module made (only those are ever replaced)
         self.lastSummary = ""
+        self.lastWarnings = []
 
     def getParameterNode(self):
         return IMAGIOAblationZoneParameterNode(super().getParameterNode())
 
-    def describeSetting(self, deviceId: str, powerW: float, timeS: float) -> str:
+    def forgetScene(self) -> None:
+        """Drop everything that refers to nodes of a closing scene."""
+        self._context = self._contextKey = None
+        self._ownTables = set()
+
+    def describeSetting(self, deviceId: str, powerW: float, timeS: float, allowUnsourced: bool = False) -> str:
         from imagio.errors import ImagioError
 
         try:
-            dev, s = self.impl.setting(deviceId, powerW, timeS)
+            dev, s = self.impl.setting(deviceId, powerW, timeS, allowUnsourced)
         except ImagioError as e:
             return str(e)
         text = f"zone {s.zone_long_mm:.1f} x {s.zone_short_mm:.1f} mm, centre {s.tip_offset_mm:.1f} mm behind the tip"
-        return text + (f" ({s.note})" if s.interpolated else " (table setting)")
+        source = "; ".join(f"{src.citation.split('.')[0]} ({src.locator.split(' (')[0]})" for src in s.sources)
+        return (text + (f" ({s.note})" if s.interpolated else " (table setting)")
+                + (f"; source: {source}" if source else "; NO SOURCE") + (f"; measured in {s.tissue}"))
+
+    def _tissue(self, p):
+        return None if p.tissue == "auto" else p.tissue
 
     def _segments(self, p, names: str):
         from imagio.mrml import segments_from_segmentation_node
@@ -191,20 +225,19 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         return {s.name: s.mask for s in segs if s.name.lower() in wanted}
 
     def context(self, p):
-        """The cached tumour/structure context; rebuilt when the inputs change."""
+        """The cached tumour/structure context; rebuilt when the inputs or the segments' content change."""
         from imagio.errors import ImagioError
-        from imagio.mrml import image_from_volume_node
+        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
+        from IMAGIOAblationZoneLib.logic import _segment_terminology, segmentation_stamp
 
-        key = (p.referenceVolume.GetID() if p.referenceVolume else None,
-               p.segmentation.GetID() if p.segmentation else None,
-               p.segmentation.GetMTime() if p.segmentation else 0, p.tumorSegmentName, p.vesselSegmentNames, p.marginMm)
+        key = (p.referenceVolume.GetID() if p.referenceVolume else None, segmentation_stamp(p.segmentation),
+               p.tumorSegmentName, p.vesselSegmentNames, p.marginMm, p.tissue)
         if key == self._contextKey:
             return self._context
-        from imagio.mrml import segments_from_segmentation_node
-
         tumor = None
         others = {}
         vesselNames = {n.strip().lower() for n in (p.vesselSegmentNames or "").split(",") if n.strip()}
+        terminology = ""
         if p.segmentation:
             for s in segments_from_segmentation_node(p.segmentation, p.referenceVolume):
                 if s.name.lower() == (p.tumorSegmentName or "").strip().lower():
@@ -213,97 +246,118 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
                     others[s.name] = s.mask  # every other segment: its fraction inside the zone is reported
             if tumor is None:
                 raise ImagioError(f"No segment named '{p.tumorSegmentName}'", "Type the tumour segment's name")
+            terminology = _segment_terminology(p.segmentation, p.tumorSegmentName)
         if p.referenceVolume:
             grid = image_from_volume_node(p.referenceVolume)
         elif tumor is not None:
             grid = tumor
         else:
             raise ImagioError("No reference volume or segmentation", "Choose the CT or a segmentation")
-        self._context = self.impl.prepare(grid, tumor, others, p.marginMm)
+        self._context = self.impl.prepare(grid, tumor, others, p.marginMm, self._tissue(p), p.tumorSegmentName or "",
+                                          terminology)
         self._vessels = [name for name in others if name.lower() in vesselNames]
         self._contextKey = key
         return self._context
+
+    def _table(self, p, name: str, rows):
+        """A results table: the module's own previous table is replaced, a table the user chose is never touched."""
+        from imagio.mrml import add_table
+
+        old = p.resultsTable
+        if old is not None and old.GetID() in self._ownTables:
+            self._ownTables.discard(old.GetID())
+            slicer.mrmlScene.RemoveNode(old)
+        node = add_table(slicer.mrmlScene, name, rows)
+        self._ownTables.add(node.GetID())
+        p.resultsTable = node
+        return node
+
+    def _outputSegmentation(self, p):
+        if p.zoneSegmentation is not None and p.zoneSegmentation is p.segmentation:
+            from imagio.errors import ImagioError
+
+            raise ImagioError("The zone segmentation is the input segmentation", "Choose or create another node")
+        return p.zoneSegmentation
 
     def computeZone(self, p, modelNode=None, live: bool = False):
         """Zone of the probe line with the chosen model; writes the zone segment, model and results table."""
         import numpy as np
 
-        from imagio.errors import ImagioError
-        from imagio.mrml import add_table
-
-        if p.zoneSegmentation is not None and p.zoneSegmentation is p.segmentation:
-            raise ImagioError("The zone segmentation is the input segmentation", "Choose or create another node")
+        target = self._outputSegmentation(p)
         ctx = self.context(p)
         tip, entry = self.impl.probe_from_line(p.probeLine)
         if p.model == "bioheat" and not live:
             vessels = None
             if self._vessels:
                 vessels = np.any([ctx.others[n] for n in self._vessels], axis=0)
-            result = self.impl.bioheat_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, vessels=vessels)
+            result = self.impl.bioheat_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, vessels=vessels,
+                                            allow_unsourced=p.allowUnsourced)
         else:
-            result = self.impl.table_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS)
-        seg, model = self.impl.update_zone_nodes(result, p.zoneSegmentation, modelNode)
+            result = self.impl.table_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, p.allowUnsourced)
+        seg, model = self.impl.update_zone_nodes(result, target, modelNode)
         if not p.zoneSegmentation:
             p.zoneSegmentation = seg
-        m = result.metrics
-        self.lastSummary = (f"{m['model']} zone " + " x ".join(f"{a:.1f}" for a in m["zone_axes_mm"]) + " mm"
-                            + (f"; tumour {m['coverage_percent']:.1f} %, tumour + margin "
-                               f"{m['margin_coverage_percent']:.1f} %, minimal margin {m['minimal_margin_mm']:.1f} mm"
-                               if "coverage_percent" in m else ""))
+        self.lastSummary = result.summary_text().split("\n")[0]
+        self.lastWarnings = list(result.warnings)
         if not live:
-            rows = [{"quantity": k, "value": v} for k, v in m.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-            rows += [{"quantity": f"{name} in zone (%)", "value": v}
-                     for name, v in m.get("structures_in_zone_percent", {}).items()]
-            if p.resultsTable:
-                slicer.mrmlScene.RemoveNode(p.resultsTable)
-            p.resultsTable = add_table(slicer.mrmlScene, "Ablation zone results", rows)
+            self._table(p, "Ablation zone results", result.table_rows())
         return model
 
-    def planProbes(self, p) -> dict:
-        """Plan probes for the tumour; adds probe lines, zone segmentation and a results table."""
+    def planProbes(self, p):
+        """Plan probes for the tumour; probe lines, the planned zone (into the chosen zone segmentation, or a new
+        one) and a results table. Returns the PlanResult."""
         from imagio.errors import ImagioError
-        from imagio.io import Segment
-        from imagio.mrml import add_line, add_table, image_from_volume_node, segmentation_node_from_segments
+        from IMAGIOAblationZoneLib.logic import write_zone_segment
 
         if not p.segmentation:
             raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
-        tumor = self._segments(p, p.tumorSegmentName)
-        if not tumor:
-            raise ImagioError(f"No segment named '{p.tumorSegmentName}'", "Type the tumour segment's name")
-        tumor = next(iter(tumor.values()))
-        grid = image_from_volume_node(p.referenceVolume) if p.referenceVolume else tumor
-        avoid = self._segments(p, p.avoidSegmentNames)
-        body = None
-        if p.referenceVolume:
-            from IMAGIOAblationZoneLib.cli import body_from_ct
-
-            body = body_from_ct(grid)
-        sinks = None
-        if p.verifyBioheat:
-            vessels = self._segments(p, p.vesselSegmentNames)
-            if vessels:
-                import numpy as np
-                import SimpleITK as sitk
-
-                sinks = np.any([sitk.GetArrayFromImage(m) > 0 for m in vessels.values()], axis=0)
-        plan, d = self.impl.plan(grid, tumor, p.deviceId, p.marginMm, avoid, body, p.clearanceMm,
-                                 verify_bioheat=p.verifyBioheat, heat_sinks=sinks)
+        target = self._outputSegmentation(p)
+        avoid = [n.strip() for n in (p.avoidSegmentNames or "").split(",") if n.strip()]
+        sinks = [n.strip() for n in (p.vesselSegmentNames or "").split(",") if n.strip()] if p.verifyBioheat else []
+        plan = self.impl.plan_nodes(p.referenceVolume, p.segmentation, p.tumorSegmentName, p.deviceId,
+                                    avoid_segments=avoid, heat_sink_segments=sinks, margin_mm=p.marginMm,
+                                    clearance_mm=p.clearanceMm, verify_bioheat=p.verifyBioheat,
+                                    tissue=self._tissue(p), allow_unsourced=p.allowUnsourced)
         if plan.union_mask is not None and plan.probes:
-            p.zoneSegmentation = segmentation_node_from_segments(
-                slicer.mrmlScene, [Segment("planned_ablation_zone", plan.union_mask, (1.0, 0.65, 0.0))],
-                "Planned ablation zone", p.referenceVolume)
+            p.zoneSegmentation = write_zone_segment(slicer.mrmlScene, plan.union_mask, target, "planned_ablation_zone",
+                                                    "Planned ablation zone")
+            from imagio.mrml import add_line
+
             for n, probe in enumerate(plan.probes):
                 add_line(slicer.mrmlScene, f"Planned probe {n + 1}", probe.entry_ras, probe.tip_ras)
-        rows = [{"probe": n + 1, "power_w": pr["power_w"], "time_s": pr["time_s"],
-                 "tip_ras": ",".join(f"{v:.1f}" for v in pr["tip_ras"]),
-                 "entry_ras": ",".join(f"{v:.1f}" for v in pr["entry_ras"]),
-                 "path_length_mm": pr["path_length_mm"]} for n, pr in enumerate(d["probes"])]
-        p.resultsTable = add_table(slicer.mrmlScene, "Ablation plan", rows or [{"feasible": "no", "reason": plan.reason}])
-        self.lastSummary = (("Feasible: " if d["feasible"] else "Not feasible: ") + d["reason"]
-                            + f" (tumour coverage {plan.tumor_coverage_percent:.1f} %)")
+        self._table(p, "Ablation plan", plan.table_rows())
+        self.lastSummary = plan.summary_text().split("\n")[0] + " " + plan.reason
+        self.lastWarnings = list(plan.warnings)
         logging.info(self.lastSummary)
-        return d
+        return plan
+
+    def replanFromLines(self, p, lineNodes):
+        """Re-plan from the probes as placed (markups lines: point 0 entry, point 1 tip) at the chosen setting."""
+        from imagio.errors import ImagioError
+        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
+        from IMAGIOAblationZoneLib.logic import _segment_terminology, body_from_ct
+
+        if not p.segmentation:
+            raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
+        if not lineNodes:
+            raise ImagioError("No placed probe", "Check the markups lines of the probes as placed")
+        placed = [self.impl.probe_from_line(n) for n in lineNodes]
+        tumor = segments_from_segmentation_node(p.segmentation, p.referenceVolume, [p.tumorSegmentName])[0]
+        grid = image_from_volume_node(p.referenceVolume) if p.referenceVolume else tumor.mask
+        avoid = self._segments(p, p.avoidSegmentNames)
+        body = body_from_ct(grid) if p.referenceVolume else None
+        res = self.impl.replan(grid, tumor.mask, placed, p.deviceId, p.powerW, p.timeS, p.marginMm, avoid, body,
+                               p.clearanceMm, self._tissue(p), tumor.name,
+                               _segment_terminology(p.segmentation, p.tumorSegmentName), p.allowUnsourced)
+        nodes = res.add_to_scene(slicer.mrmlScene, p.referenceVolume, "Re-plan")
+        if p.resultsTable is not None and p.resultsTable.GetID() in self._ownTables:
+            self._ownTables.discard(p.resultsTable.GetID())
+            slicer.mrmlScene.RemoveNode(p.resultsTable)
+        self._ownTables.add(nodes["table"].GetID())
+        p.resultsTable = nodes["table"]
+        self.lastSummary = res.summary_text().split("\n")[0] + " " + res.reason
+        self.lastWarnings = list(res.warnings)
+        return res
 
 
 class IMAGIOAblationZoneTest(ScriptedLoadableModuleTest):
@@ -332,10 +386,13 @@ class IMAGIOAblationZoneTest(ScriptedLoadableModuleTest):
         p = logic.getParameterNode()
         p.referenceVolume, p.segmentation, p.probeLine = ct, seg, line
         p.deviceId, p.powerW, p.timeS = "emprint", 100.0, 600.0
+        p.tumorSegmentName, p.avoidSegmentNames = "liver_tumor", "hepatic_vessels,ribs,lungs"
         logic.computeZone(p)
         self.assertTrue(p.zoneSegmentation is not None)
         self.assertIn("tumour", logic.lastSummary)
-        d = logic.planProbes(p)
-        self.assertTrue(d["feasible"])
-        self.assertGreaterEqual(d["coverage_percent"], 99.0)
+        plan = logic.planProbes(p)
+        self.assertTrue(plan.feasible)
+        self.assertGreaterEqual(plan.minimal_margin_mm, 5.0)
+        res = logic.replanFromLines(p, [line])
+        self.assertIsNotNone(res.placed.metrics["minimal_margin_mm"])
         self.delayDisplay("Test passed")

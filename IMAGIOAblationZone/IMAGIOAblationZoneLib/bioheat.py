@@ -7,12 +7,14 @@
 * Large vessels are Dirichlet voxels held at blood temperature (heat sinks);
   the outer faces of the domain are held at body temperature.
 * Q is the device power times an efficiency, spread as a Gaussian
-  (``sigma_mm``) around the active segment of the probe at the tip.
+  (``sigma_mm``) around the active segment of the probe at the tip; the
+  sources of several probes add up (combined heating), each switched off
+  after its own time.
 * Explicit time stepping at 90 % of the stability limit of the grid, so the
   scheme is stable on anisotropic grids; oblique grids need nothing special
   (the direction matrix is orthonormal, the Laplacian is the same).
-* The zone is the 60 C isotherm of the maximum temperature (default) or
-  a thermal dose CEM43 >= 240 min, both computed.
+* The zone is the lethal isotherm (``LETHAL_ISOTHERM_C``) of the maximum
+  temperature (default) or a thermal dose CEM43 >= 240 min, both computed.
 
 Units inside: SI (m, s, W, K); in and out: mm, s, W, degrees C.
 """
@@ -20,7 +22,7 @@ Units inside: SI (m, s, W, K); in and out: mm, s, W, degrees C.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,28 +34,74 @@ from imagio.progress import Progress, ensure
 from .zone import crop, mask_box
 
 BODY_C = 37.0
-BLOOD_RHO_C = 1050.0 * 3617.0  # J/(m^3 K), IT'IS database v4.1 (blood)
+#: The lethal isotherm (degrees C): the zone boundary of the bioheat model, where perfusion stops, and what the
+#: source calibration fits. Written once here; everything else refers to it.
+LETHAL_ISOTHERM_C = 60.0
+#: Thermal dose criterion (CEM43, minutes) of the alternative zone definition.
+CEM43_LETHAL_MIN = 240.0
+
+ITIS_DATABASE = ("IT'IS Foundation, Tissue Properties Database, version 4.1 "
+                 "(https://itis.swiss/virtual-population/tissue-properties/database/)")
 
 
 @dataclass(frozen=True)
 class Tissue:
-    """Thermal properties of one tissue (SI units)."""
+    """Thermal properties of one tissue (SI units) and where they come from."""
 
     name: str
     k_w_per_m_k: float
     rho_c_j_per_m3_k: float
     perfusion_per_s: float  # volumetric blood perfusion w_b (m^3 blood / m^3 tissue / s)
+    density_kg_m3: float = 0.0
+    heat_capacity_j_kg_k: float = 0.0
+    perfusion_ml_min_kg: float = 0.0
+    source: str = ITIS_DATABASE
+    verified: bool = False
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "thermal_conductivity_w_per_m_k": self.k_w_per_m_k,
+                "density_kg_per_m3": self.density_kg_m3, "heat_capacity_j_per_kg_k": self.heat_capacity_j_kg_k,
+                "perfusion_ml_per_min_per_kg": self.perfusion_ml_min_kg,
+                "perfusion_per_s": round(self.perfusion_per_s, 6), "source": self.source,
+                "verified": self.verified, "note": self.note}
 
 
-#: Approximate values after the IT'IS Foundation tissue property database v4.1
-#: (Hasgall et al.); perfusion in 1/s from ml/min/kg times density.
+def _itis(name, density, heat_capacity, k, perfusion_ml_min_kg, note="", itis_name=""):
+    """A tissue from IT'IS values: perfusion in ml/min/kg becomes a volumetric rate in 1/s."""
+    w = perfusion_ml_min_kg * 1e-6 * density / 60.0
+    return Tissue(name, k, density * heat_capacity, w, density, heat_capacity, perfusion_ml_min_kg,
+                  f"{ITIS_DATABASE}, tissue '{itis_name or name}'", False,
+                  ("density as on the database's density page (also in a public transcription of that page); "
+                   "heat capacity, conductivity and perfusion (heat transfer rate) as recalled from the database, "
+                   "not re-read here (verified: false). " + note).strip())
+
+
+#: Tissue properties per tissue (``--tissue`` and the tissue labels of a bioheat run). Perfusion is the
+#: IT'IS heat transfer rate; it is the least certain value (the database gives wide ranges) and dominates
+#: the in vivo zone size, see README.
 TISSUES: dict[str, Tissue] = {
-    "soft_tissue": Tissue("soft_tissue", 0.47, 1090.0 * 3421.0, 0.6e-3),
-    "liver": Tissue("liver", 0.52, 1079.0 * 3540.0, 1.5e-3),
-    "tumor": Tissue("tumor", 0.55, 1079.0 * 3540.0, 1.0e-3),
-    "blood": Tissue("blood", 0.52, BLOOD_RHO_C, 0.0),
+    "liver": _itis("liver", 1079.0, 3540.0, 0.52, 860.0, itis_name="Liver"),
+    "lung": _itis("lung", 394.0, 3886.0, 0.39, 401.0, itis_name="Lung (Inflated)",
+                  note="Inflated lung: the low density is its air content; per volume it holds less heat and "
+                       "carries less blood than solid organs."),
+    "kidney": _itis("kidney", 1066.0, 3763.0, 0.53, 3795.0, itis_name="Kidney"),
+    "soft-tissue": _itis("soft-tissue", 1090.0, 3421.0, 0.49, 37.0, itis_name="Muscle"),
+    "bone": _itis("bone", 1908.0, 1313.0, 0.32, 10.0, itis_name="Bone (Cortical)"),
+    "blood": Tissue("blood", 0.52, 1050.0 * 3617.0, 0.0, 1050.0, 3617.0, 0.0, f"{ITIS_DATABASE}, tissue 'Blood'",
+                    False, "no perfusion term: large vessels are held at body temperature (heat sinks)"),
 }
-SOURCE = "IT'IS Foundation tissue properties database v4.1 (approximate values)"
+BLOOD_RHO_C = TISSUES["blood"].rho_c_j_per_m3_k  # J/(m^3 K)
+SOURCE = ITIS_DATABASE
+
+
+def tumour_tissue(host: str) -> Tissue:
+    """Properties used for tumour voxels in ``host``: the host's, except a solid nodule in aerated lung, which is
+    modelled as soft tissue (no tumour-specific values with a source are in the library)."""
+    t = TISSUES["soft-tissue"] if host == "lung" else TISSUES[host]
+    return replace(t, name=f"tumour in {host}", note=(t.note + " Used for the tumour: "
+                   + ("a solid nodule is not aerated lung, so soft-tissue (IT'IS muscle) values are used."
+                      if host == "lung" else f"the tumour is given the {host} values.")).strip())
 
 
 @dataclass
@@ -83,24 +131,28 @@ def _face_conductance(k: np.ndarray, axis: int) -> np.ndarray:
     return (2.0 * a * b / np.maximum(a + b, 1e-12)).astype(k.dtype)
 
 
-def simulate(grid: sitk.Image, k: np.ndarray, rho_c: np.ndarray, perfusion: np.ndarray, source_w_m3: np.ndarray,
+def simulate(grid: sitk.Image, k: np.ndarray, rho_c: np.ndarray, perfusion: np.ndarray, source_w_m3,
              duration_s: float, dirichlet: np.ndarray | None = None, body_c: float = BODY_C,
-             threshold_c: float = 60.0, cem43_threshold_min: float = 240.0, criterion: str = "isotherm",
-             perfusion_shutdown_c: float | None = 60.0, record_points_ras=None, record_every_s: float = 10.0,
-             dt_s: float | None = None, progress: Progress | None = None) -> BioheatResult:
-    """Integrate Pennes' equation for ``duration_s`` (power on all the time).
+             threshold_c: float = LETHAL_ISOTHERM_C, cem43_threshold_min: float = CEM43_LETHAL_MIN,
+             criterion: str = "isotherm", perfusion_shutdown_c: float | None = LETHAL_ISOTHERM_C,
+             record_points_ras=None, record_every_s: float = 10.0, dt_s: float | None = None,
+             progress: Progress | None = None) -> BioheatResult:
+    """Integrate Pennes' equation for ``duration_s``.
 
-    ``k``, ``rho_c``, ``perfusion`` (1/s) and ``source_w_m3`` are [k, j, i] arrays on ``grid``;
-    ``dirichlet`` marks voxels held at ``body_c`` (vessels).
+    ``k``, ``rho_c``, ``perfusion`` (1/s) are [k, j, i] arrays on ``grid``; ``dirichlet`` marks voxels held at
+    ``body_c`` (vessels). ``source_w_m3`` is one power-density array switched on for the whole run, or a list of
+    ``(array, on_s)`` pairs, one per probe, all switched on at t = 0 and each off after its own ``on_s``: the heat
+    sources of several probes add up (combined heating).
     """
     progress = ensure(progress)
     shape = grid.GetSize()[::-1]
-    for name, arr in (("k", k), ("rho_c", rho_c), ("perfusion", perfusion), ("source", source_w_m3)):
+    sources = list(source_w_m3) if isinstance(source_w_m3, (list, tuple)) else [(source_w_m3, float(duration_s))]
+    for name, arr in (("k", k), ("rho_c", rho_c), ("perfusion", perfusion), *(("source", a) for a, _ in sources)):
         if np.shape(arr) != shape:
             raise ImagioError(f"Bioheat input '{name}' has shape {np.shape(arr)}, the grid {shape}",
                               "Give every tissue map on the simulation grid")
-    if duration_s <= 0:
-        raise ImagioError(f"Ablation time {duration_s} s is not positive", "Give a time in seconds > 0")
+    if not math.isfinite(duration_s) or duration_s <= 0 or any(not math.isfinite(on) or on <= 0 for _, on in sources):
+        raise ImagioError(f"Ablation time {duration_s} s is not a positive number", "Give a time in seconds > 0")
     if criterion not in ("isotherm", "cem43"):
         raise ImagioError(f"Unknown zone criterion '{criterion}'", "Use 'isotherm' or 'cem43'")
     sp = np.array(grid.GetSpacing()[::-1]) * 1e-3  # (k, j, i) in m
@@ -108,7 +160,6 @@ def simulate(grid: sitk.Image, k: np.ndarray, rho_c: np.ndarray, perfusion: np.n
     k = np.asarray(k, f32)
     rho_c = np.asarray(rho_c, f32)
     wcb = (np.asarray(perfusion, f32) * f32(BLOOD_RHO_C)).astype(f32)
-    q = np.asarray(source_w_m3, f32)
     dt_max = stable_dt(sp, float(k.max()), float(rho_c.min()), float(wcb.max()))
     dt = dt_max if dt_s is None else float(dt_s)
     if dt > dt_max * 1.0001:
@@ -147,9 +198,22 @@ def simulate(grid: sitk.Image, k: np.ndarray, rho_c: np.ndarray, perfusion: np.n
     shutdown = None if perfusion_shutdown_c is None else f32(perfusion_shutdown_c - body_c)
     wcb_eff = wcb.copy()
     report_every = max(steps // 50, 1)
+    # the summed source, rebuilt only when a probe switches off
+    off_steps = sorted({min(int(round(on / dt)), steps) for _, on in sources})
+    q = np.zeros(shape, f32)
+
+    def source_at(n_step: int) -> None:
+        q[...] = 0.0
+        for arr, on in sources:
+            if n_step < min(int(round(on / dt)), steps):
+                q[...] += np.asarray(arr, f32)
+
+    source_at(0)
     dose_box = None  # index box of the voxels that have passed 39 C: CEM43 is accumulated there
     t43 = f32(43.0 - body_c)
     for n in range(steps):
+        if n in off_steps and n > 0:
+            source_at(n)
         if shutdown is not None:
             np.multiply(wcb, theta_max < shutdown, out=wcb_eff)  # coagulated tissue: no perfusion
         np.multiply(wcb_eff, theta, out=lap)
@@ -195,7 +259,7 @@ def tissue_maps(labels: np.ndarray, tissue_of_label: dict[int, Tissue], perfusio
         w[m] = t.perfusion_per_s * perfusion_scale
     unknown = ~np.isin(labels, list(tissue_of_label))
     if unknown.any():
-        t = TISSUES["soft_tissue"]
+        t = TISSUES["soft-tissue"]
         k[unknown], rc[unknown], w[unknown] = t.k_w_per_m_k, t.rho_c_j_per_m3_k, t.perfusion_per_s * perfusion_scale
     return k, rc, w
 
@@ -300,6 +364,9 @@ class ProbeSource:
     sigma_mm: float
     centre_back_mm: float
     note: str = ""
+    calibration_tissue: str = "liver"
+    calibration_perfused: bool = False
+    conditions: str = ""  # why these calibration conditions (from the setting's provenance)
 
     def density(self, grid: sitk.Image, tip_ras, entry_ras, power_w: float) -> np.ndarray:
         tip = np.asarray(tip_ras, float)
@@ -329,19 +396,36 @@ def _homogeneous_grid(setting, spacing_mm: float, pad_mm: float):
 SOURCE_SIGMA_MM = {"microwave": 5.0, "radiofrequency": 4.0}
 
 
-def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float | None = None, pad_mm: float = 16.0,
-                     threshold_c: float = 60.0, progress: Progress | None = None) -> ProbeSource:
-    """Fit a source to the device table in non-perfused, vessel-free liver (ex-vivo conditions).
+def calibration_conditions(setting) -> tuple[str, bool, str]:
+    """(tissue, perfused, why) of the conditions the table zone of ``setting`` was measured in, as far as its
+    provenance says: 'ex vivo' is non-perfused, 'in vivo' and 'clinical' are perfused; an unstated tissue is
+    taken as non-perfused liver (stated in the note)."""
+    text = (setting.tissue or "").lower()
+    organ = setting.organ if setting.organ in TISSUES else None
+    if "ex vivo" in text:
+        return organ or "liver", False, f"measured {setting.tissue}: non-perfused"
+    if "in vivo" in text or "clinical" in text:
+        return organ or "liver", True, f"measured {setting.tissue}: perfused, perfusion stopping at " \
+                                       f"{LETHAL_ISOTHERM_C:g} C"
+    return organ or "liver", False, (f"the source does not say where the zone was measured ({setting.tissue}): "
+                                     f"assumed non-perfused {organ or 'liver'} (ex vivo conditions)")
 
-    Without perfusion the problem is linear in the power, so for a given source shape the
-    efficiency that puts the 60 C isotherm at the table's short axis follows from one run. The
-    active length is then chosen (a few runs) so the long axis matches too. The zone centre is
-    placed at the table's tip offset. This is a calibration to the table, not a prediction of it.
+
+def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float | None = None, pad_mm: float = 16.0,
+                     progress: Progress | None = None) -> ProbeSource:
+    """Fit a source to the device table in the conditions its zone was measured in (``calibration_conditions``).
+
+    For a given source shape the efficiency that puts the lethal isotherm at the table's short axis is found
+    first: without perfusion the problem is linear in the power, so one run gives it; with perfusion (which stops
+    in coagulated tissue, a non-linear term) a few secant steps from that linear estimate. The active length is
+    then chosen (a few runs) so the long axis matches too. The zone centre is placed at the table's tip offset.
+    This is a calibration to the table, not a prediction of it.
     """
     if sigma_mm is None:
         sigma_mm = SOURCE_SIGMA_MM.get(device.modality, 5.0)
+    tissue_name, perfused, why = calibration_conditions(setting)
     key = (device.id, setting.power_w, setting.time_s, setting.zone_long_mm, setting.zone_short_mm,
-           setting.tip_offset_mm, spacing_mm, sigma_mm, pad_mm, threshold_c)
+           setting.tip_offset_mm, tissue_name, perfused, spacing_mm, sigma_mm, pad_mm, LETHAL_ISOTHERM_C)
     if key in _CALIBRATION_CACHE:
         return _CALIBRATION_CACHE[key]
     if device.modality == "cryo":
@@ -349,24 +433,64 @@ def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float |
                           "Use --model table for cryoablation")
     progress = ensure(progress)
     grid, tip, entry = _homogeneous_grid(setting, spacing_mm, pad_mm)
-    liver = TISSUES["liver"]
+    tissue = TISSUES[tissue_name]
     shape = grid.GetSize()[::-1]
-    k = np.full(shape, liver.k_w_per_m_k, np.float32)
-    rc = np.full(shape, liver.rho_c_j_per_m3_k, np.float32)
-    w = np.zeros(shape, np.float32)
+    k = np.full(shape, tissue.k_w_per_m_k, np.float32)
+    rc = np.full(shape, tissue.rho_c_j_per_m3_k, np.float32)
+    w = np.full(shape, tissue.perfusion_per_s if perfused else 0.0, np.float32)
     x, y, z = voxel_centres_ras(grid)
     rho = np.hypot(x, y)
     b = setting.zone_short_mm / 2.0
     power = max(setting.power_w, 1.0)
-    d_theta = threshold_c - BODY_C
+    d_theta = LETHAL_ISOTHERM_C - BODY_C
+    outer = rho >= b - spacing_mm / 2.0  # voxels at or beyond the table's short semi-axis
+
+    def rise(eff: float, src: ProbeSource) -> np.ndarray:
+        res = simulate(grid, k, rc, w, src.density(grid, tip, entry, eff * power), setting.time_s,
+                       perfusion_shutdown_c=LETHAL_ISOTHERM_C if perfused else None, threshold_c=1e9)
+        return res.t_max_c - BODY_C
+
+    guess = {"eff": None}
 
     def run(length_mm: float) -> tuple[float, float]:
+        """(efficiency putting the lethal isotherm at the short semi-axis, long axis it gives) for this length."""
         src = ProbeSource(1.0, length_mm, sigma_mm, setting.tip_offset_mm)
-        res = simulate(grid, k, rc, w, src.density(grid, tip, entry, power), setting.time_s,
-                       perfusion_shutdown_c=None, threshold_c=1e9)
-        rise = res.t_max_c - BODY_C
-        eff = d_theta / float(rise[rho >= b - spacing_mm / 2.0].max())
-        zone = (eff * rise >= d_theta).astype(np.uint8)
+        if not perfused:  # linear in the power: one run, scaled
+            r = rise(1.0, src)
+            eff = d_theta / float(r[outer].max())
+            r = r * eff
+        else:  # monotone in the efficiency: bracket, then regula falsi (Illinois) to 0.2 K
+            e0 = guess["eff"] or 0.5
+            r0 = rise(e0, src)
+            f0 = float(r0[outer].max()) - d_theta
+            e1, step = e0, 1.4 if f0 < 0 else 1 / 1.4
+            for _ in range(12):
+                e1 *= step
+                r1 = rise(e1, src)
+                f1 = float(r1[outer].max()) - d_theta
+                if (f1 > 0) != (f0 > 0) or abs(f1) < 0.2:
+                    break
+                e0, r0, f0 = e1, r1, f1
+            side = 0
+            for _ in range(10):
+                if abs(f1) < 0.2:
+                    break
+                e2 = e1 - f1 * (e1 - e0) / (f1 - f0)
+                r2 = rise(e2, src)
+                f2 = float(r2[outer].max()) - d_theta
+                if (f2 > 0) == (f1 > 0):
+                    if side == -1:
+                        f0 /= 2.0
+                    side = -1
+                else:
+                    e0, r0, f0 = e1, r1, f1
+                    if side == 1:
+                        f1 /= 2.0
+                    side = 1
+                e1, r1, f1 = e2, r2, f2
+            eff, r = e1, r1
+        guess["eff"] = eff
+        zone = (r >= d_theta).astype(np.uint8)
         return eff, zone_extent_mm(zone, grid, tip, entry)["zone_long_mm"]
 
     target = setting.zone_long_mm
@@ -392,10 +516,11 @@ def calibrate_source(device, setting, spacing_mm: float = 1.5, sigma_mm: float |
                 hi, long_hi = mid, long_m
     _, length, eff, long_fit = best
     note = (f"source calibrated to the table of '{device.id}' at {setting.power_w:g} W / {setting.time_s:g} s in "
-            f"non-perfused, vessel-free liver on a {spacing_mm:g} mm grid: efficiency {eff:.3f} of the nominal power, "
-            f"active length {length:.1f} mm, Gaussian sigma {sigma_mm:g} mm (fitted long axis {long_fit:.1f} mm vs "
-            f"table {target:g} mm)")
-    out = ProbeSource(float(eff), float(length), float(sigma_mm), float(setting.tip_offset_mm), note)
+            f"{'perfused' if perfused else 'non-perfused'}, vessel-free {tissue_name} ({why}) on a {spacing_mm:g} mm "
+            f"grid: efficiency {eff:.3f} of the nominal power, active length {length:.1f} mm, Gaussian sigma "
+            f"{sigma_mm:g} mm (fitted long axis {long_fit:.1f} mm vs table {target:g} mm)")
+    out = ProbeSource(float(eff), float(length), float(sigma_mm), float(setting.tip_offset_mm), note,
+                      tissue_name, perfused, why)
     _CALIBRATION_CACHE[key] = out
     progress.update(1.0, "source calibrated")
     return out

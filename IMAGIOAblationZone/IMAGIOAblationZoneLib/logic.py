@@ -1,12 +1,15 @@
-"""AblationZoneLogic: device zones, bioheat zones and probe plans on a vtkMRMLScene (no Qt, no global scene).
+"""AblationZoneLogic: device zones, bioheat zones, probe plans and re-plans on a vtkMRMLScene (no Qt, no global
+scene).
 
-Masks are SimpleITK images (LPS) on one reference grid; every point in or out
-is RAS mm. A probe is (tip_ras, entry_ras); in a markups line, control
-point 0 is the entry (skin) and control point 1 the tip.
+Masks are SimpleITK images (LPS) on one reference grid; every point in or out is RAS mm. A probe is
+(tip_ras, entry_ras); in a markups line, control point 0 is the entry (skin) and control point 1 the tip.
+Each operation returns one typed result (``results``): ``table_zone`` / ``bioheat_zone`` / ``bioheat_zones``
+-> ZoneResult, ``plan`` -> PlanResult, ``replan`` -> ReplanResult; ``*_nodes`` variants take MRML nodes.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -20,12 +23,63 @@ from imagio.progress import Progress, ensure
 from imagio.scene import get_scene
 
 from . import bioheat as bh
-from .devices import Device, ZoneSetting, get_device, load_library
-from .planner import Plan, grow_mask, plan_ablation
-from .zone import EllipsoidZone, crop, mask_box, sub_grid, union_box
+from .devices import TISSUE_CHOICES, Device, ZoneSetting, get_device, load_library, scaled, setting_warnings
+from .margins import Surface, mask_margin, mask_surface, table_margin, target_mask, zones_mask
+from .planner import plan_ablation
+from .results import TUMOR_COLOR, ZONE_COLOR, PlanResult, Probe, ReplanResult, ZoneResult
+from .zone import EllipsoidZone, crop, mask_box, probe_axis, sub_grid, union_box
 
-TUMOR_COLOR = (0.9, 0.2, 0.2)
-ZONE_COLOR = (1.0, 0.65, 0.0)
+__all__ = ["AblationZoneLogic", "ZoneContext", "ZoneResult", "PlanResult", "ReplanResult", "Probe", "TUMOR_COLOR",
+           "ZONE_COLOR", "resolve_tissue", "body_from_ct", "check_number", "segmentation_stamp", "write_zone_segment"]
+
+TISSUE_WORDS = {"liver": ("liver", "hepat"), "lung": ("lung", "pulmon", "bronch"), "kidney": ("kidney", "renal"),
+                "bone": ("bone", "osse", "vertebr", "skelet"), "soft-tissue": ("soft tissue", "soft-tissue", "sarcoma",
+                                                                               "muscle")}
+
+
+# ---------------------------------------------------------------------------------------------- input checks
+def check_number(value, name: str, unit: str, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> float:
+    """``value`` as a finite float within [lo, hi] (or (lo, hi] with ``lo_open``), else ImagioError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ImagioError(f"{name} '{value}' is not a number", f"Give {name} in {unit}") from None
+    if not math.isfinite(v):
+        raise ImagioError(f"{name} {value} is not a finite number", f"Give a finite {name} in {unit}")
+    if lo is not None and (v < lo or (lo_open and v <= lo)) or hi is not None and v > hi:
+        rng = f"{'more than' if lo_open else 'at least'} {lo:g} {unit}" if hi is None else (
+            f"{'more than ' if lo_open else ''}{lo:g} to {hi:g} {unit}")
+        raise ImagioError(f"{name} {v:g} {unit} is out of range", f"Give {name} {rng}")
+    return v
+
+
+def resolve_tissue(tissue: str | None, segment_name: str = "", terminology: str = "") -> tuple[str, str, list[str]]:
+    """(tissue, how it was chosen, warnings): the given one, else from the segment's terminology or name, else
+    liver with a warning."""
+    if tissue:
+        t = str(tissue).strip().lower()
+        if t not in TISSUE_CHOICES:
+            raise ImagioError(f"Unknown tissue '{tissue}'", f"Use one of {', '.join(TISSUE_CHOICES)}")
+        return t, "given", []
+    for text, how in ((terminology, "the tumour segment's terminology"), (segment_name, "the tumour segment's name")):
+        low = (text or "").lower()
+        hits = [t for t, words in TISSUE_WORDS.items() if any(w in low for w in words)]
+        if len(hits) == 1:
+            return hits[0], f"{how} ('{text[:60]}')", []
+    return "liver", "assumed", ["no tissue given and none found in the tumour segment's name or terminology: liver "
+                                "assumed (device tables and bioheat properties of liver); give --tissue"]
+
+
+def body_from_ct(ct: sitk.Image, threshold_hu: float = -400.0) -> np.ndarray:
+    """Body outline from a CT: above ``threshold_hu``, the largest component, holes filled slice by slice."""
+    m = sitk.Cast(sitk.Cast(ct, sitk.sitkFloat32) > float(threshold_hu), sitk.sitkUInt8)
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(m), sortByObjectSize=True)
+    arr = sitk.GetArrayFromImage(cc) == 1
+    out = np.empty_like(arr)
+    for k in range(arr.shape[0]):
+        out[k] = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(arr[k].astype(np.uint8)))) > 0
+    return out
 
 
 @dataclass
@@ -34,11 +88,13 @@ class ZoneContext:
 
     grid: sitk.Image
     margin_mm: float = 5.0
+    tissue: str = "liver"
+    tissue_how: str = "assumed"
+    tissue_warnings: list[str] = field(default_factory=list)
     tumor: np.ndarray | None = None  # bool [k, j, i]
     tumor_count: int = 0
     tumor_box: tuple | None = None
-    tumor_edge_ras: np.ndarray | None = None  # centres of the tumour's boundary voxels
-    tumor_edge_kji: np.ndarray | None = None
+    tumor_surface: Surface | None = None
     target: np.ndarray | None = None  # tumour + margin
     target_count: int = 0
     others: dict[str, np.ndarray] = field(default_factory=dict)
@@ -47,32 +103,6 @@ class ZoneContext:
     def inside(self, point_ras) -> bool:
         ijk = geometry.ras_to_ijk(self.grid, point_ras)
         return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.array(self.grid.GetSize()) - 0.5))
-
-
-@dataclass
-class ZoneResult:
-    metrics: dict
-    zone: EllipsoidZone | None
-    box: tuple | None
-    mask_box: np.ndarray  # uint8 mask of ``box`` (table) or of the whole grid (bioheat)
-    grid: sitk.Image
-    bioheat: bh.BioheatResult | None = None
-
-    def full_mask(self) -> sitk.Image:
-        arr = np.zeros(self.grid.GetSize()[::-1], np.uint8)
-        if self.box is not None:
-            crop(arr, self.box)[...] = self.mask_box
-        return geometry.copy_geometry(arr, self.grid)
-
-
-def _boundary(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with a 6-neighbour outside it (the mask's edge)."""
-    m = np.pad(mask, 1)
-    inner = m[1:-1, 1:-1, 1:-1].copy()
-    for ax in range(3):
-        for sh in (-1, 1):
-            inner &= np.roll(m, sh, axis=ax)[1:-1, 1:-1, 1:-1]
-    return mask & ~inner
 
 
 def _as_array(mask: sitk.Image | np.ndarray, grid: sitk.Image, what: str) -> np.ndarray:
@@ -108,17 +138,21 @@ class AblationZoneLogic:
     def device(self, device_id: str) -> Device:
         return get_device(device_id, self.library)
 
-    def setting(self, device_id: str, power_w: float, time_s: float) -> tuple[Device, ZoneSetting]:
+    def setting(self, device_id: str, power_w: float, time_s: float,
+                allow_unsourced: bool = False) -> tuple[Device, ZoneSetting]:
         dev = self.device(device_id)
-        return dev, dev.setting(power_w, time_s)
+        check_number(power_w, "Power", "W", 0.0, 1000.0)
+        check_number(time_s, "Time", "s", 0.0, 7200.0, lo_open=True)
+        return dev, dev.setting(power_w, time_s, allow_unsourced)
 
     # ------------------------------------------------------------------ context
     def prepare(self, grid: sitk.Image, tumor: sitk.Image | np.ndarray | None = None,
-                others: dict[str, sitk.Image | np.ndarray] | None = None, margin_mm: float = 5.0) -> ZoneContext:
-        """Cache the tumour, tumour + margin and other structures on ``grid`` for fast zone updates."""
-        if margin_mm < 0 or margin_mm > 30:
-            raise ImagioError(f"Margin {margin_mm} mm is out of range", "Give a margin between 0 and 30 mm")
-        ctx = ZoneContext(grid=grid, margin_mm=float(margin_mm))
+                others: dict[str, sitk.Image | np.ndarray] | None = None, margin_mm: float = 5.0,
+                tissue: str | None = None, tumor_name: str = "", terminology: str = "") -> ZoneContext:
+        """Cache the tumour, its surface, tumour + margin and other structures on ``grid`` for fast zone updates."""
+        margin_mm = check_number(margin_mm, "Margin", "mm", 0.0, 30.0)
+        t_name, how, warns = resolve_tissue(tissue, tumor_name, terminology)
+        ctx = ZoneContext(grid=grid, margin_mm=float(margin_mm), tissue=t_name, tissue_how=how, tissue_warnings=warns)
         if tumor is not None:
             t = _as_array(tumor, grid, "tumour")
             if not t.any():
@@ -126,10 +160,8 @@ class AblationZoneLogic:
             ctx.tumor = t
             ctx.tumor_count = int(t.sum())
             ctx.tumor_box = mask_box(t)
-            edge = np.argwhere(_boundary(t))
-            ctx.tumor_edge_kji = edge
-            ctx.tumor_edge_ras = geometry.ijk_to_ras(grid, edge[:, ::-1].astype(float))
-            ctx.target = grow_mask(t, grid, margin_mm)
+            ctx.tumor_surface = mask_surface(t, grid)
+            ctx.target = target_mask(t, grid, margin_mm)
             ctx.target_count = int(ctx.target.sum())
         for name, m in (others or {}).items():
             arr = _as_array(m, grid, name)
@@ -144,39 +176,26 @@ class AblationZoneLogic:
         if ctx.tumor is not None:
             if box is None:
                 cov = cov_m = 0.0
+                inside_t = 0
             else:
                 z = sub.astype(bool)
                 cov = 100.0 * float((crop(ctx.tumor, box) & z).sum()) / ctx.tumor_count
-                cov_m = 100.0 * float((crop(ctx.target, box) & z).sum()) / ctx.target_count
+                inside_t = int((crop(ctx.target, box) & z).sum())
+                cov_m = 100.0 * inside_t / ctx.target_count
+            margin = margin_fn()
             out.update({"coverage_percent": round(cov, 3), "margin_coverage_percent": round(cov_m, 3),
-                        "minimal_margin_mm": round(float(margin_fn()), 2), "margin_mm": ctx.margin_mm,
-                        "tumor_volume_ml": round(ctx.tumor_count * vox_ml, 3)})
+                        **margin.as_dict(), "margin_mm": ctx.margin_mm,
+                        "tumor_volume_ml": round(ctx.tumor_count * vox_ml, 3),
+                        "residual_target_ml": round((ctx.target_count - inside_t) * vox_ml, 3)})
         fr = {}
         for name, arr in ctx.others.items():
             n = ctx.other_counts[name]
             inside = 0 if box is None or n == 0 else int((crop(arr, box) & sub.astype(bool)).sum())
             fr[name] = round(100.0 * inside / n, 3) if n else 0.0
         out["structures_in_zone_percent"] = fr
+        out["tissue"] = ctx.tissue
+        out["tissue_from"] = ctx.tissue_how
         return out
-
-    def _mask_margin(self, ctx: ZoneContext, box, sub: np.ndarray) -> float:
-        """Minimal margin (mm) from a zone mask: signed distance to the zone surface at the tumour's edge voxels."""
-        if box is None or not sub.any():
-            return float("-inf")
-        big = union_box([box, ctx.tumor_box])
-        pad = 3
-        size = ctx.grid.GetSize()[::-1]
-        big = tuple(max(big[2 * a] - pad, 0) if e % 2 == 0 else min(big[2 * a + 1] + pad, size[a])
-                    for a in range(3) for e in (0, 1))
-        arr = np.zeros([big[1] - big[0], big[3] - big[2], big[5] - big[4]], np.uint8)
-        k0, k1, j0, j1, i0, i1 = box
-        arr[k0 - big[0]:k1 - big[0], j0 - big[2]:j1 - big[2], i0 - big[4]:i1 - big[4]] = sub
-        img = sitk.GetImageFromArray(arr)
-        img.SetSpacing(ctx.grid.GetSpacing())
-        dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=True, squaredDistance=False,
-                                                                   useImageSpacing=True))
-        e = ctx.tumor_edge_kji - np.array([big[0], big[2], big[4]])
-        return float(dist[e[:, 0], e[:, 1], e[:, 2]].min())
 
     # ------------------------------------------------------------------ zones
     def _check_probe(self, ctx: ZoneContext, tip_ras, entry_ras):
@@ -184,6 +203,7 @@ class AblationZoneLogic:
         entry = np.asarray(entry_ras, float)
         if tip.shape != (3,) or entry.shape != (3,) or not (np.all(np.isfinite(tip)) and np.all(np.isfinite(entry))):
             raise ImagioError("The probe needs a tip and an entry point (R, A, S in mm)", "Place both points")
+        probe_axis(tip, entry)  # refuses coincident points
         if not ctx.inside(tip):
             lo, hi = geometry.physical_bounds_ras(ctx.grid)
             raise ImagioError(
@@ -192,171 +212,420 @@ class AblationZoneLogic:
                 "Place the tip inside the image, in the target")
         return tip, entry
 
-    def table_zone(self, ctx: ZoneContext, tip_ras, entry_ras, device_id: str, power_w: float, time_s: float) -> ZoneResult:
+    def _setting_warnings(self, dev: Device, settings: list[ZoneSetting], ctx: ZoneContext) -> list[str]:
+        w = list(ctx.tissue_warnings)
+        seen = set()
+        for s in settings:
+            if s.label in seen:
+                continue
+            seen.add(s.label)
+            w += setting_warnings(dev, s, ctx.tissue)
+            if s.interpolated:
+                w.append(s.note)
+        return w
+
+    def table_zone(self, ctx: ZoneContext, tip_ras, entry_ras, device_id: str, power_w: float, time_s: float,
+                   allow_unsourced: bool = False) -> ZoneResult:
         """The device-table ellipsoid for this probe, with coverage and margins. Only its bounding box is rasterised."""
         tip, entry = self._check_probe(ctx, tip_ras, entry_ras)
-        dev, s = self.setting(device_id, power_w, time_s)
-        zone = EllipsoidZone.from_probe(tip, entry, s)
-        box, sub = zone.rasterise_box(ctx.grid)
+        dev, s = self.setting(device_id, power_w, time_s, allow_unsourced)
+        return self.table_zones(ctx, [Probe(tip, entry, s)], dev)
 
-        def margin():
-            return float(zone.signed_distance(ctx.tumor_edge_ras).min())
+    def table_zones(self, ctx: ZoneContext, probes: list[Probe], dev: Device) -> ZoneResult:
+        """The union of the table ellipsoids of ``probes`` (each with its own setting), coverage and margins."""
+        if not probes:
+            raise ImagioError("No probe given", "Place at least one probe")
+        for p in probes:
+            self._check_probe(ctx, p.tip_ras, p.entry_ras)
+        zones = [p.zone() for p in probes]
+        parts = [z.rasterise_box(ctx.grid) for z in zones]
+        box = union_box([b for b, _ in parts])
+        sub = np.zeros((0, 0, 0), np.uint8)
+        if box is not None:
+            sub = np.zeros((box[1] - box[0], box[3] - box[2], box[5] - box[4]), np.uint8)
+            for b, m in parts:
+                if b is not None:
+                    sub[b[0] - box[0]:b[1] - box[0], b[2] - box[2]:b[3] - box[2], b[4] - box[4]:b[5] - box[4]] |= m
+        margin = {"m": None}
 
-        m = self._metrics(ctx, box, sub, margin)
-        m.update(self._describe(dev, s, tip, entry, "table"))
-        m["zone_axes_mm"] = zone.axes_mm
-        m["zone_centre_ras"] = [round(float(v), 3) for v in zone.centre_ras]
-        return ZoneResult(m, zone, box, sub, ctx.grid)
+        def margin_fn():
+            margin["m"] = table_margin(zones, ctx.tumor_surface)
+            return margin["m"]
+
+        m = self._metrics(ctx, box, sub, margin_fn)
+        m.update(self._describe(dev, probes, "table"))
+        if len(zones) == 1:
+            m["zone_axes_mm"] = zones[0].axes_mm
+            m["zone_centre_ras"] = [round(float(v), 3) for v in zones[0].centre_ras]
+        warns = self._setting_warnings(dev, [p.setting for p in probes], ctx)
+        return ZoneResult("table", dev, probes, ctx.grid, box, sub, m, warns, zones, None, margin["m"])
 
     @staticmethod
-    def _describe(dev: Device, s: ZoneSetting, tip, entry, model: str) -> dict:
-        return {"model": model, "device": dev.id, "device_name": dev.name, "modality": dev.modality,
-                "power_w": s.power_w, "time_s": s.time_s, "interpolated": s.interpolated,
-                "setting_note": s.note or "table setting", "device_source": dev.source,
-                "tip_ras": [round(float(v), 3) for v in tip], "entry_ras": [round(float(v), 3) for v in entry]}
+    def _describe(dev: Device, probes: list[Probe], model: str) -> dict:
+        out = {"model": model, "device": dev.id, "device_name": dev.name, "modality": dev.modality,
+               "tip_reference": dev.tip_reference, "probe_count": len(probes),
+               "probes": [p.as_dict() for p in probes],
+               "settings_provenance": {p.setting.label: p.setting.provenance() for p in probes}}
+        if len(probes) == 1:
+            p = probes[0]
+            s = p.setting
+            out.update({"power_w": s.power_w, "time_s": s.time_s, "interpolated": s.interpolated,
+                        "setting_note": s.note or "table setting",
+                        "tip_ras": [round(float(v), 3) for v in p.tip_ras],
+                        "entry_ras": [round(float(v), 3) for v in p.entry_ras]})
+        return out
 
     def bioheat_zone(self, ctx: ZoneContext, tip_ras, entry_ras, device_id: str, power_w: float, time_s: float,
                      vessels: sitk.Image | np.ndarray | None = None, perfusion: bool = True, criterion: str = "isotherm",
                      tissue_labels: dict[str, sitk.Image | np.ndarray] | None = None, pad_mm: float = 15.0,
-                     progress: Progress | None = None) -> ZoneResult:
-        """Pennes bioheat zone for this probe; the source is calibrated to the device table (see bioheat)."""
-        progress = ensure(progress)
+                     allow_unsourced: bool = False, progress: Progress | None = None) -> ZoneResult:
+        """Pennes bioheat zone for one probe; the source is calibrated to the device table (see bioheat)."""
         tip, entry = self._check_probe(ctx, tip_ras, entry_ras)
-        dev, s = self.setting(device_id, power_w, time_s)
-        src = bh.calibrate_source(dev, s, progress=progress.sub(0.0, 0.15))
-        table = EllipsoidZone.from_probe(tip, entry, s)
-        grow = EllipsoidZone(table.centre_ras, table.axis_ras, table.semi_long_mm + pad_mm, table.semi_short_mm + pad_mm)
-        box = grow.index_box(ctx.grid, pad=1)
+        dev, s = self.setting(device_id, power_w, time_s, allow_unsourced)
+        return self.bioheat_zones(ctx, [Probe(tip, entry, s)], dev, vessels, perfusion, criterion, tissue_labels,
+                                  pad_mm, progress)
+
+    def bioheat_zones(self, ctx: ZoneContext, probes: list[Probe], dev: Device,
+                      vessels: sitk.Image | np.ndarray | None = None, perfusion: bool = True,
+                      criterion: str = "isotherm", tissue_labels: dict[str, sitk.Image | np.ndarray] | None = None,
+                      pad_mm: float = 15.0, progress: Progress | None = None) -> ZoneResult:
+        """Pennes bioheat zone of all ``probes`` at once: their heat sources add up (combined heating), each
+        switched off after its own time, on one grid holding every zone."""
+        progress = ensure(progress)
+        if not probes:
+            raise ImagioError("No probe given", "Place at least one probe")
+        if dev.modality == "cryo":
+            raise ImagioError(f"The bioheat model heats; device '{dev.id}' is a cryoprobe",
+                              "Use --model table for cryoablation")
+        for p in probes:
+            self._check_probe(ctx, p.tip_ras, p.entry_ras)
+        sources = [bh.calibrate_source(dev, p.setting, progress=progress.sub(0.0, 0.15)) for p in probes]
+        tables = [p.zone() for p in probes]
+        boxes = [EllipsoidZone(t.centre_ras, t.axis_ras, t.semi_long_mm + pad_mm, t.semi_short_mm + pad_mm)
+                 .index_box(ctx.grid, pad=1) for t in tables]
+        box = union_box(boxes)
         sub = sub_grid(ctx.grid, box)
         shape = sub.GetSize()[::-1]
-        labels = np.full(shape, 1, np.uint8)  # liver by default (the calibration tissue)
-        tissue_of_label = {0: bh.TISSUES["soft_tissue"], 1: bh.TISSUES["liver"], 2: bh.TISSUES["tumor"],
-                           3: bh.TISSUES["blood"]}
+        host = ctx.tissue
+        names = list(dict.fromkeys([host, "soft-tissue", "liver", "lung", "kidney", "bone", "blood"]))
+        label_of = {n: i for i, n in enumerate(names)}
+        tissue_of_label = {i: bh.TISSUES[n] for n, i in label_of.items()}
+        tissue_of_label[len(names)] = bh.tumour_tissue(host)
+        labels = np.full(shape, label_of[host], np.uint8)
         for name, m in (tissue_labels or {}).items():
             if name not in bh.TISSUES:
                 raise ImagioError(f"Unknown tissue '{name}'", f"Use one of {', '.join(bh.TISSUES)}")
-            labels[crop(_as_array(m, ctx.grid, name), box)] = {"soft_tissue": 0, "liver": 1, "tumor": 2, "blood": 3}[name]
+            labels[crop(_as_array(m, ctx.grid, name), box)] = label_of[name]
         if ctx.tumor is not None:
-            labels[crop(ctx.tumor, box)] = 2
+            labels[crop(ctx.tumor, box)] = len(names)
         vessel_arr = None
         if vessels is not None:
             vessel_arr = crop(_as_array(vessels, ctx.grid, "vessels"), box).copy()
-            labels[vessel_arr] = 3
+            labels[vessel_arr] = label_of["blood"]
         k, rc, w = bh.tissue_maps(labels, tissue_of_label, perfusion_scale=1.0 if perfusion else 0.0)
-        q = src.density(sub, tip, entry, s.power_w)
+        q = [(src.density(sub, p.tip_ras, p.entry_ras, p.setting.power_w), p.setting.time_s)
+             for src, p in zip(sources, probes, strict=True)]
+        duration = max(p.setting.time_s for p in probes)
         t0 = time.perf_counter()
-        res = bh.simulate(sub, k, rc, w, q, s.time_s, dirichlet=vessel_arr, criterion=criterion,
-                          perfusion_shutdown_c=60.0 if perfusion else None,
-                          record_points_ras=[tip - src.centre_back_mm * table.axis_ras, table.centre_ras],
-                          progress=progress.sub(0.15, 1.0))
+        heat_centre = [p.tip_ras - src.centre_back_mm * t.axis_ras for p, src, t in zip(probes, sources, tables, strict=True)]
+        res = bh.simulate(sub, k, rc, w, q, duration, dirichlet=vessel_arr, criterion=criterion,
+                          perfusion_shutdown_c=bh.LETHAL_ISOTHERM_C if perfusion else None,
+                          record_points_ras=[heat_centre[0], tables[0].centre_ras], progress=progress.sub(0.15, 1.0))
         run_s = time.perf_counter() - t0
         zone_sub = res.zone
-        ext = bh.zone_extent_mm(zone_sub, sub, tip, entry)
+        margin = {"m": None}
 
-        def margin():
-            return self._mask_margin(ctx, box, zone_sub)
+        def margin_fn():
+            full = np.zeros(ctx.grid.GetSize()[::-1], bool)
+            crop(full, box)[...] = zone_sub.astype(bool)
+            margin["m"] = mask_margin(full, ctx.grid, ctx.tumor_surface)
+            return margin["m"]
 
-        m = self._metrics(ctx, box, zone_sub, margin)
-        m.update(self._describe(dev, s, tip, entry, "bioheat"))
+        m = self._metrics(ctx, box, zone_sub, margin_fn)
+        m.update(self._describe(dev, probes, "bioheat"))
+        if len(probes) == 1:
+            ext = bh.zone_extent_mm(zone_sub, sub, probes[0].tip_ras, probes[0].entry_ras)
+            m["zone_axes_mm"] = [round(ext["zone_long_mm"], 2), round(ext["zone_short_mm"], 2),
+                                 round(ext["zone_short_mm"], 2)]
+            m["table_zone_axes_mm"] = tables[0].axes_mm
         m.update({
-            "zone_axes_mm": [round(ext["zone_long_mm"], 2), round(ext["zone_short_mm"], 2), round(ext["zone_short_mm"], 2)],
-            "table_zone_axes_mm": table.axes_mm,
-            "criterion": "max temperature >= 60 C" if criterion == "isotherm" else "CEM43 >= 240 min",
+            "criterion": (f"max temperature >= {bh.LETHAL_ISOTHERM_C:g} C" if criterion == "isotherm"
+                          else f"CEM43 >= {bh.CEM43_LETHAL_MIN:g} min"),
+            "combined_heating": len(probes) > 1,
             "max_temperature_c": round(float(res.t_max_c.max()), 2),
             "model_limitations": ("no water vaporisation, charring or temperature-dependent tissue properties: the "
                                   "peak temperature next to the antenna is not physical; the zone boundary is what "
-                                  "the source calibration fits (to ex-vivo table zones)"),
+                                  "the source calibration fits (to the device table in its measurement conditions)"),
             "perfusion": bool(perfusion),
             "heat_sink_vessels": vessels is not None,
-            "calibration": src.note,
-            "solver": f"Pennes, explicit FD, dt {res.dt_s:.3f} s, {res.steps} steps on {'x'.join(map(str, sub.GetSize()))} voxels",
+            "calibration": [src.note for src in sources] if len(sources) > 1 else sources[0].note,
+            "solver": (f"Pennes, explicit FD, dt {res.dt_s:.3f} s, {res.steps} steps on "
+                       f"{'x'.join(map(str, sub.GetSize()))} voxels"),
             "solver_time_s": round(run_s, 2),
+            "tissue_properties": {n: bh.TISSUES[n].as_dict() for n in dict.fromkeys([host, "blood"])},
             "tissue_properties_source": bh.SOURCE,
             "temperature_history": {"time_s": res.history["time_s"],
                                     "heating_centre_c": [round(v[0], 2) for v in res.history["points_c"]],
                                     "zone_centre_c": [round(v[1], 2) for v in res.history["points_c"]]},
         })
-        return ZoneResult(m, None, box, zone_sub, ctx.grid, res)
+        warns = self._setting_warnings(dev, [p.setting for p in probes], ctx)
+        warns.append(f"bioheat tissue properties ({bh.TISSUES[host].source}) were not re-read here (verified: false)")
+        for src in dict.fromkeys(sources):
+            if "assumed" in src.conditions:
+                warns.append(f"bioheat calibration: {src.conditions}")
+            if src.calibration_tissue != host:
+                warns.append(f"the source was calibrated in {src.calibration_tissue} and is used in {host}: how the "
+                             f"device deposits its power in {host} is not modelled (only the thermal properties "
+                             "change)")
+        return ZoneResult("bioheat", dev, probes, ctx.grid, box, zone_sub, m, list(dict.fromkeys(warns)), [], res,
+                          margin["m"])
 
     # ------------------------------------------------------------------ planning
     def plan(self, grid: sitk.Image, tumor: sitk.Image | np.ndarray, device_id: str, margin_mm: float = 5.0,
              avoid: dict[str, sitk.Image | np.ndarray] | None = None, body: np.ndarray | None = None,
              clearance_mm: float = 3.0, required_percent: float = 99.0, max_probes: int = 5,
              max_tilt_deg: float = 45.0, verify_bioheat: bool = False,
-             heat_sinks: sitk.Image | np.ndarray | None = None, progress: Progress | None = None) -> tuple[Plan, dict]:
-        """Plan probes; returns the plan and its JSON-ready dict (with minimal margin).
+             heat_sinks: sitk.Image | np.ndarray | None = None, tissue: str | None = None, tumor_name: str = "",
+             terminology: str = "", allow_unsourced: bool = False, progress: Progress | None = None) -> PlanResult:
+        """Plan probes that keep ``margin_mm`` around the tumour (see ``planner``); one typed result.
 
-        With ``verify_bioheat`` the planned probes are re-simulated with the Pennes model (perfused liver,
-        ``heat_sinks`` held at 37 C); while that coverage of tumour + margin falls short, the plan is redone
-        with the table zones shrunk for planning (x0.9, 0.8, 0.7), i.e. more or larger overlapping probes.
+        With ``verify_bioheat`` the planned probes are re-simulated all at once with the Pennes model (perfusion,
+        ``heat_sinks`` held at 37 C); while that coverage of tumour + margin falls short, the plan is redone with
+        the table zones shrunk for planning (x0.9, 0.8, 0.7), i.e. more or larger overlapping probes.
         """
         progress = ensure(progress)
         dev = self.device(device_id)
+        margin_mm = check_number(margin_mm, "Margin", "mm", 0.0, 30.0)
+        clearance_mm = check_number(clearance_mm, "Clearance", "mm", 0.0, 50.0)
+        required_percent = check_number(required_percent, "Required coverage", "%", 50.0, 100.0)
+        max_tilt_deg = check_number(max_tilt_deg, "Tilt", "deg", 0.0, 90.0)
+        if int(max_probes) != max_probes or not 1 <= max_probes <= 10:
+            raise ImagioError(f"Most probes {max_probes} is out of range", "Give 1 to 10 probes")
         t = _as_array(tumor, grid, "tumour")
+        if not t.any():
+            raise ImagioError("The tumour segment is empty", "Choose a segment that contains the tumour")
         av = {k: _as_array(v, grid, k) for k, v in (avoid or {}).items()}
-        if not 0.0 <= max_tilt_deg <= 90.0:
-            raise ImagioError(f"Tilt {max_tilt_deg} deg is out of range", "Give 0 to 90 degrees from the axial plane")
         if verify_bioheat and dev.modality == "cryo":
             raise ImagioError(f"The bioheat check heats; device '{dev.id}' is a cryoprobe", "Plan cryoablation without it")
+        dev.by_volume(allow_unsourced)  # refuses a device without offered settings early
+        ctx = self.prepare(grid, t, margin_mm=margin_mm, tissue=tissue, tumor_name=tumor_name, terminology=terminology)
         sinks = None if heat_sinks is None else (_as_array(heat_sinks, grid, "heat sinks") & ~t)
         scales = (1.0, 0.9, 0.8, 0.7) if verify_bioheat else (1.0,)
-        checks = []
-        stopped = ""
-        best = None  # (bioheat coverage, plan)
+        checks, stopped, best = [], "", None  # best: (bioheat coverage or None, outcome, plan device)
         for n, scale in enumerate(scales):
             sub = progress.sub(n / len(scales), (n + 1) / len(scales))
-            plan_dev = dev if scale == 1.0 else _scaled_device(dev, scale)
-            plan = plan_ablation(grid, t, plan_dev, margin_mm, av, body, clearance_mm, required_percent, max_probes,
-                                 max_tilt_deg=max_tilt_deg, progress=sub.sub(0.0, 0.6))
-            if scale != 1.0 and plan.probes:
-                plan = _restore_settings(plan, dev, grid, t, margin_mm)
-            if not verify_bioheat or not plan.feasible:
+            plan_dev = dev if scale == 1.0 else scaled(dev, scale)
+            out = plan_ablation(grid, t, plan_dev, margin_mm, av, body, clearance_mm, required_percent, int(max_probes),
+                                max_tilt_deg=max_tilt_deg, allow_unsourced=allow_unsourced, progress=sub.sub(0.0, 0.6))
+            if scale != 1.0 and out.probes:
+                out.probes = [replace(p, setting=dev.setting(p.setting.power_w, p.setting.time_s, allow_unsourced))
+                              for p in out.probes]
+            if not verify_bioheat or not out.feasible:
                 if best is None:
-                    best = (None, plan)
+                    best = (None, out)
                 elif verify_bioheat:
-                    stopped = f"; with zones shrunk to x{scale:g} no plan was found ({plan.reason})"
+                    stopped = f"; with zones shrunk to x{scale:g} no plan kept the margin ({out.reason})"
                 break
-            ctx = self.prepare(grid, t, margin_mm=margin_mm)
+            probes = out.probes
+            r = self.bioheat_zones(ctx, probes, dev, vessels=sinks, perfusion=True, progress=sub.sub(0.6, 1.0))
             union = np.zeros(t.shape, bool)
-            for p in plan.probes:
-                r = self.bioheat_zone(ctx, p.tip_ras, p.entry_ras, dev.id, p.setting.power_w, p.setting.time_s,
-                                      vessels=sinks, perfusion=True, progress=sub.sub(0.6, 1.0))
-                crop(union, r.box)[...] |= r.mask_box.astype(bool)
+            crop(union, r.box)[...] = r.mask_box.astype(bool)
             # blood inside large vessels is never ablated (it is the heat sink): it is left out of the target
             target = ctx.target if sinks is None else (ctx.target & ~sinks)
             cov = 100.0 * float((union & target).sum()) / max(float(target.sum()), 1.0)
-            checks.append({"planning_zone_scale": scale, "probes": len(plan.probes),
-                           "table_coverage_percent": round(plan.coverage_percent, 2),
+            checks.append({"planning_zone_scale": scale, "probes": len(probes),
+                           "table_coverage_percent": round(out.check.coverage_percent, 2),
+                           "table_minimal_margin_mm": round(out.check.margin.minimal_margin_mm, 2),
                            "bioheat_coverage_percent": round(cov, 2),
-                           "bioheat_tumor_coverage_percent": round(100.0 * float((union & t).sum()) / ctx.tumor_count, 2)})
+                           "bioheat_tumor_coverage_percent": round(100.0 * float((union & t).sum()) / ctx.tumor_count, 2),
+                           "bioheat_minimal_margin_mm": round(r.margin.minimal_margin_mm, 2),
+                           "combined_heating": len(probes) > 1})
             if best is None or best[0] is None or cov > best[0]:
-                best = (cov, plan)
+                best = (cov, out)
             if cov >= required_percent:
                 break
-        plan = best[1]
-        d = plan.as_dict()
-        if verify_bioheat and best[0] is not None:
-            d["bioheat_checks"] = checks
-            d["bioheat_coverage_percent"] = round(best[0], 2)
-            d["bioheat_verified"] = bool(best[0] >= required_percent)
-            if not d["bioheat_verified"]:
-                d["feasible"] = False
-                d["reason"] = (f"The table plan covers tumour + {margin_mm:g} mm, but with perfusion and the vessels as heat "
-                               f"sinks the simulated zones cover at best {best[0]:.1f} % of it (vessel lumen excluded; "
-                               f"needed {required_percent:g} %), with table zones shrunk down to "
-                               f"x{checks[-1]['planning_zone_scale']:g} for planning and at most {max_probes} probes"
-                               + stopped)
+        bio_cov, out = best
+        probes = out.probes
+        feasible, reason = out.feasible, out.reason
+        bio = None
+        if verify_bioheat and bio_cov is not None:
+            bio = {"bioheat_checks": checks, "bioheat_coverage_percent": round(bio_cov, 2),
+                   "bioheat_verified": bool(bio_cov >= required_percent)}
+            if not bio["bioheat_verified"]:
+                feasible = False
+                reason = (f"The table plan keeps tumour + {margin_mm:g} mm, but with perfusion and the vessels as heat "
+                          f"sinks the simulated zones (all probes heating together) cover at best {bio_cov:.1f} % of "
+                          f"it (vessel lumen excluded; needed {required_percent:g} %), with table zones shrunk down to "
+                          f"x{checks[-1]['planning_zone_scale']:g} for planning and at most {max_probes} probes"
+                          + stopped)
             else:
-                d["reason"] += f"; bioheat check (perfusion, vessels as heat sinks): {best[0]:.2f} %"
+                reason += f"; bioheat check (all probes together, perfusion, vessels as heat sinks): {bio_cov:.2f} %"
         elif verify_bioheat:
-            d["bioheat_verified"] = False
-        if plan.union_mask is not None and plan.probes:
-            ctx = self.prepare(grid, t, margin_mm=margin_mm)
-            arr = sitk.GetArrayFromImage(plan.union_mask)
-            box = mask_box(arr)
-            d["minimal_margin_mm"] = round(self._mask_margin(ctx, box, crop(arr, box)), 2) if box else None
-            d["zone_volume_ml"] = round(float(arr.sum()) * geometry.voxel_volume_ml(grid), 3)
-        return plan, d
+            bio = {"bioheat_verified": False}
+        union_mask = None
+        zone_ml = 0.0
+        if probes:
+            arr = zones_mask([p.zone() for p in probes], grid)
+            zone_ml = float(arr.sum()) * geometry.voxel_volume_ml(grid)
+            union_mask = geometry.copy_geometry(arr.astype(np.uint8), grid)
+        warns = self._setting_warnings(dev, [p.setting for p in probes] or dev.by_volume(allow_unsourced)[-1:], ctx)
+        if body is None:
+            warns.append("no skin surface (no --ct or --body): entry points are where the paths leave the image, "
+                         "unchecked against the skin")
+        chk = out.check
+        return PlanResult(
+            feasible=bool(feasible), probes=probes, device=dev, tissue=ctx.tissue, margin_mm=margin_mm,
+            required_percent=required_percent, coverage_percent=chk.coverage_percent if chk else 0.0,
+            tumor_coverage_percent=chk.tumor_coverage_percent if chk else 0.0, margin=chk.margin if chk else None,
+            reason=reason, target_volume_ml=out.target.target_ml, tumor_volume_ml=out.target.tumor_ml,
+            zone_volume_ml=zone_ml, run_time_s=out.run_time_s, grid=grid, union_mask=union_mask,
+            warnings=list(dict.fromkeys(warns)),
+            details={**out.details, "tissue_from": ctx.tissue_how, "allow_unsourced": bool(allow_unsourced)},
+            bioheat=bio)
+
+    def plan_nodes(self, reference_node, segmentation_node, tumor_segment: str, device_id: str,
+                   avoid_segments=(), heat_sink_segments=(), **options) -> PlanResult:
+        """``plan`` from MRML nodes: the tumour and avoid structures are segments of ``segmentation_node`` (IDs or
+        names), on ``reference_node``'s grid (the CT, whose body outline gives the skin) or the tumour's."""
+        import slicer
+
+        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
+
+        temp = None
+        if reference_node is None:  # no CT: the grid holding every segment, through a temporary labelmap node
+            temp = slicer.vtkMRMLLabelMapVolumeNode()
+            segmentation_node.GetScene().AddNode(temp)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(segmentation_node, temp):
+                segmentation_node.GetScene().RemoveNode(temp)
+                raise ImagioError("The segmentation could not be exported", "Give a reference volume (the CT)")
+        ref = reference_node if reference_node is not None else temp
+        try:
+            seg = segments_from_segmentation_node(segmentation_node, ref, [tumor_segment])[0]
+            grid = image_from_volume_node(reference_node) if reference_node is not None else seg.mask
+            avoid = {s.name: s.mask for s in segments_from_segmentation_node(segmentation_node, ref, list(avoid_segments))
+                     } if avoid_segments else {}
+            sinks = None
+            if heat_sink_segments:
+                ms = segments_from_segmentation_node(segmentation_node, ref, list(heat_sink_segments))
+                sinks = np.any([s.array() for s in ms], axis=0)
+        finally:
+            if temp is not None:
+                segmentation_node.GetScene().RemoveNode(temp)
+        body = body_from_ct(grid) if reference_node is not None else None
+        terminology = _segment_terminology(segmentation_node, tumor_segment)
+        return self.plan(grid, seg.mask, device_id, avoid=avoid, body=body, heat_sinks=sinks, tumor_name=seg.name,
+                         terminology=terminology, **options)
+
+    # ------------------------------------------------------------------ re-planning
+    def replan(self, grid: sitk.Image, tumor: sitk.Image | np.ndarray, placed: list[tuple], device_id: str,
+               power_w: float, time_s: float, margin_mm: float = 5.0,
+               avoid: dict[str, sitk.Image | np.ndarray] | None = None, body: np.ndarray | None = None,
+               clearance_mm: float = 3.0, tissue: str | None = None, tumor_name: str = "", terminology: str = "",
+               allow_unsourced: bool = False, progress: Progress | None = None) -> ReplanResult:
+        """The zone of the probes as placed (``placed``: [(tip_ras, entry_ras), ...], all at ``power_w`` /
+        ``time_s``), the residual tumour + margin, and one change that covers it: a changed setting of the placed
+        probes (same positions) if one does, else one added probe (from the planner, with a clear path), else why
+        neither can."""
+        progress = ensure(progress)
+        dev, s = self.setting(device_id, power_w, time_s, allow_unsourced)
+        margin_mm = check_number(margin_mm, "Margin", "mm", 0.0, 30.0)
+        clearance_mm = check_number(clearance_mm, "Clearance", "mm", 0.0, 50.0)
+        if not placed:
+            raise ImagioError("No placed probe given", "Give each probe as --probe TIP:ENTRY (R,A,S mm each)")
+        t = _as_array(tumor, grid, "tumour")
+        ctx = self.prepare(grid, t, margin_mm=margin_mm, tissue=tissue, tumor_name=tumor_name, terminology=terminology)
+        probes = [Probe(*self._check_probe(ctx, tip, entry), s) for tip, entry in placed]
+        progress.update(0.05, "zone of the probes as placed")
+        now = self.table_zones(ctx, probes, dev)
+        warns = list(now.warnings)
+        if body is None:
+            warns.append("no skin surface (no --ct or --body): the added probe's entry point is where its path "
+                         "leaves the image, unchecked against the skin")
+        residual = ctx.target.copy()
+        if now.box is not None:
+            crop(residual, now.box)[...] &= ~now.mask_box.astype(bool)
+        vox = geometry.voxel_volume_ml(grid)
+        res_ml = float(residual.sum()) * vox
+        res_tumor_ml = float((residual & t).sum()) * vox
+        residual_img = geometry.copy_geometry(residual.astype(np.uint8), grid)
+        kept = now.margin.minimal_margin_mm >= margin_mm - 1e-6
+        if kept:
+            return ReplanResult(now, res_ml, res_tumor_ml, residual_img, None, None,
+                                f"The probes as placed keep the margin (minimal margin "
+                                f"{now.margin.minimal_margin_mm:.2f} mm >= {margin_mm:g} mm): nothing to add",
+                                margin_mm, warns)
+        # 1. a changed setting of the placed probes (same positions, tips and entries unchanged)
+        progress.update(0.2, "larger settings of the probes as placed")
+        for cand in dev.by_volume(allow_unsourced):
+            if cand.volume_ml <= s.volume_ml:
+                continue
+            trial = [Probe(p.tip_ras, p.entry_ras, cand) for p in probes]
+            z = self.table_zones(ctx, trial, dev)
+            if z.margin.minimal_margin_mm >= margin_mm - 1e-6:
+                return ReplanResult(now, res_ml, res_tumor_ml, residual_img,
+                                    {"kind": "changed setting", "power_w": cand.power_w, "time_s": cand.time_s,
+                                     "zone_axes_mm": cand.axes_mm, "applies_to": "every placed probe"}, z,
+                                    f"Running the placed probe(s) at {cand.label} instead of {s.label} keeps "
+                                    f"{margin_mm:g} mm (minimal margin {z.margin.minimal_margin_mm:.2f} mm)",
+                                    margin_mm, warns + [w for w in z.warnings if w not in warns])
+        # 2. one added probe covering what the placed ones leave: the planner on the residual, one probe
+        progress.update(0.4, "one added probe for the residual")
+        added = self._added_probe(ctx, grid, probes, dev, residual, margin_mm, avoid, body, clearance_mm,
+                                  allow_unsourced, progress.sub(0.4, 1.0))
+        if isinstance(added, str):
+            return ReplanResult(now, res_ml, res_tumor_ml, residual_img, None, None, added, margin_mm, warns)
+        z, p_new = added
+        return ReplanResult(now, res_ml, res_tumor_ml, residual_img,
+                            {"kind": "added probe", "probe": p_new.as_dict()}, z,
+                            f"One added probe at {p_new.setting.label} keeps {margin_mm:g} mm with the placed ones "
+                            f"(minimal margin {z.margin.minimal_margin_mm:.2f} mm; residual tumour + margin "
+                            f"{res_ml:.2f} ml covered)", margin_mm, warns + [w for w in z.warnings if w not in warns])
+
+    def _added_probe(self, ctx, grid, probes, dev, residual, margin_mm, avoid, body, clearance_mm, allow_unsourced,
+                     progress):
+        """(zone with the added probe, the probe), or the reason why no single added probe keeps the margin."""
+        from .planner import PathChecker, candidate_directions, place_probes
+
+        av = {k: _as_array(v, grid, k) for k, v in (avoid or {}).items()}
+        avoid_union = None
+        if av:
+            avoid_union = np.any(list(av.values()), axis=0) & ~ctx.tumor
+        checker = PathChecker(grid, avoid_union, body)
+        # directions: clear paths from the residual's centre
+        kji = np.argwhere(residual)
+        centre = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float)).mean(axis=0)
+        holder = type("T", (), {"centroid_ras": centre})()
+        scored, tried = candidate_directions(holder, checker, clearance_mm, 45.0)
+        if not scored:
+            return (f"The probes as placed leave {float(residual.sum()) * geometry.voxel_volume_ml(grid):.2f} ml of "
+                    f"tumour + {margin_mm:g} mm, and no straight path from its centre keeps {clearance_mm:g} mm from "
+                    f"the avoid structures (tried {tried} directions): re-position a probe")
+        pts = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float))
+        best = None
+        for cand in dev.by_volume(allow_unsourced)[::-1][:3]:  # the largest settings first
+            for _length, u, _clear in scored[:12]:
+                progress.check()
+                # the zone centre that best holds the residual: its smallest enclosing ellipsoid centre (frame)
+                from .planner import _enclosing_centre, _frame
+
+                fr = _frame(u, cand.zone_long_mm / 2, cand.zone_short_mm / 2)
+                q = (pts - centre) @ fr
+                c = _enclosing_centre(q, q.mean(axis=0), 40) @ np.linalg.inv(fr) + centre
+                placed = place_probes(np.array([c]), u, cand, checker, clearance_mm, [])
+                if placed is None:
+                    continue
+                new = placed[0]
+                z = self.table_zones(ctx, probes + [new], dev)
+                key = z.margin.minimal_margin_mm
+                if best is None or key > best[0]:
+                    best = (key, z, new)
+                if key >= margin_mm - 1e-6:
+                    return z, new
+        if best is None:
+            return "No added probe with a clear path could be placed at the residual: re-position a probe"
+        return (f"No single added probe keeps {margin_mm:g} mm with the placed ones: the best found ("
+                f"{best[2].setting.label}) reaches a minimal margin of {best[0]:.2f} mm; re-position a probe or plan "
+                "again (imagio ablation plan)")
 
     # ------------------------------------------------------------------ scene
     def probe_from_line(self, line_node) -> tuple[np.ndarray, np.ndarray]:
@@ -402,25 +671,59 @@ class AblationZoneLogic:
         return segmentation_node, model_node
 
 
-def _scaled_device(dev: Device, scale: float) -> Device:
-    """A copy of ``dev`` whose zones are ``scale`` times smaller around the same centres (planning only)."""
-    settings = [replace(s, zone_long_mm=s.zone_long_mm * scale, zone_short_mm=s.zone_short_mm * scale)
-                for s in dev.settings]
-    return replace(dev, settings=settings)
+def segmentation_stamp(segmentation_node) -> tuple:
+    """What changes whenever a segmentation's content changes: per segment its ID, name and the modification time
+    of each of its representations (editing a segment modifies its labelmap, not the node's own MTime)."""
+    if segmentation_node is None:
+        return ()
+    seg = segmentation_node.GetSegmentation()
+    out = [segmentation_node.GetID()]
+    for n in range(seg.GetNumberOfSegments()):
+        sid = seg.GetNthSegmentID(n)
+        s = seg.GetSegment(sid)
+        names = []
+        s.GetContainedRepresentationNames(names)
+        reps = tuple((r, s.GetRepresentation(r).GetMTime()) for r in names if s.GetRepresentation(r) is not None)
+        out.append((sid, s.GetName(), s.GetMTime(), reps))
+    return tuple(out)
 
 
-def _restore_settings(plan: Plan, dev: Device, grid: sitk.Image, tumor: np.ndarray, margin_mm: float) -> Plan:
-    """The plan with the device's real table settings (same power, time and tips) and its coverage recomputed."""
-    from .planner import PlannedProbe, _union
+def write_zone_segment(scene, mask: sitk.Image, segmentation_node=None, segment_name: str = "ablation_zone",
+                       name: str = "Ablation zone", color=ZONE_COLOR):
+    """Put ``mask`` into the segment ``segment_name`` of ``segmentation_node`` (the user's choice: its other
+    segments are never touched), or of a new segmentation node; returns the node."""
+    import slicer
 
-    probes = [PlannedProbe(p.tip_ras, p.entry_ras, dev.setting(p.setting.power_w, p.setting.time_s), p.min_clearance_mm)
-              for p in plan.probes]
-    union = _union(grid, [p.zone() for p in probes], tumor.shape)
-    target = grow_mask(tumor, grid, margin_mm)
-    return replace(plan, probes=probes,
-                   coverage_percent=100.0 * float((union & target).sum()) / float(target.sum()),
-                   tumor_coverage_percent=100.0 * float((union & tumor).sum()) / float(tumor.sum()),
-                   union_mask=geometry.copy_geometry(union.astype(np.uint8), grid))
+    from imagio.scene import ensure_converters
+
+    ensure_converters()
+    if segmentation_node is None:
+        segmentation_node = slicer.vtkMRMLSegmentationNode()
+        segmentation_node.SetName(scene.GenerateUniqueName(name))
+        scene.AddNode(segmentation_node)
+        segmentation_node.CreateDefaultDisplayNodes()
+    seg = segmentation_node.GetSegmentation()
+    sid = seg.GetSegmentIdBySegmentName(segment_name)
+    if not sid:
+        sid = seg.AddEmptySegment("", segment_name, list(color))
+    arr = sitk.GetArrayFromImage(mask).astype(np.uint8)
+    box = mask_box(arr) or (0, 1, 0, 1, 0, 1)
+    oi = _oriented_box(mask, box, crop(arr, box))
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            oi, segmentation_node, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
+        raise ImagioError("Could not store the ablation zone segment")
+    return segmentation_node
+
+
+def _segment_terminology(segmentation_node, segment) -> str:
+    """The terminology tag of a segment (ID or name), '' when it has none."""
+    seg = segmentation_node.GetSegmentation()
+    sid = segment if seg.GetSegment(segment) is not None else seg.GetSegmentIdBySegmentName(segment)
+    s = seg.GetSegment(sid) if sid else None
+    if s is None:
+        return ""
+    tag = vtk.reference("")
+    return str(tag) if s.GetTag("TerminologyEntry", tag) else ""
 
 
 def _oriented_box(grid: sitk.Image, box, sub: np.ndarray):

@@ -1,23 +1,26 @@
-"""Probe planning: the fewest probes, their straight paths and settings, covering tumour + margin.
+"""Probe planning: the fewest probes, their straight paths and settings, keeping the requested margin.
 
-Method (documented in the plan output):
+A plan is *feasible* only when the planned (table) zones keep the requested margin all around the tumour: the
+minimal margin, the distance from the tumour's surface to the zones' surface (``margins``), is at least the
+requested margin, and the zones cover at least ``required_percent`` of tumour + margin. The steps, each a
+function below:
 
-1. Target = tumour grown by the margin (Euclidean, in mm, on the grid).
-2. Candidate probe directions on a sphere (Fibonacci), within ``max_tilt_deg`` of the
-   axial plane (default 45 deg, the usual sub- or intercostal approaches); a path is the straight
-   segment from the tip back along the probe to the skin (where it leaves the
-   body mask, or the image when no CT is given). It must keep ``clearance_mm``
-   from every avoid structure (distance map in mm) and must not enter the
-   lungs/ribs/etc. given as avoid structures.
-3. For n = 1, 2, ... probes: in the frame where the device's largest zone is a
-   unit ball, the target points are covered by n balls (k-centre heuristic:
-   k-means++ seeds, then minimax updates), all probes parallel to one
-   candidate direction (the usual practice for clustered probes), tips at
-   their own depth. The first n whose union covers the required fraction with
-   clear paths wins; then each probe's setting is lowered to the smallest
-   table setting that keeps the coverage.
-4. Infeasible plans say why: no clear path, or more probes needed than allowed
-   (with the best coverage reached).
+1. ``build_target``: tumour + margin on the grid (voxels within the margin of the tumour's cells, exact), the
+   tumour's surface samples, and a dense point set of tumour + (margin + a safety band) on a lattice of about
+   1 mm that subdivides the grid's voxels (so 2.5-5 mm slices are sampled every 0.8-1 mm).
+2. ``candidate_directions``: straight paths from the target centre within ``max_tilt_deg`` of the axial plane
+   that keep ``clearance_mm`` from every avoid structure up to the skin (body outline) or the image edge.
+3. ``cover``: in the frame where the device's largest zone is a unit ball, n ball centres covering every point
+   (a k-centre problem: farthest-point seeding, then alternating assignment and smallest enclosing balls), on
+   a sample of the dense points, then every dense point the zones miss is added and the cover re-solved
+   (active set) until the zones hold all dense points or the radius shows n probes cannot.
+4. ``place_probes``: each ball centre becomes a zone centre; its tip lies on the probe axis; the path must be
+   clear (else the nearest clear candidate direction for that probe).
+5. ``check_plan``: coverage of tumour + margin, and the minimal margin computed analytically on the tumour
+   surface. Plans whose zones miss dense points or whose margin is short are not feasible.
+6. ``lower_settings``: each probe's setting lowered to the smallest table setting that keeps margin and coverage.
+7. When no plan keeps the margin, the safety band grows (0.5 mm steps) and steps 3-6 run again; when none does
+   with ``max_probes`` probes, the best plan found (largest margin) is returned, not feasible, with the reason.
 """
 
 from __future__ import annotations
@@ -33,87 +36,107 @@ from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
 
 from .devices import Device, ZoneSetting
-from .zone import EllipsoidZone, crop, mask_box, sub_grid
+from .margins import Margin, Surface, mask_surface, table_margin, target_mask, zones_mask
+from .results import Probe as PlannedProbe
+from .zone import EllipsoidZone, crop, mask_box, probe_axis
+
+#: Safety bands (mm beyond the requested margin) tried in turn for the dense covering points.
+SAFETY_STEPS_MM = (0.0, 0.5, 1.0, 2.0)
 
 
+# ------------------------------------------------------------------------------------------------ 1. target
 @dataclass
-class PlannedProbe:
-    tip_ras: np.ndarray
-    entry_ras: np.ndarray
-    setting: ZoneSetting
-    min_clearance_mm: float
+class PlanningTarget:
+    """Tumour + margin: the voxel mask (coverage), the tumour surface (margin) and dense covering points."""
 
-    def as_dict(self) -> dict:
-        return {
-            "tip_ras": [round(float(v), 3) for v in self.tip_ras],
-            "entry_ras": [round(float(v), 3) for v in self.entry_ras],
-            "power_w": self.setting.power_w,
-            "time_s": self.setting.time_s,
-            "zone_axes_mm": self.setting.axes_mm,
-            "path_length_mm": round(float(np.linalg.norm(self.tip_ras - self.entry_ras)), 2),
-            "min_clearance_mm": round(float(self.min_clearance_mm), 2),
-        }
-
-    def zone(self) -> EllipsoidZone:
-        return EllipsoidZone.from_probe(self.tip_ras, self.entry_ras, self.setting)
-
-
-@dataclass
-class Plan:
-    feasible: bool
-    probes: list[PlannedProbe]
-    coverage_percent: float  # of tumour + margin (the planning target)
-    tumor_coverage_percent: float
-    reason: str
+    grid: sitk.Image
+    tumor: np.ndarray
     margin_mm: float
-    required_percent: float
-    target_volume_ml: float
-    run_time_s: float = 0.0
-    union_mask: sitk.Image | None = None
-    details: dict = field(default_factory=dict)
+    target: np.ndarray
+    surface: Surface
+    box: tuple  # index box of the target (+1 voxel)
+    tumor_count: int
+    target_count: int
+    voxel_ml: float
+    centroid_ras: np.ndarray
+    extent_mm: float
+    dense: dict = field(default_factory=dict)  # safety band (mm) -> (points RAS, distance to the tumour mm)
 
-    def as_dict(self) -> dict:
-        return {
-            "feasible": bool(self.feasible),
-            "coverage_percent": round(self.coverage_percent, 3),
-            "tumor_coverage_percent": round(self.tumor_coverage_percent, 3),
-            "required_coverage_percent": self.required_percent,
-            "margin_mm": self.margin_mm,
-            "target_volume_ml": round(self.target_volume_ml, 3),
-            "probe_count": len(self.probes),
-            "probes": [p.as_dict() for p in self.probes],
-            "reason": self.reason,
-            "run_time_s": round(self.run_time_s, 3),
-            **self.details,
-        }
+    @property
+    def target_ml(self) -> float:
+        return self.target_count * self.voxel_ml
+
+    @property
+    def tumor_ml(self) -> float:
+        return self.tumor_count * self.voxel_ml
+
+    def dense_points(self, safety_mm: float, step_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Points of tumour + (margin + ``safety_mm``) on a lattice subdividing the grid's voxels to <= ``step_mm``,
+        and their distance to the tumour's cells (mm)."""
+        if safety_mm not in self.dense:
+            self.dense[safety_mm] = _dense_points(self.tumor, self.grid, self.margin_mm + safety_mm, step_mm)
+        return self.dense[safety_mm]
+
+    def coverage(self, zones: list[EllipsoidZone]) -> tuple[float, float, np.ndarray]:
+        """(% of tumour + margin, % of tumour) inside the zones, and the zones' mask on the target box."""
+        sub = _sub_grid(self.grid, self.box)
+        z = zones_mask(zones, sub)
+        t = crop(self.target, self.box)
+        tum = crop(self.tumor, self.box)
+        return (100.0 * float((z & t).sum()) / self.target_count, 100.0 * float((z & tum).sum()) / self.tumor_count, z)
 
 
+def _sub_grid(grid, box):
+    from .zone import sub_grid
+
+    return sub_grid(grid, box)
+
+
+def _dense_points(tumor: np.ndarray, grid: sitk.Image, distance_mm: float, step_mm: float):
+    """Centres of sub-voxels (each voxel cut into ceil(h / step) per axis) within ``distance_mm`` of the tumour."""
+    sp = np.array(grid.GetSpacing(), float)  # i, j, k
+    r = np.maximum(np.ceil(sp / step_mm - 1e-9).astype(int), 1)
+    tb = mask_box(tumor)
+    pad = np.ceil(distance_mm / sp[::-1]).astype(int) + 1
+    lo = np.array([max(tb[2 * a] - pad[a], 0) for a in range(3)])
+    hi = np.array([min(tb[2 * a + 1] + pad[a], tumor.shape[a]) for a in range(3)])
+    sub = tumor[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    rk, rj, ri = r[::-1]
+    fine = np.repeat(np.repeat(np.repeat(sub, rk, axis=0), rj, axis=1), ri, axis=2)
+    fg = sitk.Image([int(v) for v in fine.shape[::-1]], sitk.sitkUInt8)
+    fg.SetSpacing([float(v) for v in sp / r])
+    fg.SetDirection(grid.GetDirection())
+    # fine voxel (0, 0, 0) centre: coarse voxel lo centre moved back by (r - 1) / (2 r) of a voxel per axis
+    start = lo[::-1].astype(float) - (r - 1) / (2.0 * r)
+    fg.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint([float(v) for v in start]))
+    inside = target_mask(fine, fg, distance_mm)
+    kji = np.argwhere(inside)
+    pts = geometry.ijk_to_ras(fg, kji[:, ::-1].astype(float))
+    # distance to the tumour for the band selection (0 inside): from the fine lattice again
+    from .margins import _cell_distance
+
+    dist = _cell_distance(fine, fg, distance_mm)[inside]
+    return pts, dist
+
+
+def build_target(grid: sitk.Image, tumor: np.ndarray, margin_mm: float) -> PlanningTarget:
+    """Step 1: tumour + margin (voxels), the tumour's surface samples, its centre and size."""
+    target = target_mask(tumor, grid, margin_mm)
+    box = mask_box(target, pad=1)
+    kji = np.argwhere(crop(target, box)) + np.array([box[0], box[2], box[4]])
+    pts = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float))
+    centroid = pts.mean(axis=0)
+    extent = float(np.ptp(pts, axis=0).max())
+    return PlanningTarget(grid, tumor, float(margin_mm), target, mask_surface(tumor, grid), box, int(tumor.sum()),
+                          int(target.sum()), geometry.voxel_volume_ml(grid), centroid, extent)
+
+
+# ------------------------------------------------------------------------------------------------ 2. paths
 def fibonacci_directions(n: int) -> np.ndarray:
     i = np.arange(n) + 0.5
     phi = np.arccos(1 - 2 * i / n)
     theta = np.pi * (1 + 5 ** 0.5) * i
     return np.c_[np.cos(theta) * np.sin(phi), np.sin(theta) * np.sin(phi), np.cos(phi)]
-
-
-def grow_mask(mask: np.ndarray, grid: sitk.Image, margin_mm: float) -> np.ndarray:
-    """``mask`` grown by ``margin_mm`` (Euclidean, physical spacing), computed on a crop."""
-    if margin_mm <= 0:
-        return mask.astype(bool)
-    sp = np.array(grid.GetSpacing()[::-1])
-    pad = np.ceil(margin_mm / sp).astype(int) + 1
-    box = mask_box(mask)
-    if box is None:
-        return mask.astype(bool)
-    lo = [max(box[2 * a] - pad[a], 0) for a in range(3)]
-    hi = [min(box[2 * a + 1] + pad[a], mask.shape[a]) for a in range(3)]
-    sub = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.uint8)
-    img = sitk.GetImageFromArray(sub)
-    img.SetSpacing(grid.GetSpacing())
-    dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False,
-                                                                  useImageSpacing=True))
-    out = np.zeros(mask.shape, bool)
-    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = dist <= margin_mm
-    return out
 
 
 class PathChecker:
@@ -132,8 +155,7 @@ class PathChecker:
                 img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)).astype(np.float32)
         else:
             self.dist = None
-        diag = float(np.linalg.norm(self.size * np.array(grid.GetSpacing())))
-        self.max_len = diag
+        self.max_len = float(np.linalg.norm(self.size * np.array(grid.GetSpacing())))
 
     def _index(self, pts_ras: np.ndarray) -> np.ndarray:
         return pts_ras @ self.r2i[:3, :3].T + self.r2i[:3, 3]
@@ -157,89 +179,223 @@ class PathChecker:
         return pts[last], clearance
 
 
-def _enclosing_centre(pts: np.ndarray, start: np.ndarray, iterations: int = 16) -> np.ndarray:
-    """Approximate centre of the smallest ball enclosing ``pts`` (Badoiu-Clarkson iterations).
+def candidate_directions(target: PlanningTarget, checker: PathChecker, clearance_mm: float, max_tilt_deg: float,
+                         n_directions: int = 160) -> tuple[list, int]:
+    """Step 2: (path length, direction, clearance) of the clear paths from the target centre, shortest first,
+    and the number of directions tried."""
+    dirs = fibonacci_directions(n_directions)
+    dirs = dirs[np.abs(dirs[:, 2]) <= np.sin(np.deg2rad(max_tilt_deg)) + 1e-9]
+    scored = []
+    for u in dirs:
+        entry, clear = checker.trace(target.centroid_ras, u)
+        if clear >= clearance_mm:
+            scored.append((float(np.linalg.norm(target.centroid_ras - entry)), u, clear))
+    scored.sort(key=lambda x: (x[0], -x[2]))
+    return scored, len(dirs)
 
-    Only the outer points (beyond half the largest distance from ``start``) can be the farthest
-    from a centre near ``start``, so the iterations run on those."""
+
+# ------------------------------------------------------------------------------------------------ 3. cover
+def _frame(u: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Columns map (p - origin) to the frame where the ellipsoid (a along u, b across) is the unit ball."""
+    helper = np.array([1.0, 0, 0]) if abs(u[0]) < 0.9 else np.array([0, 1.0, 0])
+    v = np.cross(u, helper)
+    v /= np.linalg.norm(v)
+    w = np.cross(u, v)
+    return np.c_[v / b, w / b, u / a]
+
+
+def _enclosing_centre(pts: np.ndarray, start: np.ndarray, iterations: int = 16) -> np.ndarray:
+    """Approximate centre of the smallest ball enclosing ``pts`` (Badoiu-Clarkson iterations from ``start``)."""
     c = start.copy()
-    d2 = np.einsum("ij,ij->i", pts - c, pts - c)
-    pts = pts[d2 >= 0.25 * d2.max()]
+    d2 = ((pts - c) ** 2).sum(axis=1)
+    pts = pts[d2 >= 0.25 * d2.max()]  # only the outer points can be the farthest from a centre near start
     for t in range(iterations):
-        far = pts[int(np.argmax(np.einsum("ij,ij->i", pts - c, pts - c)))]
+        far = pts[int(np.argmax(((pts - c) ** 2).sum(axis=1)))]
         c += (far - c) / (t + 2)
     return c
 
 
-def _refine(points: np.ndarray, c: np.ndarray, iterations: int = 40) -> tuple[np.ndarray, float]:
-    """Coverage-maximising local search: each centre moves towards its points, uncovered ones weighing more."""
-    def covered(cc):
-        return float(np.mean(np.min(np.linalg.norm(points[:, None, :] - cc[None], axis=2), axis=1) <= 1.0))
-
-    best_c, best = c.copy(), covered(c)
-    for _ in range(iterations):
-        d = np.linalg.norm(points[:, None, :] - c[None], axis=2)
-        lab = np.argmin(d, axis=1)
-        unc = d.min(axis=1) > 1.0
-        if not unc.any():
-            break
-        moved = c.copy()
-        for j in range(len(c)):
-            sel = lab == j
-            if sel.any():
-                w = np.where(unc[sel], 3.0, 1.0)
-                moved[j] = c[j] + 0.5 * ((points[sel] * w[:, None]).sum(axis=0) / w.sum() - c[j])
-        c = moved
-        cov = covered(c)
-        if cov > best:
-            best, best_c = cov, c.copy()
-    return best_c, best
+def _assign(points: np.ndarray, c: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(cover radius, distance of each point to its nearest centre, that centre's index)."""
+    d2 = np.empty((len(points), len(c)))
+    for j in range(len(c)):
+        d2[:, j] = ((points - c[j]) ** 2).sum(axis=1)
+    lab = np.argmin(d2, axis=1)
+    d = np.sqrt(d2[np.arange(len(points)), lab])
+    return float(d.max()), d, lab
 
 
-def _kcentre(points: np.ndarray, n: int, rng: np.random.Generator, restarts: int = 4,
-             iterations: int = 25, need: float = 1.0) -> tuple[np.ndarray, float]:
-    """Centres of n unit balls covering as many ``points`` (scaled frame) as possible; (centres, covered fraction).
+def _seed(points: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Farthest-point (Gonzalez) seeding: a 2-approximation of the k-centre radius."""
+    centres = [points[rng.integers(len(points))]]
+    d = np.linalg.norm(points - centres[0], axis=1)
+    for _ in range(1, n):
+        centres.append(points[int(np.argmax(d))])
+        d = np.minimum(d, np.linalg.norm(points - centres[-1], axis=1))
+    return np.array(centres, float)
 
-    Farthest-point seeding, then alternating assignment and per-cluster smallest enclosing ball
-    (a k-centre heuristic); the best of a few restarts (fewer when far from ``need``), then a
-    coverage-maximising refinement when close to it.
-    """
-    best = (None, -1.0)
-    for r in range(restarts):
-        if r > 0 and best[1] < need - 0.08:
-            break  # far from the required coverage: more restarts will not get there
-        centres = [points[rng.integers(len(points))]]
-        d = np.linalg.norm(points - centres[0], axis=1)
-        for _ in range(1, n):
-            centres.append(points[int(np.argmax(d))])
-            d = np.minimum(d, np.linalg.norm(points - centres[-1], axis=1))
-        c = np.array(centres, float)
-        for _it in range(iterations):
-            dist = np.linalg.norm(points[:, None, :] - c[None, :, :], axis=2)
-            lab = np.argmin(dist, axis=1)
-            covered = float(np.mean(dist[np.arange(len(points)), lab] <= 1.0))
-            if covered > best[1]:
-                best = (c.copy(), covered)
-            if covered >= 1.0:
-                return best
+
+def _smooth_minimax(points: np.ndarray, c: np.ndarray, iterations: int = 150) -> tuple[np.ndarray, float]:
+    """Lower the cover radius by gradient descent on a smooth maximum (log-sum-exp over points) of a smooth
+    minimum (over centres) of the distances, sharpened as it goes (Adam steps); returns the best centres seen."""
+    c = c.copy()
+    m1 = np.zeros_like(c)
+    m2 = np.zeros_like(c)
+    best = (c.copy(), _assign(points, c)[0])
+    lr = 0.02
+    for it in range(iterations):
+        tau = 20.0 + 300.0 * it / iterations  # sharpness of the max over points
+        beta = 40.0  # sharpness of the min over centres
+        diff = points[:, None, :] - c[None, :, :]
+        d = np.sqrt((diff ** 2).sum(axis=2)) + 1e-12
+        dm = d.min(axis=1, keepdims=True)
+        wj = np.exp(-beta * (d - dm))
+        wj /= wj.sum(axis=1, keepdims=True)
+        smin = dm[:, 0] - np.log((np.exp(-beta * (d - dm))).sum(axis=1)) / beta
+        wp = np.exp(tau * (smin - smin.max()))
+        wp /= wp.sum()
+        grad = -np.einsum("p,pj,pjk->jk", wp, wj, diff / d[:, :, None])
+        m1 = 0.9 * m1 + 0.1 * grad
+        m2 = 0.999 * m2 + 0.001 * grad ** 2
+        c -= lr * (m1 / (1 - 0.9 ** (it + 1))) / (np.sqrt(m2 / (1 - 0.999 ** (it + 1))) + 1e-9)
+        if it % 10 == 9 or it == iterations - 1:
+            r = _assign(points, c)[0]
+            if r < best[1]:
+                best = (c.copy(), r)
+    return best
+
+
+def cover(points: np.ndarray, n: int, rng: np.random.Generator, init: np.ndarray | None = None,
+          restarts: int = 3, iterations: int = 20) -> tuple[np.ndarray, float]:
+    """Step 3: centres of n balls covering ``points`` (scaled frame) with the smallest radius found.
+
+    A k-centre heuristic: farthest-point seeding (or ``init``), then alternating assignment and per-cluster
+    smallest enclosing balls; the best of a few restarts (stopping once the unit balls cover every point).
+    Radius <= 1 means the unit balls cover every point."""
+    best = (None, np.inf)
+    starts = [np.array(init, float)] if init is not None else []
+    starts += [None] * (restarts if init is None else 1)
+    for c in starts:
+        c = _seed(points, n, rng) if c is None else c
+        for _ in range(iterations):
+            rad, _, lab = _assign(points, c)
+            if rad < best[1]:
+                best = (c.copy(), rad)
             moved = c.copy()
             for j in range(n):
                 sel = lab == j
                 if sel.any():
-                    moved[j] = _enclosing_centre(points[sel], points[sel].mean(axis=0))
-            if np.allclose(moved, c, atol=1e-4):
+                    moved[j] = _enclosing_centre(points[sel], c[j])
+            if np.max(np.abs(moved - c)) < 1e-4:
                 break
             c = moved
-    if need - 0.03 <= best[1] < need:
-        best = _refine(points, best[0])
+        rad = _assign(points, c)[0]
+        if rad < best[1]:
+            best = (c.copy(), rad)
+        if best[1] <= 1.0:
+            break
+    if 1.0 < best[1] < 1.35:  # close: a smooth minimax descent often finds the few percent that are missing
+        best = min(best, _smooth_minimax(points, best[0]), key=lambda x: x[1])
     return best
+
+
+# ------------------------------------------------------------------------------------------------ 4. probes
+def place_probes(centres: np.ndarray, u: np.ndarray, setting: ZoneSetting, checker: PathChecker, clearance_mm: float,
+                 alternatives: list) -> list[PlannedProbe] | None:
+    """Step 4: a probe per zone centre along ``u`` (or the nearest clear candidate direction) with a clear path."""
+    probes = []
+    for c in centres:
+        for u2 in [u] + [x[1] for x in sorted(alternatives, key=lambda x: -float(x[1] @ u))[1:12]]:
+            tip = c + setting.tip_offset_mm * u2
+            entry, clear = checker.trace(tip, u2)
+            if clear >= clearance_mm:
+                probes.append(PlannedProbe(tip, entry, setting, clear))
+                break
+        else:
+            return None
+    return probes
+
+
+# ------------------------------------------------------------------------------------------------ 5. check
+@dataclass
+class PlanCheck:
+    coverage_percent: float
+    tumor_coverage_percent: float
+    margin: Margin
+    dense_missed: int
+
+    def keeps(self, margin_mm: float, required_percent: float) -> bool:
+        return (self.dense_missed == 0 and self.margin.minimal_margin_mm >= margin_mm - 1e-6
+                and self.coverage_percent >= required_percent - 1e-9)
+
+    def key(self) -> tuple:
+        """Order of 'better': fewer missed points, then larger margin, then coverage."""
+        return (-self.dense_missed, round(self.margin.minimal_margin_mm, 3), self.coverage_percent)
+
+
+def missed_points(zones: list[EllipsoidZone], points: np.ndarray) -> np.ndarray:
+    inside = np.zeros(len(points), bool)
+    for z in zones:
+        inside |= z.quadratic(points) <= 1.0
+    return np.flatnonzero(~inside)
+
+
+def check_plan(probes: list[PlannedProbe], target: PlanningTarget, dense: np.ndarray) -> PlanCheck:
+    """Step 5: coverage and the analytic minimal margin of the probes' table zones."""
+    zones = [p.zone() for p in probes]
+    cov, cov_t, _ = target.coverage(zones)
+    return PlanCheck(cov, cov_t, table_margin(zones, target.surface), len(missed_points(zones, dense)))
+
+
+# ------------------------------------------------------------------------------------------------ 6. settings
+def lower_settings(probes: list[PlannedProbe], settings: list[ZoneSetting], target: PlanningTarget,
+                   dense: np.ndarray, checker: PathChecker, clearance_mm: float, margin_mm: float,
+                   required_percent: float) -> tuple[list[PlannedProbe], PlanCheck]:
+    """Step 6: each probe's setting lowered to the smallest one that keeps the margin and the coverage (same zone
+    centre, so the tip moves with the setting's offset)."""
+    best = check_plan(probes, target, dense)
+    for idx in range(len(probes)):
+        p = probes[idx]
+        u = probe_axis(p.tip_ras, p.entry_ras)
+        centre = p.tip_ras - p.setting.tip_offset_mm * u
+        for s in settings:
+            if s.volume_ml >= p.setting.volume_ml:
+                break
+            tip = centre + s.tip_offset_mm * u
+            entry, clear = checker.trace(tip, u)
+            if clear < clearance_mm:
+                continue
+            trial = list(probes)
+            trial[idx] = PlannedProbe(tip, entry, s, clear)
+            if len(missed_points([q.zone() for q in trial], dense)):
+                continue  # cheap rejection before the margin
+            chk = check_plan(trial, target, dense)
+            if chk.keeps(margin_mm, required_percent):
+                probes, best = trial, chk
+                break
+    return probes, best
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+@dataclass
+class PlanOutcome:
+    """What ``plan_ablation`` found (the Logic turns it into the typed PlanResult)."""
+
+    feasible: bool
+    probes: list[PlannedProbe]
+    check: PlanCheck | None
+    reason: str
+    target: PlanningTarget
+    details: dict
+    run_time_s: float
 
 
 def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm: float = 5.0,
                   avoid: dict[str, np.ndarray] | None = None, body: np.ndarray | None = None,
                   clearance_mm: float = 3.0, required_percent: float = 99.0, max_probes: int = 5,
-                  n_directions: int = 160, candidates: int = 16, max_points: int = 6000, seed: int = 0,
-                  max_tilt_deg: float = 45.0, progress: Progress | None = None) -> Plan:
+                  n_directions: int = 160, candidates: int = 12, max_points: int = 6000, seed: int = 0,
+                  max_tilt_deg: float = 45.0, allow_unsourced: bool = False,
+                  progress: Progress | None = None) -> PlanOutcome:
     """Plan probes for ``tumor`` (bool [k, j, i] on ``grid``); see the module docstring."""
     t_start = time.perf_counter()
     progress = ensure(progress)
@@ -248,21 +404,12 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
         raise ImagioError("The tumour mask does not lie on the planning grid", "Give masks on one grid")
     if not tumor.any():
         raise ImagioError("The tumour segment is empty", "Choose a segment that contains the tumour")
-    if margin_mm < 0 or margin_mm > 30:
-        raise ImagioError(f"Margin {margin_mm} mm is out of range", "Give a margin between 0 and 30 mm")
     avoid = {k: np.asarray(v, bool) for k, v in (avoid or {}).items()}
     for name, m in avoid.items():
         if m.shape != tumor.shape:
             raise ImagioError(f"Avoid structure '{name}' does not lie on the planning grid", "Give masks on one grid")
-    progress.update(0.02, "growing the tumour by the margin")
-    target = grow_mask(tumor, grid, margin_mm)
-    vox_ml = geometry.voxel_volume_ml(grid)
-    target_ml = float(target.sum()) * vox_ml
-    kji = np.argwhere(target)
-    pts_all = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float))
-    rng = np.random.default_rng(seed)
-    pts = pts_all if len(pts_all) <= max_points else pts_all[rng.choice(len(pts_all), max_points, replace=False)]
-    centroid = pts_all.mean(axis=0)
+    progress.update(0.02, "tumour + margin")
+    target = build_target(grid, tumor, margin_mm)
     avoid_union = None
     if avoid:
         avoid_union = np.zeros(tumor.shape, bool)
@@ -271,135 +418,113 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
         avoid_union &= ~tumor  # the tumour itself is never an obstacle
     progress.update(0.05, "distance to the structures to avoid")
     checker = PathChecker(grid, avoid_union, body)
-    # candidate directions: clear path from the target centre, shortest first
-    dirs = fibonacci_directions(n_directions)
-    # percutaneous paths stay within max_tilt_deg of the axial plane (sub- or intercostal approaches)
-    dirs = dirs[np.abs(dirs[:, 2]) <= np.sin(np.deg2rad(max_tilt_deg)) + 1e-9]
-    scored = []
-    for u in dirs:
-        entry, clear = checker.trace(centroid, u)
-        if clear >= clearance_mm:
-            scored.append((float(np.linalg.norm(centroid - entry)), u, clear))
-    settings = device.by_volume()
+    scored, tried = candidate_directions(target, checker, clearance_mm, max_tilt_deg, n_directions)
+    settings = device.by_volume(allow_unsourced)
     largest = settings[-1]
     avoid_names = ", ".join(avoid) if avoid else "nothing"
-    details = {"method": "parallel probes, k-centre cover of tumour + margin by the largest zone, then settings lowered",
-               "entry_definition": "skin (CT body outline)" if body is not None else "where the path leaves the image (no CT given)",
+    details = {"method": ("parallel probes; k-centre cover of tumour + margin (dense points) by the largest zone, "
+                          "checked by the analytic minimal margin; then settings lowered"),
+               "entry_definition": "skin (body outline)" if body is not None
+               else "where the path leaves the image (no skin surface given: entry points unchecked)",
                "clearance_mm": clearance_mm, "max_tilt_deg": max_tilt_deg, "avoid": list(avoid), "device": device.id}
     if not scored:
-        return Plan(False, [], 0.0, 0.0,
-                    f"No straight path from the target centre keeps {clearance_mm:g} mm from {avoid_names} "
-                    f"(tried {len(dirs)} directions within {max_tilt_deg:g} deg of the axial plane)", margin_mm, required_percent, target_ml,
-                    time.perf_counter() - t_start, details=details)
-    scored.sort(key=lambda x: (x[0], -x[2]))
+        return PlanOutcome(False, [], None,
+                           f"No straight path from the target centre keeps {clearance_mm:g} mm from {avoid_names} "
+                           f"(tried {tried} directions within {max_tilt_deg:g} deg of the axial plane)",
+                           target, details, time.perf_counter() - t_start)
+    # the shortest clear paths, and the clear directions best aligned with the target's long axis (the zones'
+    # long axis along the target's helps an elongated target)
     cand = scored[:candidates]
+    pts = target.dense_points(SAFETY_STEPS_MM[0])[0]
+    axis = np.linalg.eigh(np.cov((pts - pts.mean(axis=0)).T))[1][:, -1]
+    for x in sorted(scored, key=lambda x: -abs(float(x[1] @ axis)))[:4]:
+        if not any(x[1] is c[1] for c in cand):
+            cand.append(x)
     a, b = largest.zone_long_mm / 2, largest.zone_short_mm / 2
-    need = required_percent / 100.0
-    best_overall = (0.0, None)
-    # n zones cover at most n zone volumes: fewer probes than that cannot reach the required coverage
-    n_min = max(1, int(np.ceil(need * target_ml / largest.volume_ml - 1e-9)))
-    for n in range(min(n_min, max_probes), max_probes + 1):
-        progress.update(0.1 + 0.8 * (n - 1) / max_probes, f"trying {n} probe(s)")
-        found = []
-        for _length, u, _clear in cand:
-            progress.check()
-            # frame: z along u scaled by 1/a, x, y across scaled by 1/b
-            helper = np.array([1.0, 0, 0]) if abs(u[0]) < 0.9 else np.array([0, 1.0, 0])
-            v = np.cross(u, helper)
-            v /= np.linalg.norm(v)
-            w = np.cross(u, v)
-            frame = np.c_[v / b, w / b, u / a]  # scaled coords = (p - centroid) @ frame
-            q = (pts - centroid) @ frame
-            centres_q, cov = _kcentre(q, n, rng, need=need)
-            if cov < best_overall[0] and cov < need:
-                continue
-            inv = np.linalg.inv(frame)
-            centres = centres_q @ inv + centroid
-            probes = []
-            ok = True
-            for c in centres:
-                # this probe along u if its path is clear, else along the nearest clear candidate direction
-                for u2 in [u] + [x[1] for x in sorted(scored, key=lambda x: -float(x[1] @ u))[1:12]]:
-                    tip = c + largest.tip_offset_mm * u2
-                    entry, clear = checker.trace(tip, u2)
-                    if clear >= clearance_mm:
-                        probes.append(PlannedProbe(tip, entry, largest, clear))
+    rng = np.random.default_rng(seed)
+    best: tuple | None = None  # (dense points missed, probes, n, PlanCheck or None)
+    n_min = max(1, int(np.ceil(target.target_ml / largest.volume_ml - 1e-9)))  # n zones hold at most n volumes
+    n_min = min(n_min, max_probes)
+    n_steps = (max_probes - n_min + 1) * len(SAFETY_STEPS_MM)  # for progress only: most plans stop earlier
+    step = 0
+    for safety in SAFETY_STEPS_MM:
+        short = False  # some plan held every dense point but its margin fell short: a wider band may help
+        dense, dist = target.dense_points(safety)
+        band = dist >= margin_mm + safety - 1.5
+        sample = _sample(dense, band, max_points, rng)
+        for n in range(n_min, max_probes + 1):
+            progress.update(0.1 + 0.8 * step / n_steps, f"trying {n} probe(s), safety band {safety:g} mm")
+            step += 1
+            found = []
+            for _length, u, _clear in cand:
+                progress.check()
+                frame = _frame(u, a, b)
+                q = (sample - target.centroid_ras) @ frame
+                centres_q, rad = cover(q, n, rng)
+                for _round in range(4):  # active set: add the dense points the unit balls miss
+                    if rad > 1.0 + 1e-9:
                         break
-                else:
-                    ok = False
-                    break
-            if not ok:
-                continue
-            if cov > best_overall[0]:
-                best_overall = (cov, probes)
-            if cov >= need:
-                found.append((cov, -sum(np.linalg.norm(p.tip_ras - p.entry_ras) for p in probes), probes))
-        if found:
-            found.sort(key=lambda x: (x[0], x[1]), reverse=True)
-            for _cov, _neg, probes in found[:3]:
-                plan = _finish(grid, tumor, target, probes, settings, need, checker, clearance_mm)
-                if plan[0] >= need:
-                    cov_t, cov_tumor, probes, union = plan
-                    progress.update(1.0, "plan ready")
-                    return Plan(True, probes, 100 * cov_t, 100 * cov_tumor,
-                                f"{len(probes)} probe(s) of {device.id} cover {100 * cov_t:.2f} % of tumour + {margin_mm:g} mm",
-                                margin_mm, required_percent, target_ml, time.perf_counter() - t_start, union, details)
-    # infeasible: report the best
-    probes = best_overall[1] or []
-    cov_t = cov_tumor = 0.0
-    union = None
-    if probes:
-        cov_t, cov_tumor, probes, union = _finish(grid, tumor, target, probes, [largest], need, checker, clearance_mm)
-    extent = float(np.ptp(pts_all @ np.eye(3), axis=0).max())
-    reason = (f"Tumour + {margin_mm:g} mm margin ({target_ml:.1f} ml, up to {extent:.0f} mm across) needs more than "
-              f"{max_probes} probe(s) of {device.id} (largest zone {largest.zone_long_mm:g} x {largest.zone_short_mm:g} mm, "
-              f"{largest.volume_ml:.1f} ml) with paths keeping {clearance_mm:g} mm from {avoid_names}; "
-              f"best coverage {100 * cov_t:.1f} % with {len(probes)} probe(s)")
-    progress.update(1.0, "no feasible plan")
-    return Plan(False, probes, 100 * cov_t, 100 * cov_tumor, reason, margin_mm, required_percent, target_ml,
-                time.perf_counter() - t_start, union, details)
-
-
-def _union(grid: sitk.Image, zones: list[EllipsoidZone], shape) -> np.ndarray:
-    out = np.zeros(shape, bool)
-    for z in zones:
-        box, sub = z.rasterise_box(grid)
-        if box is not None:
-            crop(out, box)[...] |= sub.astype(bool)
-    return out
-
-
-def _finish(grid, tumor, target, probes, settings, need, checker, clearance_mm):
-    """Full-resolution coverage; then lower each probe's setting while coverage stays >= need."""
-    box = mask_box(target, pad=1)
-    sub = sub_grid(grid, box)
-    target_c = crop(target, box)
-    tumor_c = crop(tumor, box)
-    n_target = float(target_c.sum())
-
-    def coverage(ps):
-        u = _union(sub, [p.zone() for p in ps], target_c.shape)
-        return float((u & target_c).sum()) / n_target, u
-
-    cov, union = coverage(probes)
-    if cov >= need and len(settings) > 1:
-        for idx in range(len(probes)):
-            p = probes[idx]
-            u = (p.tip_ras - p.entry_ras) / np.linalg.norm(p.tip_ras - p.entry_ras)
-            centre = p.tip_ras - p.setting.tip_offset_mm * u
-            for s in settings:
-                if s.volume_ml >= p.setting.volume_ml:
-                    break
-                tip = centre + s.tip_offset_mm * u
-                entry, clear = checker.trace(tip, u)
-                if clear < clearance_mm:
+                    qd = (dense - target.centroid_ras) @ frame
+                    dd = _assign(qd, centres_q)[1]
+                    miss = np.flatnonzero(dd > 1.0)
+                    if not len(miss):
+                        break
+                    worst = miss[np.argsort(-dd[miss])[:2000]]
+                    q = np.concatenate([q, qd[worst]])
+                    centres_q, rad = cover(q, n, rng, init=centres_q)
+                centres = centres_q @ np.linalg.inv(frame) + target.centroid_ras
+                probes = place_probes(centres, u, largest, checker, clearance_mm, scored)
+                if probes is None:
                     continue
-                trial = list(probes)
-                trial[idx] = PlannedProbe(tip, entry, s, clear)
-                c2, u2 = coverage(trial)
-                if c2 >= need:
-                    probes, cov, union = trial, c2, u2
-                    break
-    cov_tumor = float((union & tumor_c).sum()) / float(tumor.sum())
-    full = _union(grid, [p.zone() for p in probes], tumor.shape)
-    return cov, cov_tumor, probes, geometry.copy_geometry(full.astype(np.uint8), grid)
+                n_miss = len(missed_points([p.zone() for p in probes], dense))
+                if n_miss:  # cheap: the margin is not kept; remember the closest miss for the report
+                    if best is None or (-n_miss, -n) > (-best[0], -best[2]):
+                        best = (n_miss, probes, n, None)
+                    continue
+                chk = check_plan(probes, target, dense)
+                if best is None or best[0] > 0 or (chk.key(), -n) > (best[3].key(), -best[2]):
+                    best = (0, probes, n, chk)
+                short |= chk.margin.minimal_margin_mm < margin_mm - 1e-6
+                if chk.keeps(margin_mm, required_percent):
+                    found.append((chk, -sum(np.linalg.norm(p.tip_ras - p.entry_ras) for p in probes), probes))
+            if found:
+                found.sort(key=lambda x: (x[0].margin.minimal_margin_mm >= margin_mm, x[1]), reverse=True)
+                for chk, _neg, probes in found[:3]:
+                    probes, chk = lower_settings(probes, settings, target, dense, checker, clearance_mm, margin_mm,
+                                                 required_percent)
+                    if chk.keeps(margin_mm, required_percent):
+                        progress.update(1.0, "plan ready")
+                        details["safety_band_mm"] = safety
+                        return PlanOutcome(True, probes, chk,
+                                           f"{len(probes)} probe(s) of {device.id} keep a minimal margin of "
+                                           f"{chk.margin.minimal_margin_mm:.2f} mm (>= {margin_mm:g} mm) and cover "
+                                           f"{chk.coverage_percent:.2f} % of tumour + {margin_mm:g} mm",
+                                           target, details, time.perf_counter() - t_start)
+        if not short:
+            break
+    progress.update(1.0, "no feasible plan")
+    if best is None:
+        reason = (f"No probe placement had clear paths keeping {clearance_mm:g} mm from {avoid_names} "
+                  f"({len(scored)} clear directions from the target centre)")
+        return PlanOutcome(False, [], None, reason, target, details, time.perf_counter() - t_start)
+    _missed, probes, n, chk = best
+    if chk is None:
+        chk = check_plan(probes, target, target.dense_points(SAFETY_STEPS_MM[0])[0])
+    reason = (f"No plan with at most {max_probes} probe(s) of {device.id} (largest zone {largest.zone_long_mm:g} x "
+              f"{largest.zone_short_mm:g} mm, {largest.volume_ml:.1f} ml) keeps {margin_mm:g} mm around the tumour "
+              f"({target.target_ml:.1f} ml with the margin, up to {target.extent_mm:.0f} mm across) with paths keeping "
+              f"{clearance_mm:g} mm from {avoid_names}: the best found, {len(probes)} probe(s), keeps a minimal margin "
+              f"of {chk.margin.minimal_margin_mm:.2f} mm and covers {chk.coverage_percent:.1f} % of tumour + "
+              f"{margin_mm:g} mm")
+    return PlanOutcome(False, probes, chk, reason, target, details, time.perf_counter() - t_start)
+
+
+def _sample(points: np.ndarray, band: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    """A covering sample: mostly the outer band (where the cover is decided), some interior points."""
+    outer = np.flatnonzero(band)
+    inner = np.flatnonzero(~band)
+    n_out = min(len(outer), int(0.8 * max_points))
+    n_in = min(len(inner), max_points - n_out)
+    idx = np.concatenate([rng.choice(outer, n_out, replace=False) if n_out < len(outer) else outer,
+                          rng.choice(inner, n_in, replace=False) if n_in < len(inner) else inner])
+    return points[idx]

@@ -58,20 +58,52 @@ class EllipsoidZone:
         u = self.axis_ras
         return self.semi_long_mm ** 2 * np.outer(u, u) + self.semi_short_mm ** 2 * (np.eye(3) - np.outer(u, u))
 
-    def contains(self, points_ras) -> np.ndarray:
+    def quadratic(self, points_ras) -> np.ndarray:
+        """(z / a)^2 + (rho / b)^2 of points: < 1 inside, 1 on the surface, > 1 outside."""
         p = np.atleast_2d(np.asarray(points_ras, float)) - self.centre_ras
         z = p @ self.axis_ras
         r2 = np.einsum("ij,ij->i", p, p) - z * z
-        return (z * z) / self.semi_long_mm ** 2 + r2 / self.semi_short_mm ** 2 <= 1.0
+        return (z * z) / self.semi_long_mm ** 2 + r2 / self.semi_short_mm ** 2
+
+    def contains(self, points_ras) -> np.ndarray:
+        return self.quadratic(points_ras) <= 1.0
 
     def signed_distance(self, points_ras) -> np.ndarray:
         """Euclidean distance (mm) of points to the zone surface, positive inside."""
+        return self.closest(points_ras)[0]
+
+    def closest(self, points_ras) -> tuple[np.ndarray, np.ndarray]:
+        """(signed distance in mm, positive inside; the nearest surface points in RAS) of ``points_ras``."""
         p = np.atleast_2d(np.asarray(points_ras, float)) - self.centre_ras
-        z = np.abs(p @ self.axis_ras)
-        rho = np.sqrt(np.maximum(np.einsum("ij,ij->i", p, p) - z * z, 0.0))
-        d = _ellipse_distance(z, rho, self.semi_long_mm, self.semi_short_mm)
+        zs = p @ self.axis_ras
+        z = np.abs(zs)
+        radial = p - np.outer(zs, self.axis_ras)
+        rho = np.sqrt(np.einsum("ij,ij->i", radial, radial))
+        x0, x1, d = _ellipse_closest(z, rho, self.semi_long_mm, self.semi_short_mm)
         inside = (z / self.semi_long_mm) ** 2 + (rho / self.semi_short_mm) ** 2 <= 1.0
-        return np.where(inside, d, -d)
+        # the radial unit vector (any one perpendicular to the axis on the axis itself)
+        helper = np.array([1.0, 0, 0]) if abs(self.axis_ras[0]) < 0.9 else np.array([0, 1.0, 0])
+        perp = np.cross(self.axis_ras, helper)
+        perp /= np.linalg.norm(perp)
+        unit = np.where(rho[:, None] > 1e-12, radial / np.maximum(rho, 1e-12)[:, None], perp[None, :])
+        near = self.centre_ras + np.outer(np.where(zs < 0, -x0, x0), self.axis_ras) + unit * x1[:, None]
+        return np.where(inside, d, -d), near
+
+    def surface_points(self, spacing_mm: float = 0.3) -> np.ndarray:
+        """Points on the zone surface (RAS), about ``spacing_mm`` apart (Fibonacci lattice mapped from a sphere)."""
+        r = max(self.semi_long_mm, self.semi_short_mm)
+        n = int(np.ceil(4.0 * np.pi * r * r / spacing_mm ** 2))
+        i = np.arange(n) + 0.5
+        cz = 1.0 - 2.0 * i / n
+        sz = np.sqrt(np.maximum(1.0 - cz * cz, 0.0))
+        th = np.pi * (1.0 + 5.0 ** 0.5) * i
+        u = self.axis_ras
+        helper = np.array([1.0, 0, 0]) if abs(u[0]) < 0.9 else np.array([0, 1.0, 0])
+        v = np.cross(u, helper)
+        v /= np.linalg.norm(v)
+        w = np.cross(u, v)
+        return (self.centre_ras + np.outer(cz * self.semi_long_mm, u)
+                + np.outer(sz * np.cos(th) * self.semi_short_mm, v) + np.outer(sz * np.sin(th) * self.semi_short_mm, w))
 
     def index_box(self, image: sitk.Image, pad: int = 1) -> Box | None:
         """Half-open index box (k0, k1, j0, j1, i0, i1) holding the zone, clipped; None if outside."""
@@ -150,16 +182,18 @@ class EllipsoidZone:
         return out
 
 
-def _ellipse_distance(y0: np.ndarray, y1: np.ndarray, e0: float, e1: float, iterations: int = 60) -> np.ndarray:
-    """Distance from first-quadrant points (y0, y1) to the ellipse with semi-axes (e0, e1) (Eberly's method)."""
+def _ellipse_closest(y0: np.ndarray, y1: np.ndarray, e0: float, e1: float, iterations: int = 48):
+    """Closest points (x0, x1) on the ellipse (x0 / e0)^2 + (x1 / e1)^2 = 1 to first-quadrant points (y0, y1),
+    and their distances (Eberly, "Distance from a point to an ellipse", bisection on the Lagrange parameter)."""
     y0 = np.asarray(y0, float)
     y1 = np.asarray(y1, float)
     if e0 < e1:  # the method needs e0 >= e1
-        return _ellipse_distance(y1, y0, e1, e0, iterations)
-    out = np.empty_like(y0)
+        x1, x0, d = _ellipse_closest(y1, y0, e1, e0, iterations)
+        return x0, x1, d
+    x0 = np.empty_like(y0)
+    x1 = np.empty_like(y0)
     gen = (y1 > 1e-12) & (y0 > 1e-12)
-    # general position: bisection on s for G(s) = (r0 z0/(s + r0))^2 + (z1/(s + 1))^2 - 1
-    if np.any(gen):
+    if np.any(gen):  # general position: G(s) = (r0 z0 / (s + r0))^2 + (z1 / (s + 1))^2 - 1 = 0
         z0 = y0[gen] / e0
         z1 = y1[gen] / e1
         r0 = (e0 / e1) ** 2
@@ -173,22 +207,26 @@ def _ellipse_distance(y0: np.ndarray, y1: np.ndarray, e0: float, e1: float, iter
             s0 = np.where(pos, s, s0)
             s1 = np.where(pos, s1, s)
         s = 0.5 * (s0 + s1)
-        x0 = r0 * y0[gen] / (s + r0)
-        x1 = y1[gen] / (s + 1.0)
-        out[gen] = np.hypot(x0 - y0[gen], x1 - y1[gen])
-    on_minor = (~gen) & (y0 <= 1e-12)  # on the short axis' line
-    out[on_minor] = np.abs(y1[on_minor] - e1)
+        x0[gen] = r0 * y0[gen] / (s + r0)
+        x1[gen] = y1[gen] / (s + 1.0)
+    on_minor = (~gen) & (y0 <= 1e-12)  # on the short axis' line (or the centre): nearest is (0, e1)
+    x0[on_minor] = 0.0
+    x1[on_minor] = e1
     on_major = (~gen) & (y0 > 1e-12)  # y1 == 0
     if np.any(on_major):
         yy = y0[on_major]
-        num = e0 * yy
         den = e0 * e0 - e1 * e1
-        near = num < den
-        x0 = np.where(near, e0 * e0 * yy / np.where(den > 0, den, 1.0), e0)
-        xde = np.clip(x0 / e0, -1, 1)
-        x1 = np.where(near, e1 * np.sqrt(np.maximum(1 - xde * xde, 0)), 0.0)
-        out[on_major] = np.where(near, np.hypot(x0 - yy, x1), np.abs(yy - e0))
-    return out
+        near = e0 * yy < den
+        xm = np.where(near, e0 * e0 * yy / np.where(den > 0, den, 1.0), e0)
+        xde = np.clip(xm / e0, -1, 1)
+        x0[on_major] = xm
+        x1[on_major] = np.where(near, e1 * np.sqrt(np.maximum(1 - xde * xde, 0)), 0.0)
+    return x0, x1, np.hypot(x0 - y0, x1 - y1)
+
+
+def _ellipse_distance(y0: np.ndarray, y1: np.ndarray, e0: float, e1: float, iterations: int = 48) -> np.ndarray:
+    """Distance from first-quadrant points (y0, y1) to the ellipse with semi-axes (e0, e1)."""
+    return _ellipse_closest(y0, y1, e0, e1, iterations)[2]
 
 
 def union_box(boxes: list[Box | None]) -> Box | None:

@@ -1,13 +1,16 @@
-"""Probe planning: fewest probes, clear paths, coverage of tumour + margin, infeasible plans with reasons."""
+"""Probe planning: feasible only when the margin is kept (checked independently), infeasible plans say why."""
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from imagio import geometry
+from imagio.errors import ImagioError
 from imagio.scene import new_scene
 from imagio.testing import data_path, oblique_image
 from IMAGIOAblationZoneLib.logic import AblationZoneLogic
 from IMAGIOAblationZoneLib.zone import EllipsoidZone
+from IMAGIOMarginLib.metrics import compute_margin
 
 
 def _scene_grid():
@@ -18,14 +21,29 @@ def _scene_grid():
     return grid, pts
 
 
-def _covered(probes, pts):
-    inside = np.zeros(len(pts), bool)
+def independent_margin(tumor: np.ndarray, grid: sitk.Image, probes) -> float:
+    """The minimal margin of the planned zones as IMAGIOMargin measures a treatment: the zones rasterised on the
+    grid, the distance from the tumour's surface to the zone mask's surface on the half-voxel lattice."""
+    zone = np.zeros(tumor.shape, np.uint8)
     for p in probes:
-        inside |= EllipsoidZone.from_probe(p.tip_ras, p.entry_ras, p.setting).contains(pts)
-    return inside
+        zone |= sitk.GetArrayFromImage(EllipsoidZone.from_probe(p.tip_ras, p.entry_ras, p.setting).rasterise(grid))
+    return compute_margin(geometry.copy_geometry(tumor.astype(np.uint8), grid),
+                          geometry.copy_geometry(zone, grid)).minimal_margin_mm
 
 
-def test_small_tumour_one_probe_covers_tumour_and_margin_with_clear_path():
+def assert_keeps_margin(plan, tumor, grid, margin_mm=5.0):
+    """A feasible plan keeps its margin by the planner's own number and by the independent one (within half the
+    largest voxel spacing), and the two agree."""
+    half = max(grid.GetSpacing()) / 2
+    d = plan.to_dict()
+    assert plan.feasible and d["margin_kept"] and d["minimal_margin_mm"] >= margin_mm
+    indep = independent_margin(tumor, grid, plan.probes)
+    assert indep >= margin_mm - half, (indep, d["minimal_margin_mm"])
+    assert abs(indep - d["minimal_margin_mm"]) <= half + d["margin_tolerance_mm"]
+    return indep
+
+
+def test_small_tumour_one_probe_keeps_the_margin_with_a_clear_path():
     grid, pts = _scene_grid()
     centre = geometry.ijk_to_ras(grid, [60.4, 55.3, 40.2])
     d = np.linalg.norm(pts - centre, axis=1)
@@ -35,32 +53,32 @@ def test_small_tumour_one_probe_covers_tumour_and_margin_with_clear_path():
     q = pts - (centre + [15.0, 0.0, 0.0])
     vessel = (np.linalg.norm(q - np.outer(q @ v_axis, v_axis), axis=1) <= 2.5).reshape(tumor.shape)
     logic = AblationZoneLogic(new_scene())
-    plan, out = logic.plan(grid, tumor, "emprint", 5.0, {"vessel": vessel}, clearance_mm=3.0)
-    assert plan.feasible and len(plan.probes) == 1
-    # independent check: the voxels within 13 mm of the centre (tumour + 5 mm) are >= 99 % inside the zone
-    target = d <= 13.0
-    assert _covered(plan.probes, pts[target]).mean() >= 0.99
-    assert out["coverage_percent"] >= 99.0 and out["tumor_coverage_percent"] == 100.0
-    # the smallest sufficient setting was chosen (the largest, 100 W / 600 s, is not needed for 26 mm)
+    plan = logic.plan(grid, tumor, "emprint", 5.0, {"vessel": vessel}, clearance_mm=3.0, tissue="liver")
+    assert len(plan.probes) == 1
+    assert_keeps_margin(plan, tumor, grid)
+    assert plan.coverage_percent >= 99.0 and plan.tumor_coverage_percent == 100.0
+    # the smallest sufficient setting was chosen (not the largest zone)
     assert plan.probes[0].setting.volume_ml < logic.device("emprint").largest().volume_ml
     # the path keeps 3 mm from the vessel: sample it and measure the distance to the vessel's voxel centres
     p = plan.probes[0]
     path = p.tip_ras[None, :] + np.linspace(0, 1, 300)[:, None] * (p.entry_ras - p.tip_ras)[None, :]
     vpts = pts[vessel.ravel()]
-    dmin = min(np.min(np.linalg.norm(vpts - x, axis=1)) for x in path)
-    assert dmin >= 3.0 - 1.0  # voxel-centre sampling of a 1.0-1.5 mm grid
-    assert out["minimal_margin_mm"] > 0
+    assert min(np.min(np.linalg.norm(vpts - x, axis=1)) for x in path) >= 3.0 - 1.0  # voxel-centre sampling
+    assert any("entry points are where the paths leave the image" in w for w in plan.warnings)  # no skin given
 
 
-def test_large_tumour_is_infeasible_with_a_reason():
+def test_large_tumour_is_infeasible_and_says_why_with_the_best_plan_and_its_true_margin():
     grid, pts = _scene_grid()
     centre = geometry.ijk_to_ras(grid, [60, 55, 40])
-    tumor = (np.linalg.norm(pts - centre, axis=1) <= 32.0).reshape(grid.GetSize()[::-1])
-    logic = AblationZoneLogic(new_scene())
-    plan, out = logic.plan(grid, tumor, "emprint", 5.0, max_probes=2)
-    assert not out["feasible"]
-    assert "needs more than 2 probe(s)" in out["reason"] and "best coverage" in out["reason"]
-    assert out["coverage_percent"] < 99.0
+    tumor = (np.linalg.norm(pts - centre, axis=1) <= 24.0).reshape(grid.GetSize()[::-1])
+    plan = AblationZoneLogic(new_scene()).plan(grid, tumor, "emprint", 5.0, max_probes=2, tissue="liver")
+    d = plan.to_dict()
+    assert not d["feasible"] and not d["margin_kept"]
+    assert "No plan with at most 2 probe(s)" in d["reason"] and "keeps a minimal margin of" in d["reason"]
+    assert d["probe_count"] >= 1 and d["minimal_margin_mm"] < 5.0
+    # the margin reported for the best plan is the true one, not the planner's hope
+    indep = independent_margin(tumor, grid, plan.probes)
+    assert abs(indep - d["minimal_margin_mm"]) <= max(grid.GetSpacing()) / 2 + d["margin_tolerance_mm"]
 
 
 def test_enclosed_tumour_has_no_clear_path():
@@ -69,7 +87,7 @@ def test_enclosed_tumour_has_no_clear_path():
     d = np.linalg.norm(pts - centre, axis=1)
     tumor = (d <= 6.0).reshape(grid.GetSize()[::-1])
     shell = ((d >= 25.0) & (d <= 28.0)).reshape(tumor.shape)
-    plan, out = AblationZoneLogic(new_scene()).plan(grid, tumor, "emprint", 5.0, {"shell": shell})
+    plan = AblationZoneLogic(new_scene()).plan(grid, tumor, "emprint", 5.0, {"shell": shell})
     assert not plan.feasible and "No straight path" in plan.reason and "shell" in plan.reason
 
 
@@ -77,32 +95,59 @@ def test_entry_is_on_the_skin_when_a_body_outline_is_given():
     grid, pts = _scene_grid()
     centre = geometry.ijk_to_ras(grid, [60, 55, 40])
     d = np.linalg.norm(pts - centre, axis=1)
-    tumor = (d <= 7.0).reshape(grid.GetSize()[::-1])
+    tumor = (d <= 5.0).reshape(grid.GetSize()[::-1])
     body = (d <= 45.0).reshape(tumor.shape)
-    plan, _ = AblationZoneLogic(new_scene()).plan(grid, tumor, "neuwave-pr", 5.0, body=body)
-    assert plan.feasible
+    plan = AblationZoneLogic(new_scene()).plan(grid, tumor, "neuwave-pr", 5.0, body=body, tissue="kidney")
+    assert_keeps_margin(plan, tumor, grid)
     for p in plan.probes:
         assert abs(np.linalg.norm(p.entry_ras - centre) - 45.0) < 2.0
+    assert not any("entry points" in w for w in plan.warnings)
 
 
-def test_plan_on_a_real_liver_tumour_with_its_vessels():
+@pytest.mark.parametrize("kwargs,message", [
+    ({"clearance_mm": -20.0}, "Clearance"), ({"clearance_mm": float("nan")}, "Clearance"),
+    ({"margin_mm": -1.0}, "Margin"), ({"margin_mm": float("inf")}, "Margin"),
+    ({"required_percent": 120.0}, "coverage"), ({"max_probes": 0}, "probes"), ({"tissue": "brain"}, "tissue"),
+])
+def test_bad_planning_numbers_are_refused(kwargs, message):
+    grid, pts = _scene_grid()
+    tumor = (np.linalg.norm(pts - geometry.ijk_to_ras(grid, [60, 55, 40]), axis=1) <= 5.0).reshape(grid.GetSize()[::-1])
+    with pytest.raises(ImagioError, match=message):
+        AblationZoneLogic(new_scene()).plan(grid, tumor, "emprint", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def p3():
     base = data_path("medmpd-liver-p3")
-    ref = sitk.ReadImage(str(base / "nodule2.nii.gz"), sitk.sitkUInt8)
-    avoid = {}
-    for name in ("portalvein", "hepaticvein", "hepaticartery"):
-        m = sitk.ReadImage(str(base / f"{name}.nii.gz"), sitk.sitkUInt8)
-        avoid[name] = sitk.GetArrayFromImage(geometry.resample_to(m, ref)) > 0
-    plan, out = AblationZoneLogic(new_scene()).plan(ref, ref, "emprint", 5.0, avoid)
-    assert out["feasible"] and out["coverage_percent"] >= 99.0
-    assert all(p["min_clearance_mm"] >= 3.0 for p in out["probes"])
-    assert out["minimal_margin_mm"] is not None
+    out = {}
+    for nod in ("nodule1", "nodule2"):
+        ref = sitk.ReadImage(str(base / f"{nod}.nii.gz"), sitk.sitkUInt8)
+        avoid = {}
+        for name in ("portalvein", "hepaticvein", "hepaticartery"):
+            m = sitk.ReadImage(str(base / f"{name}.nii.gz"), sitk.sitkUInt8)
+            avoid[name] = sitk.GetArrayFromImage(geometry.resample_to(m, ref)) > 0
+        out[nod] = (ref, avoid)
+    return out
+
+
+@pytest.mark.parametrize("nodule", ["nodule1", "nodule2"])
+def test_plans_on_real_liver_tumours_keep_the_margin_checked_independently(p3, nodule):
+    ref, avoid = p3[nodule]
+    tumor = sitk.GetArrayFromImage(ref) > 0
+    plan = AblationZoneLogic(new_scene()).plan(ref, ref, "emprint", 5.0, avoid, tumor_name=nodule)
+    assert plan.tissue == "liver" and any("liver assumed" in w for w in plan.warnings)  # 'nodule' says no organ
+    if plan.feasible:
+        assert_keeps_margin(plan, tumor, ref)
+        assert all(p.min_clearance_mm >= 3.0 for p in plan.probes)
+    else:  # infeasible plans say why, with the true margin of the best one
+        assert "keeps a minimal margin of" in plan.reason and plan.minimal_margin_mm < 5.0
 
 
 def test_bioheat_check_of_a_plan_next_to_a_vessel():
     grid, pts = _scene_grid()
     centre = geometry.ijk_to_ras(grid, [60.4, 55.3, 40.2])
     d = np.linalg.norm(pts - centre, axis=1)
-    tumor = (d <= 6.0).reshape(grid.GetSize()[::-1])
+    tumor = (d <= 4.0).reshape(grid.GetSize()[::-1])
     axis = np.array([0.0, 0.3, 1.0]) / np.linalg.norm([0.0, 0.3, 1.0])
 
     def vessel(offset_mm):
@@ -110,16 +155,14 @@ def test_bioheat_check_of_a_plan_next_to_a_vessel():
         return (np.linalg.norm(q - np.outer(q @ axis, axis), axis=1) <= 2.0).reshape(tumor.shape)
 
     logic = AblationZoneLogic(new_scene())
-    far = vessel(30.0)  # outside the zone: no heat sink on the target
-    plan, out = logic.plan(grid, tumor, "emprint", 5.0, {"vessel": far}, verify_bioheat=True, heat_sinks=far)
-    assert out["feasible"] and out["bioheat_verified"] and out["bioheat_coverage_percent"] >= 99.0
-    # a 4 mm vessel running through the margin, 9 mm from the tumour centre: its wall stays near 37 C
-    near = vessel(9.0)
-    plan, out = logic.plan(grid, tumor, "emprint", 5.0, {"vessel": near}, clearance_mm=1.0, verify_bioheat=True,
-                           heat_sinks=near, max_probes=3)
-    checks = out["bioheat_checks"]
-    assert checks[0]["table_coverage_percent"] >= 99.0 and checks[0]["bioheat_coverage_percent"] < 99.0  # heat sink
-    if out["feasible"]:  # re-planned with smaller planning zones until the simulated zones cover
-        assert len(checks) >= 2 and out["bioheat_verified"] and checks[-1]["bioheat_coverage_percent"] >= 99.0
+    # a 4 mm vessel running through the margin, 7 mm from the tumour centre: its wall stays near 37 C
+    near = vessel(7.0)
+    plan = logic.plan(grid, tumor, "emprint", 5.0, {"vessel": near}, clearance_mm=1.0, verify_bioheat=True,
+                      heat_sinks=near, max_probes=3, tissue="liver")
+    d = plan.to_dict()
+    checks = d["bioheat_checks"]
+    assert checks[0]["table_minimal_margin_mm"] >= 5.0 and checks[0]["bioheat_coverage_percent"] < 99.0  # heat sink
+    if d["feasible"]:  # re-planned with smaller planning zones until the simulated zones cover
+        assert len(checks) >= 2 and d["bioheat_verified"] and checks[-1]["bioheat_coverage_percent"] >= 99.0
     else:
-        assert "heat sinks" in out["reason"] and not out["bioheat_verified"]
+        assert "heat sinks" in d["reason"] and not d["bioheat_verified"]
