@@ -41,7 +41,7 @@ class IMAGIOAblationZone(ScriptedLoadableModule):
         self.parent.title = "IMAGIO Ablation Zone"
         self.parent.categories = ["IMAGIO"]
         self.parent.dependencies = ["IMAGIOCommon"]
-        self.parent.contributors = ["IMAGIO developers"]
+        self.parent.contributors = ["IMAGIO developers (imagio-slicer project)"]
         self.parent.helpText = (
             "Predicted thermal ablation zones for a probe placed with a markups line (point 1: entry on the skin, "
             "point 2: tip): ellipsoids from the device library (every setting names its source; settings without "
@@ -178,186 +178,44 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
 
 
 class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
-    """Thin adapter: Slicer nodes in, IMAGIOAblationZoneLib.logic.AblationZoneLogic on slicer.mrmlScene."""
+    """Thin adapter: the parameter node in, IMAGIOAblationZoneLib.logic.ModuleSession on slicer.mrmlScene."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        from IMAGIOAblationZoneLib.logic import AblationZoneLogic
+        from IMAGIOAblationZoneLib.logic import ModuleSession
 
-        self.impl = AblationZoneLogic(slicer.mrmlScene)
-        self._context = None
-        self._contextKey = None
-        self._vessels = []
-        self._ownTables = set()  # IDs of the table nodes this module made (only those are ever replaced)
-        self.lastSummary = ""
-        self.lastWarnings = []
+        self.impl = ModuleSession(slicer.mrmlScene)
 
     def getParameterNode(self):
         return IMAGIOAblationZoneParameterNode(super().getParameterNode())
 
+    @property
+    def lastSummary(self) -> str:
+        return self.impl.last_summary
+
+    @property
+    def lastWarnings(self) -> list:
+        return self.impl.last_warnings
+
     def forgetScene(self) -> None:
-        """Drop everything that refers to nodes of a closing scene."""
-        self._context = self._contextKey = None
-        self._ownTables = set()
+        self.impl.forget_scene()
 
     def describeSetting(self, deviceId: str, powerW: float, timeS: float, allowUnsourced: bool = False) -> str:
-        from imagio.errors import ImagioError
-
-        try:
-            dev, s = self.impl.setting(deviceId, powerW, timeS, allowUnsourced)
-        except ImagioError as e:
-            return str(e)
-        text = f"zone {s.zone_long_mm:.1f} x {s.zone_short_mm:.1f} mm, centre {s.tip_offset_mm:.1f} mm behind the tip"
-        source = "; ".join(f"{src.citation.split('.')[0]} ({src.locator.split(' (')[0]})" for src in s.sources)
-        return (text + (f" ({s.note})" if s.interpolated else " (table setting)")
-                + (f"; source: {source}" if source else "; NO SOURCE") + (f"; measured in {s.tissue}"))
-
-    def _tissue(self, p):
-        return None if p.tissue == "auto" else p.tissue
-
-    def _segments(self, p, names: str):
-        from imagio.mrml import segments_from_segmentation_node
-
-        wanted = [n.strip().lower() for n in (names or "").split(",") if n.strip()]
-        if not p.segmentation or not wanted:
-            return {}
-        segs = segments_from_segmentation_node(p.segmentation, p.referenceVolume)
-        return {s.name: s.mask for s in segs if s.name.lower() in wanted}
-
-    def context(self, p):
-        """The cached tumour/structure context; rebuilt when the inputs or the segments' content change."""
-        from imagio.errors import ImagioError
-        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
-        from IMAGIOAblationZoneLib.logic import _segment_terminology, segmentation_stamp
-
-        key = (p.referenceVolume.GetID() if p.referenceVolume else None, segmentation_stamp(p.segmentation),
-               p.tumorSegmentName, p.vesselSegmentNames, p.marginMm, p.tissue)
-        if key == self._contextKey:
-            return self._context
-        tumor = None
-        others = {}
-        vesselNames = {n.strip().lower() for n in (p.vesselSegmentNames or "").split(",") if n.strip()}
-        terminology = ""
-        if p.segmentation:
-            for s in segments_from_segmentation_node(p.segmentation, p.referenceVolume):
-                if s.name.lower() == (p.tumorSegmentName or "").strip().lower():
-                    tumor = s.mask
-                else:
-                    others[s.name] = s.mask  # every other segment: its fraction inside the zone is reported
-            if tumor is None:
-                raise ImagioError(f"No segment named '{p.tumorSegmentName}'", "Type the tumour segment's name")
-            terminology = _segment_terminology(p.segmentation, p.tumorSegmentName)
-        if p.referenceVolume:
-            grid = image_from_volume_node(p.referenceVolume)
-        elif tumor is not None:
-            grid = tumor
-        else:
-            raise ImagioError("No reference volume or segmentation", "Choose the CT or a segmentation")
-        self._context = self.impl.prepare(grid, tumor, others, p.marginMm, self._tissue(p), p.tumorSegmentName or "",
-                                          terminology)
-        self._vessels = [name for name in others if name.lower() in vesselNames]
-        self._contextKey = key
-        return self._context
-
-    def _table(self, p, name: str, rows):
-        """A results table: the module's own previous table is replaced, a table the user chose is never touched."""
-        from imagio.mrml import add_table
-
-        old = p.resultsTable
-        if old is not None and old.GetID() in self._ownTables:
-            self._ownTables.discard(old.GetID())
-            slicer.mrmlScene.RemoveNode(old)
-        node = add_table(slicer.mrmlScene, name, rows)
-        self._ownTables.add(node.GetID())
-        p.resultsTable = node
-        return node
-
-    def _outputSegmentation(self, p):
-        if p.zoneSegmentation is not None and p.zoneSegmentation is p.segmentation:
-            from imagio.errors import ImagioError
-
-            raise ImagioError("The zone segmentation is the input segmentation", "Choose or create another node")
-        return p.zoneSegmentation
+        return self.impl.describe_setting(deviceId, powerW, timeS, allowUnsourced)
 
     def computeZone(self, p, modelNode=None, live: bool = False):
-        """Zone of the probe line with the chosen model; writes the zone segment, model and results table."""
-        import numpy as np
-
-        target = self._outputSegmentation(p)
-        ctx = self.context(p)
-        tip, entry = self.impl.probe_from_line(p.probeLine)
-        if p.model == "bioheat" and not live:
-            vessels = None
-            if self._vessels:
-                vessels = np.any([ctx.others[n] for n in self._vessels], axis=0)
-            result = self.impl.bioheat_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, vessels=vessels,
-                                            allow_unsourced=p.allowUnsourced)
-        else:
-            result = self.impl.table_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, p.allowUnsourced)
-        seg, model = self.impl.update_zone_nodes(result, target, modelNode)
-        if not p.zoneSegmentation:
-            p.zoneSegmentation = seg
-        self.lastSummary = result.summary_text().split("\n")[0]
-        self.lastWarnings = list(result.warnings)
-        if not live:
-            self._table(p, "Ablation zone results", result.table_rows())
-        return model
+        """Zone of the probe line with the chosen model; the zone segment, model and results table."""
+        return self.impl.compute_zone(p, modelNode, live)
 
     def planProbes(self, p):
-        """Plan probes for the tumour; probe lines, the planned zone (into the chosen zone segmentation, or a new
-        one) and a results table. Returns the PlanResult."""
-        from imagio.errors import ImagioError
-        from IMAGIOAblationZoneLib.logic import write_zone_segment
-
-        if not p.segmentation:
-            raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
-        target = self._outputSegmentation(p)
-        avoid = [n.strip() for n in (p.avoidSegmentNames or "").split(",") if n.strip()]
-        sinks = [n.strip() for n in (p.vesselSegmentNames or "").split(",") if n.strip()] if p.verifyBioheat else []
-        plan = self.impl.plan_nodes(p.referenceVolume, p.segmentation, p.tumorSegmentName, p.deviceId,
-                                    avoid_segments=avoid, heat_sink_segments=sinks, margin_mm=p.marginMm,
-                                    clearance_mm=p.clearanceMm, verify_bioheat=p.verifyBioheat,
-                                    tissue=self._tissue(p), allow_unsourced=p.allowUnsourced)
-        if plan.union_mask is not None and plan.probes:
-            p.zoneSegmentation = write_zone_segment(slicer.mrmlScene, plan.union_mask, target, "planned_ablation_zone",
-                                                    "Planned ablation zone")
-            from imagio.mrml import add_line
-
-            for n, probe in enumerate(plan.probes):
-                add_line(slicer.mrmlScene, f"Planned probe {n + 1}", probe.entry_ras, probe.tip_ras)
-        self._table(p, "Ablation plan", plan.table_rows())
-        self.lastSummary = plan.summary_text().split("\n")[0] + " " + plan.reason
-        self.lastWarnings = list(plan.warnings)
+        """Plan probes for the tumour (returns the PlanResult)."""
+        plan = self.impl.plan_probes(p)
         logging.info(self.lastSummary)
         return plan
 
     def replanFromLines(self, p, lineNodes):
-        """Re-plan from the probes as placed (markups lines: point 0 entry, point 1 tip) at the chosen setting."""
-        from imagio.errors import ImagioError
-        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
-        from IMAGIOAblationZoneLib.logic import _segment_terminology, body_from_ct
-
-        if not p.segmentation:
-            raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
-        if not lineNodes:
-            raise ImagioError("No placed probe", "Check the markups lines of the probes as placed")
-        placed = [self.impl.probe_from_line(n) for n in lineNodes]
-        tumor = segments_from_segmentation_node(p.segmentation, p.referenceVolume, [p.tumorSegmentName])[0]
-        grid = image_from_volume_node(p.referenceVolume) if p.referenceVolume else tumor.mask
-        avoid = self._segments(p, p.avoidSegmentNames)
-        body = body_from_ct(grid) if p.referenceVolume else None
-        res = self.impl.replan(grid, tumor.mask, placed, p.deviceId, p.powerW, p.timeS, p.marginMm, avoid, body,
-                               p.clearanceMm, self._tissue(p), tumor.name,
-                               _segment_terminology(p.segmentation, p.tumorSegmentName), p.allowUnsourced)
-        nodes = res.add_to_scene(slicer.mrmlScene, p.referenceVolume, "Re-plan")
-        if p.resultsTable is not None and p.resultsTable.GetID() in self._ownTables:
-            self._ownTables.discard(p.resultsTable.GetID())
-            slicer.mrmlScene.RemoveNode(p.resultsTable)
-        self._ownTables.add(nodes["table"].GetID())
-        p.resultsTable = nodes["table"]
-        self.lastSummary = res.summary_text().split("\n")[0] + " " + res.reason
-        self.lastWarnings = list(res.warnings)
-        return res
+        """Re-plan from the probes as placed (markups lines) at the chosen setting (returns the ReplanResult)."""
+        return self.impl.replan_from_lines(p, lineNodes)
 
 
 class IMAGIOAblationZoneTest(ScriptedLoadableModuleTest):

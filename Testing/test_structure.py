@@ -61,8 +61,7 @@ ADAPTER_MAX_LINES = 60
 
 @pytest.mark.parametrize("module", [
     "IMAGIOPlanning",
-    pytest.param("IMAGIOAblationZone", marks=pytest.mark.xfail(
-        strict=True, reason="ablation: IMAGIOAblationZoneLogic holds 149 lines of caching, parsing and tables")),
+    "IMAGIOAblationZone",
     "IMAGIOLungNav",
     "IMAGIOMargin",
 ])

@@ -30,7 +30,7 @@ from .results import TUMOR_COLOR, ZONE_COLOR, PlanResult, Probe, ReplanResult, Z
 from .zone import EllipsoidZone, crop, mask_box, probe_axis, sub_grid, union_box
 
 __all__ = ["AblationZoneLogic", "ZoneContext", "ZoneResult", "PlanResult", "ReplanResult", "Probe", "TUMOR_COLOR",
-           "ZONE_COLOR", "resolve_tissue", "body_from_ct", "check_number", "segmentation_stamp", "write_zone_segment"]
+           "ZONE_COLOR", "resolve_tissue", "body_from_ct", "check_number", "segmentation_stamp", "write_zone_segment", "ModuleSession"]
 
 TISSUE_WORDS = {"liver": ("liver", "hepat"), "lung": ("lung", "pulmon", "bronch"), "kidney": ("kidney", "renal"),
                 "bone": ("bone", "osse", "vertebr", "skelet"), "soft-tissue": ("soft tissue", "soft-tissue", "sarcoma",
@@ -620,12 +620,30 @@ class AblationZoneLogic:
                 if best is None or key > best[0]:
                     best = (key, z, new)
                 if key >= margin_mm - 1e-6:
-                    return z, new
+                    return self._lower_added(ctx, probes, dev, new, z, checker, clearance_mm, margin_mm,
+                                             allow_unsourced)
         if best is None:
             return "No added probe with a clear path could be placed at the residual: re-position a probe"
         return (f"No single added probe keeps {margin_mm:g} mm with the placed ones: the best found ("
                 f"{best[2].setting.label}) reaches a minimal margin of {best[0]:.2f} mm; re-position a probe or plan "
                 "again (imagio ablation plan)")
+
+    def _lower_added(self, ctx, probes, dev, new, z, checker, clearance_mm, margin_mm, allow_unsourced):
+        """The added probe's setting lowered (same zone centre and direction) while the margin is kept."""
+        u = probe_axis(new.tip_ras, new.entry_ras)
+        centre = new.tip_ras - new.setting.tip_offset_mm * u
+        for s in dev.by_volume(allow_unsourced):
+            if s.volume_ml >= new.setting.volume_ml:
+                break
+            tip = centre + s.tip_offset_mm * u
+            entry, clear = checker.trace(tip, u)
+            if clear < clearance_mm:
+                continue
+            trial = Probe(tip, entry, s, clear)
+            zt = self.table_zones(ctx, probes + [trial], dev)
+            if zt.margin.minimal_margin_mm >= margin_mm - 1e-6:
+                return zt, trial
+        return z, new
 
     # ------------------------------------------------------------------ scene
     def probe_from_line(self, line_node) -> tuple[np.ndarray, np.ndarray]:
@@ -669,6 +687,172 @@ class AblationZoneLogic:
         else:
             model_node.SetAndObservePolyData(poly)
         return segmentation_node, model_node
+
+
+class ModuleSession:
+    """What the Slicer module's Logic does with its parameter node, on a given scene (no Qt, no global scene).
+
+    Reads the module's parameter node (any object with its fields: referenceVolume, segmentation,
+    tumorSegmentName, vesselSegmentNames, avoidSegmentNames, probeLine, tissue, deviceId, powerW, timeS, model,
+    marginMm, clearanceMm, verifyBioheat, allowUnsourced, zoneSegmentation, resultsTable) and calls
+    ``AblationZoneLogic``. It keeps the tumour/structure context cached on the segments' *content*
+    (``segmentation_stamp``: a Segment Editor edit changes a segment's labelmap, not the segmentation node's
+    MTime); the IDs of the table nodes it made (only those are replaced: a table the user chose is never
+    deleted); and writes zones into the zone segmentation the user chose (their own segment only), else a new node.
+    """
+    def __init__(self, scene, library_path=None):
+        self.logic = AblationZoneLogic(scene, library_path)
+        self.scene = self.logic.scene
+        self._context = None
+        self._context_key = None
+        self._vessels: list[str] = []
+        self._own_tables: set[str] = set()
+        self.last_summary = ""
+        self.last_warnings: list[str] = []
+
+    # ------------------------------------------------------------------ state
+    def forget_scene(self) -> None:
+        """Drop everything that refers to nodes of a closing scene."""
+        self._context = self._context_key = None
+        self._own_tables = set()
+
+    @staticmethod
+    def _tissue(p):
+        return None if p.tissue in (None, "", "auto") else p.tissue
+
+    def describe_setting(self, device_id: str, power_w: float, time_s: float, allow_unsourced: bool = False) -> str:
+        try:
+            _dev, s = self.logic.setting(device_id, power_w, time_s, allow_unsourced)
+        except ImagioError as e:
+            return str(e)
+        text = f"zone {s.zone_long_mm:.1f} x {s.zone_short_mm:.1f} mm, centre {s.tip_offset_mm:.1f} mm behind the tip"
+        source = "; ".join(f"{src.citation.split('.')[0]} ({src.locator.split(' (')[0]})" for src in s.sources)
+        return (text + (f" ({s.note})" if s.interpolated else " (table setting)")
+                + (f"; source: {source}" if source else "; NO SOURCE") + f"; measured in {s.tissue}")
+
+    def _segments(self, p, names: str) -> dict:
+        from imagio.mrml import segments_from_segmentation_node
+
+        wanted = [n.strip().lower() for n in (names or "").split(",") if n.strip()]
+        if not p.segmentation or not wanted:
+            return {}
+        segs = segments_from_segmentation_node(p.segmentation, p.referenceVolume)
+        return {s.name: s.mask for s in segs if s.name.lower() in wanted}
+
+    def context(self, p):
+        """The tumour/structure context; rebuilt when the inputs or the segments' content change."""
+        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
+
+        key = (p.referenceVolume.GetID() if p.referenceVolume else None, segmentation_stamp(p.segmentation),
+               p.tumorSegmentName, p.vesselSegmentNames, p.marginMm, p.tissue)
+        if key == self._context_key:
+            return self._context
+        tumor, others, terminology = None, {}, ""
+        vessel_names = {n.strip().lower() for n in (p.vesselSegmentNames or "").split(",") if n.strip()}
+        if p.segmentation:
+            for s in segments_from_segmentation_node(p.segmentation, p.referenceVolume):
+                if s.name.lower() == (p.tumorSegmentName or "").strip().lower():
+                    tumor = s.mask
+                else:
+                    others[s.name] = s.mask  # every other segment: its fraction inside the zone is reported
+            if tumor is None:
+                raise ImagioError(f"No segment named '{p.tumorSegmentName}'", "Type the tumour segment's name")
+            terminology = _segment_terminology(p.segmentation, p.tumorSegmentName)
+        if p.referenceVolume:
+            grid = image_from_volume_node(p.referenceVolume)
+        elif tumor is not None:
+            grid = tumor
+        else:
+            raise ImagioError("No reference volume or segmentation", "Choose the CT or a segmentation")
+        self._context = self.logic.prepare(grid, tumor, others, p.marginMm, self._tissue(p), p.tumorSegmentName or "",
+                                           terminology)
+        self._vessels = [name for name in others if name.lower() in vessel_names]
+        self._context_key = key
+        return self._context
+
+    def _table(self, p, node):
+        """Make ``node`` the results table; the session's own previous table goes, a user's table stays."""
+        old = p.resultsTable
+        if old is not None and old.GetID() in self._own_tables:
+            self._own_tables.discard(old.GetID())
+            self.scene.RemoveNode(old)
+        self._own_tables.add(node.GetID())
+        p.resultsTable = node
+        return node
+
+    def _output_segmentation(self, p):
+        if p.zoneSegmentation is not None and p.zoneSegmentation is p.segmentation:
+            raise ImagioError("The zone segmentation is the input segmentation", "Choose or create another node")
+        return p.zoneSegmentation
+
+    def _done(self, result, summary: str) -> None:
+        self.last_summary = summary
+        self.last_warnings = list(result.warnings)
+
+    # ------------------------------------------------------------------ operations
+    def compute_zone(self, p, model_node=None, live: bool = False):
+        """Zone of the probe line with the chosen model; writes the zone segment, model and results table."""
+        from imagio.mrml import add_table
+
+        target = self._output_segmentation(p)
+        ctx = self.context(p)
+        tip, entry = self.logic.probe_from_line(p.probeLine)
+        if p.model == "bioheat" and not live:
+            vessels = np.any([ctx.others[n] for n in self._vessels], axis=0) if self._vessels else None
+            result = self.logic.bioheat_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, vessels=vessels,
+                                             allow_unsourced=p.allowUnsourced)
+        else:
+            result = self.logic.table_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, p.allowUnsourced)
+        seg, model = self.logic.update_zone_nodes(result, target, model_node)
+        if not p.zoneSegmentation:
+            p.zoneSegmentation = seg
+        self._done(result, result.summary_text().split("\n")[0])
+        if not live:
+            self._table(p, add_table(self.scene, "Ablation zone results", result.table_rows()))
+        return model
+
+    def plan_probes(self, p):
+        """Plan probes; the planned zone into the chosen zone segmentation (or a new one), lines, a table."""
+        from imagio.mrml import add_line, add_table
+
+        if not p.segmentation:
+            raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
+        target = self._output_segmentation(p)
+        avoid = [n.strip() for n in (p.avoidSegmentNames or "").split(",") if n.strip()]
+        sinks = [n.strip() for n in (p.vesselSegmentNames or "").split(",") if n.strip()] if p.verifyBioheat else []
+        plan = self.logic.plan_nodes(p.referenceVolume, p.segmentation, p.tumorSegmentName, p.deviceId,
+                                     avoid_segments=avoid, heat_sink_segments=sinks, margin_mm=p.marginMm,
+                                     clearance_mm=p.clearanceMm, verify_bioheat=p.verifyBioheat,
+                                     tissue=self._tissue(p), allow_unsourced=p.allowUnsourced)
+        if plan.union_mask is not None and plan.probes:
+            p.zoneSegmentation = write_zone_segment(self.scene, plan.union_mask, target, "planned_ablation_zone",
+                                                    "Planned ablation zone")
+            for n, probe in enumerate(plan.probes):
+                add_line(self.scene, f"Planned probe {n + 1}", probe.entry_ras, probe.tip_ras)
+        self._table(p, add_table(self.scene, "Ablation plan", plan.table_rows()))
+        self._done(plan, plan.summary_text().split("\n")[0] + " " + plan.reason)
+        return plan
+
+    def replan_from_lines(self, p, line_nodes):
+        """Re-plan from the probes as placed (markups lines: point 0 entry, point 1 tip) at the chosen setting."""
+        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
+
+        if not p.segmentation:
+            raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
+        if not line_nodes:
+            raise ImagioError("No placed probe", "Check the markups lines of the probes as placed")
+        placed = [self.logic.probe_from_line(n) for n in line_nodes]
+        tumor = segments_from_segmentation_node(p.segmentation, p.referenceVolume, [p.tumorSegmentName])[0]
+        grid = image_from_volume_node(p.referenceVolume) if p.referenceVolume else tumor.mask
+        avoid = self._segments(p, p.avoidSegmentNames)
+        body = body_from_ct(grid) if p.referenceVolume else None
+        res = self.logic.replan(grid, tumor.mask, placed, p.deviceId, p.powerW, p.timeS, p.marginMm, avoid, body,
+                                p.clearanceMm, self._tissue(p), tumor.name,
+                                _segment_terminology(p.segmentation, p.tumorSegmentName), p.allowUnsourced)
+        nodes = res.add_to_scene(self.scene, p.referenceVolume, "Re-plan")
+        self._table(p, nodes["table"])
+        self._done(res, res.summary_text().split("\n")[0] + " " + res.reason)
+        return res
 
 
 def segmentation_stamp(segmentation_node) -> tuple:

@@ -61,7 +61,7 @@ CONTRIBUTOR = re.compile(r"^[^()]+ \([^()]+\)$")
 @pytest.mark.parametrize("name", [
     "IMAGIOCommon",
     pytest.param("IMAGIOPlanning", marks=known_defect("planning", "contributors not 'Name (Organization)'")),
-    pytest.param("IMAGIOAblationZone", marks=known_defect("ablation", "contributors not 'Name (Organization)'")),
+    "IMAGIOAblationZone",
     "IMAGIOLungNav",
     pytest.param("IMAGIOMargin", marks=known_defect("margin", "contributors not 'Name (Organization)'")),
 ])
@@ -95,8 +95,7 @@ def test_parameter_node_round_trip_through_mrml(slicer_app, name):
 
 @pytest.mark.parametrize("name", [
     "IMAGIOPlanning",
-    pytest.param("IMAGIOAblationZone", marks=known_defect(
-        "ablation", "powerW is a float parameter but its spin box shows 0 decimals (112.5 W shown as 112 W)")),
+    "IMAGIOAblationZone",
     "IMAGIOLungNav",
     "IMAGIOMargin",
 ])
@@ -136,7 +135,7 @@ def test_widget_keeps_no_observer_after_unload(slicer_app, name):
 
 @pytest.mark.parametrize("name", [
     "IMAGIOPlanning",
-    pytest.param("IMAGIOAblationZone", marks=known_defect("ablation", "probe observer survives scene close")),
+    "IMAGIOAblationZone",
     "IMAGIOLungNav",
     "IMAGIOMargin",
 ])

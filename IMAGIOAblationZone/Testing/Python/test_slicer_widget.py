@@ -1,0 +1,92 @@
+"""The Slicer module on Slicer 5.10's own framework (imagio.testing_slicer): the issue-16 findings, each with its
+test — masks are re-read after a segment edit, the user's results table survives 'Compute zone', 'Plan probes'
+writes into the chosen zone segmentation, the probe observer goes with the scene; re-planning from lines."""
+
+import numpy as np
+import pytest
+
+from imagio import geometry
+from imagio.io import Segment
+from imagio.testing_slicer import SlicerHarness
+
+
+@pytest.fixture
+def module():
+    with SlicerHarness() as h:
+        h.load_module("IMAGIOCommon")
+        import slicer
+
+        from imagio.mrml import add_line, add_table, segmentation_node_from_segments, volume_node_from_image
+        from imagio.testing import oblique_image
+
+        widget = h.create_widget("IMAGIOAblationZone")
+        grid = oblique_image(size=(64, 60, 36), spacing=(1.1, 1.0, 1.6), origin_ras=(-35.0, -30.0, -30.0),
+                             axis=(1.0, -2.0, 1.0), angle_deg=19.0)
+        kji = np.argwhere(np.ones(grid.GetSize()[::-1], bool))
+        pts = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float))
+        centre = geometry.ijk_to_ras(grid, [32, 30, 18])
+        tumor = (np.linalg.norm(pts - centre, axis=1) <= 6.0).reshape(grid.GetSize()[::-1]).astype(np.uint8)
+        ct = volume_node_from_image(slicer.mrmlScene, geometry.copy_geometry(np.zeros(tumor.shape, np.int16), grid), "CT")
+        seg = segmentation_node_from_segments(slicer.mrmlScene, [Segment("liver_tumor",
+                                                                         geometry.copy_geometry(tumor, grid))], "Seg", ct)
+        u = np.array([0.0, 0.6, 0.8])
+        line = add_line(slicer.mrmlScene, "Probe", centre - 90 * u, centre + 11.55 * u)
+        p = widget.logic.getParameterNode()
+        p.referenceVolume, p.segmentation, p.probeLine = ct, seg, line
+        p.tumorSegmentName, p.avoidSegmentNames, p.vesselSegmentNames = "liver_tumor", "", ""
+        p.deviceId, p.powerW, p.timeS, p.model, p.tissue = "emprint", 100.0, 600.0, "table", "liver"
+        yield {"h": h, "slicer": slicer, "widget": widget, "p": p, "grid": grid, "tumor": tumor, "seg": seg,
+               "line": line, "add_table": add_table, "centre": centre}
+
+
+def test_an_edited_tumour_segment_is_read_again(module):
+    from IMAGIOAblationZoneLib.logic import write_zone_segment
+
+    logic, p = module["widget"].logic, module["p"]
+    logic.computeZone(p)
+    before = logic.impl.context(p).tumor_count
+    grown = module["tumor"].copy()
+    grown[16:20, 28:32, 40:46] = 1  # a Segment Editor edit: the segment's labelmap changes, not the node's MTime
+    mtime = module["seg"].GetMTime()
+    write_zone_segment(module["slicer"].mrmlScene, geometry.copy_geometry(grown, module["grid"]), module["seg"],
+                       "liver_tumor")
+    assert module["seg"].GetMTime() == mtime
+    logic.computeZone(p)
+    assert logic.impl.context(p).tumor_count == int(grown.sum()) != before
+
+
+def test_compute_zone_never_deletes_the_users_table_but_replaces_its_own(module):
+    slicer, logic, p = module["slicer"], module["widget"].logic, module["p"]
+    mine = module["add_table"](slicer.mrmlScene, "My notes", [{"note": "keep me"}])
+    p.resultsTable = mine
+    logic.computeZone(p)
+    assert slicer.mrmlScene.GetNodeByID(mine.GetID()) is mine and p.resultsTable is not mine
+    own = p.resultsTable
+    logic.computeZone(p)
+    assert slicer.mrmlScene.GetNodeByID(own.GetID()) is None and p.resultsTable is not own  # its own: replaced
+
+
+def test_plan_probes_writes_into_the_chosen_zone_segmentation(module):
+    from imagio.mrml import segmentation_node_from_segments, segments_from_segmentation_node
+
+    slicer, logic, p = module["slicer"], module["widget"].logic, module["p"]
+    notes = np.zeros(module["tumor"].shape, np.uint8)
+    notes[2:5, 2:5, 2:5] = 1
+    chosen = segmentation_node_from_segments(slicer.mrmlScene, [Segment("notes", geometry.copy_geometry(
+        notes, module["grid"]))], "Chosen")
+    p.zoneSegmentation = chosen
+    plan = logic.planProbes(p)
+    assert plan.feasible and plan.minimal_margin_mm >= 5.0
+    assert p.zoneSegmentation is chosen
+    names = {s.name: s for s in segments_from_segmentation_node(chosen)}
+    assert set(names) == {"notes", "planned_ablation_zone"} and names["notes"].voxel_count() == 27
+    assert "Warning:" in "\n".join(f"Warning: {w}" for w in logic.lastWarnings) and logic.lastSummary
+
+
+def test_the_probe_observer_goes_with_the_scene_and_replan_takes_lines(module):
+    slicer, widget, p = module["slicer"], module["widget"], module["p"]
+    res = widget.logic.replanFromLines(p, [module["line"]])
+    assert res.placed.metrics["minimal_margin_mm"] is not None and p.resultsTable is not None
+    assert any(obj is module["line"] for obj, *_ in widget.Observations)  # live update follows the probe line
+    slicer.mrmlScene.Clear()
+    assert not any(obj is module["line"] for obj, *_ in widget.Observations)
