@@ -67,6 +67,8 @@ class IMAGIOPlanningParameterNode:
     modelCardPath: pathlib.Path
     mirroring: bool = False
     largestComponent: bool = False
+    force: bool = False
+    acceptLarge: bool = False
     seedPoints: vtkMRMLMarkupsFiducialNode
     lesionKind: Annotated[str, Choice(KINDS)] = "lung-nodule"
     radiusMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
@@ -152,12 +154,13 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
                 point = [0.0, 0.0, 0.0]
                 p.seedPoints.GetNthControlPointPositionWorld(0, point)
                 radius = p.radiusMm if p.radiusMm > 0 else None
-                result = self.logic.segmentFromSeed(p.ctVolume, point, p.lesionKind, radius, self._onProgress)
+                result = self.logic.segmentFromSeed(p.ctVolume, point, p.lesionKind, radius, self._onProgress,
+                                                    acceptLarge=p.acceptLarge)
                 self._showResult(result)
             return
         with slicer.util.tryWithErrorDisplay("Could not start the model.", waitCursor=True):
             self._job = self.logic.startModelSegmentation(p.ctVolume, p.modelCardPath, p.mirroring,
-                                                          p.largestComponent)
+                                                          p.largestComponent, force=p.force)
             self._jobCt = p.ctVolume
             self._jobCard = p.modelCardPath
             self.ui.applyButton.text = "Cancel"
@@ -200,11 +203,9 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
             self.onParameterNodeModified()
 
     def _showResult(self, result) -> None:
-        lines = [f"{s['name']}: {s['volume_ml']:.2f} ml ({s['voxel_count']} voxels)" for s in result.segments]
-        lines += [f"{name}: not found" for name in result.empty_labels]
-        where = f" on {result.execution_provider}" if result.execution_provider else ""
-        lines.append(f"Run time {result.runtime_s:.1f} s{where}. Correct it in the Segment Editor if needed.")
-        self.ui.resultLabel.text = "\n".join(lines)
+        self.ui.resultLabel.text = result.summary_text() + "\nCorrect it in the Segment Editor if needed."
+        if result.warnings:
+            slicer.util.warningDisplay("\n".join(result.warnings), windowTitle="IMAGIO Planning: warning")
         result.node.CreateClosedSurfaceRepresentation()
 
 
@@ -231,42 +232,56 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
         except ImagioError as e:
             return str(e)
         use = "not for clinical use" if not card.clinical_use else "see its card for clinical use"
-        return f"{card.name}: {', '.join(lab.name for lab in card.labels[1:])} ({use})"
+        lines = [f"{card.name}: {', '.join(lab.name for lab in card.labels[1:])} ({use})"]
+        lines += [f"Intended use: {line}" for line in card.intended.lines()[:4]]
+        return "\n".join(lines)
 
-    def segmentFromSeed(self, ctNode, pointRas, kind: str, radiusMm=None, progressCallback=None):
+    def segmentFromSeed(self, ctNode, pointRas, kind: str, radiusMm=None, progressCallback=None, acceptLarge=False):
         from imagio.progress import Progress
 
         logging.info("IMAGIOPlanning: seeded %s segmentation", kind)
-        return self._lib().segment_from_seed(ctNode, pointRas, kind, radiusMm, Progress(progressCallback))
+        return self._lib().segment_from_seed_nodes(ctNode, pointRas, kind, radiusMm, accept_large=acceptLarge,
+                                                   progress=Progress(progressCallback))
 
-    def segmentWithModel(self, ctNode, cardPath, mirroring=False, largestComponent=False, progressCallback=None):
+    def segmentWithModel(self, ctNode, cardPath, mirroring=False, largestComponent=False, progressCallback=None,
+                         force=False):
         """Run the model in this process (blocking); the widget uses startModelSegmentation instead."""
         from imagio.engine import Mirroring
         from imagio.progress import Progress
 
-        return self._lib().segment_with_model(ctNode, str(cardPath), mirroring=Mirroring.coerce(mirroring),
-                                              largest_component=largestComponent, progress=Progress(progressCallback))
+        return self._lib().segment_with_model_nodes(ctNode, str(cardPath), mirroring=Mirroring.coerce(mirroring),
+                                                    largest_component=largestComponent, force=force,
+                                                    progress=Progress(progressCallback))
 
     @staticmethod
     def pythonExecutable() -> str:
         """Slicer's own Python launcher (PythonSlicer), so the worker sees the same packages."""
         return shutil.which("PythonSlicer") or sys.executable
 
-    def startModelSegmentation(self, ctNode, cardPath, mirroring=False, largestComponent=False):
+    def startModelSegmentation(self, ctNode, cardPath, mirroring=False, largestComponent=False, force=False):
+        """Start the background job; refuses (in the GUI) a bad card or a CT outside the card's intended use
+        unless ``force``, whose warnings the job then carries to :meth:`loadModelResult`."""
         from imagio.model_card import load_card
         from imagio.mrml import image_from_volume_node
         from IMAGIOPlanningLib.background import BackgroundJob
+        from IMAGIOPlanningLib.logic import intended_use_warnings
 
         card = load_card(cardPath)  # fail early, in the GUI, on a bad card
-        return BackgroundJob(image_from_volume_node(ctNode), card.path, mirroring=mirroring,
-                             largest_component=largestComponent, python_executable=self.pythonExecutable())
+        ct = image_from_volume_node(ctNode)
+        warnings = intended_use_warnings(card, ct, force)
+        job = BackgroundJob(ct, card.path, mirroring=mirroring, largest_component=largestComponent,
+                            python_executable=self.pythonExecutable())
+        job.warnings = warnings
+        return job
 
     def loadModelResult(self, ctNode, job, cardPath):
         from imagio.model_card import load_card
 
         info = job.result()
-        return self._lib().result_from_labels(ctNode, job.labels(), load_card(cardPath), info.get("runtime_s", 0.0),
-                                              info.get("execution_provider"), details={"windows": info.get("windows")})
+        return self._lib().result_from_labels_nodes(ctNode, job.labels(), load_card(cardPath),
+                                                    info.get("runtime_s", 0.0), info.get("execution_provider"),
+                                                    details={"windows": info.get("windows")},
+                                                    warnings=getattr(job, "warnings", []))
 
 
 class IMAGIOPlanningTest(ScriptedLoadableModuleTest):

@@ -56,6 +56,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from imagio.errors import ImagioError
 
 CARD_KEY = "imagio_model_card"
@@ -283,8 +285,9 @@ def _folds(d: dict, p: Path) -> list[Fold]:
             raise _bad(p, "fold names repeat")
         return folds
     onnx_rel = _require(d, "onnx", p)
-    return [Fold(str(d.get("source", {}).get("fold", "0")) if isinstance(d.get("source"), dict) else "0",
-                 (p.parent / str(onnx_rel)).resolve())]
+    src = d.get("source") if isinstance(d.get("source"), dict) else {}
+    name = src.get("fold") or (src.get("folds") or ["0"])[0]
+    return [Fold(str(name), (p.parent / str(onnx_rel)).resolve())]
 
 
 def load_card(path_or_dir) -> ModelCard:
@@ -425,3 +428,60 @@ def write_card(path: Path, card: dict) -> None:
     d = dict(card)
     d.setdefault(CARD_KEY, 1)
     Path(path).write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- intended use, checked
+
+MODALITY_KEYS = ("imagio:Modality", "0008|0060")
+
+
+def _fmt(v) -> str:
+    return " x ".join(f"{float(x):.3g}" for x in v)
+
+
+def check_intended_use(card: ModelCard, images) -> list[str]:
+    """One-line reasons why ``images`` lie outside ``card``'s intended use; empty when they fit.
+
+    Checked only where the card states it: the DICOM modality (when the image
+    carries it), the voxel spacing and the field of view (mm, [k, j, i]) within
+    the card's ranges, and the image's 1st / 99th intensity percentiles within
+    the card's bounds. Body region and what the model segments are shown to the
+    user, not checked (nothing in a CT volume states them reliably).
+    """
+    import SimpleITK as sitk
+
+    iu = card.intended
+    ref = images if isinstance(images, sitk.Image) else list(images)[0]
+    problems = []
+    modality = next((ref.GetMetaData(k).strip() for k in MODALITY_KEYS if ref.HasMetaDataKey(k)), "")
+    if iu.modality and modality and modality.upper() not in {m.upper() for m in iu.modality}:
+        problems.append(f"the image is {modality}, the model is for {'/'.join(iu.modality)}")
+    sp = np.array(ref.GetSpacing()[::-1], float)
+    size = np.array(ref.GetSize()[::-1], float)
+    for what, value, rng in (("voxel spacing", sp, iu.spacing_mm_kji),
+                             ("field of view", sp * size, iu.field_of_view_mm_kji)):
+        if rng is None:
+            continue
+        lo, hi = np.array(rng["min"]), np.array(rng["max"])
+        if np.any(value < lo * (1 - 1e-6)) or np.any(value > hi * (1 + 1e-6)):
+            problems.append(f"{what} {_fmt(value)} mm (k, j, i) is outside the model's {_fmt(lo)} to {_fmt(hi)} mm")
+    if iu.intensity:
+        arr = sitk.GetArrayViewFromImage(ref)
+        step = max(1, int(arr.size // 2_000_000))
+        p01, p99 = (float(v) for v in np.percentile(arr.ravel()[::step], [1, 99]))
+        unit = iu.intensity.get("unit", "")
+        for name, value, key, cmp in (("1st", p01, "p01_min", np.less), ("1st", p01, "p01_max", np.greater),
+                                      ("99th", p99, "p99_min", np.less), ("99th", p99, "p99_max", np.greater)):
+            bound = iu.intensity.get(key)
+            if bound is not None and cmp(value, bound):
+                side = "below" if key.endswith("min") else "above"
+                problems.append(f"intensity {name} percentile {value:.0f} {unit} is {side} the model's {bound:.0f} {unit}"
+                                .replace("  ", " "))
+    return problems
+
+
+def intended_use_refusal(card: ModelCard, problems: list[str]) -> ImagioError:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ImagioError(f"Model '{card.name}' is not made for this image: {problems[0]}{more}",
+                       "Use a model made for such images, or run it anyway with --force (the result is then marked "
+                       "with a warning)")

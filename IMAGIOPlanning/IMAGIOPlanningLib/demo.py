@@ -38,7 +38,7 @@ def demo_step(ctx) -> None:
     truth_key = {"Liver tumor": "liver_tumor", "Lung nodule": "lung_nodule"}
     if case.get("phantom") is not None:
         card = find_card_by_name(SHIPPED_MODEL)
-        res = logic.segment_with_model(ct_node, card, largest_component=True, progress=ctx.progress.sub(0.0, 0.7))
+        res = logic.segment_with_model_nodes(ct_node, card, largest_component=True, progress=ctx.progress.sub(0.0, 0.7))
         got = {s.name: s for s in segments_from_segmentation_node(res.node, ct_node)}
         model_rows = []
         for s in res.segments:
@@ -67,7 +67,7 @@ def demo_step(ctx) -> None:
     if nodule is not None and np.any(sitk.GetArrayViewFromImage(nodule.mask)):
         seed = centroid_ras(nodule.mask)
         ctx.progress.update(0.75, "planning: seeded lung nodule")
-        sres = logic.segment_from_seed(ct_node, seed, "lung-nodule", progress=ctx.progress.sub(0.75, 0.95))
+        sres = logic.segment_from_seed_nodes(ct_node, seed, "lung-nodule", progress=ctx.progress.sub(0.75, 0.95))
         mask = segments_from_segmentation_node(sres.node, ct_node)[0].mask
         d = _dice(mask, nodule.mask)
         seg = sres.segments[0]

@@ -24,9 +24,10 @@ import SimpleITK as sitk
 
 from imagio.errors import ImagioError
 from imagio.io import PALETTE, Segment
-from imagio.model_card import ModelCard, find_card_by_name, load_card
+from imagio.model_card import ModelCard, check_intended_use, find_card_by_name, intended_use_refusal, load_card
 from imagio.mrml import image_from_volume_node, segmentation_node_from_segments
 from imagio.progress import Progress, ensure
+from imagio.result import rows
 from imagio.scene import get_scene
 
 from .seeded import SEGMENT_NAMES, segment_from_seed
@@ -46,18 +47,55 @@ SEEDED_COLORS = {"lung-nodule": (0.85, 0.35, 0.25), "liver-tumor": (0.90, 0.55, 
 
 @dataclass
 class PlanningResult:
-    node: object                       # vtkMRMLSegmentationNode (new)
+    """The result of one segmentation (model or seeded); implements :class:`imagio.result.StepResult`."""
+
+    masks: list[Segment]               # one binary mask per found label, on the CT grid
     segments: list[dict]               # name, label_value, voxel_count, volume_ml
     method: str                        # "model" or "seeded"
     runtime_s: float
     execution_provider: str | None
     empty_labels: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    terms: dict = field(default_factory=dict)    # segment name -> SNOMED CT terminology
+    node: object = None                # the vtkMRMLSegmentationNode, once added to a scene
 
-    def summary(self) -> dict:
+    def to_dict(self) -> dict:
         return {"method": self.method, "segments": self.segments, "empty_labels": self.empty_labels,
                 "runtime_s": round(self.runtime_s, 3), "execution_provider": self.execution_provider,
-                **self.details}
+                "warnings": list(self.warnings), **self.details}
+
+    summary = to_dict  # the former name
+
+    def table_rows(self) -> list[dict]:
+        items = []
+        for s in self.segments:
+            items += [(f"{s['name']} volume", s["volume_ml"], "ml"), (f"{s['name']} voxels", s["voxel_count"], "voxels")]
+        items += [(f"{name}", "not found", "") for name in self.empty_labels]
+        items.append(("run time", round(self.runtime_s, 2), "s"))
+        items += [("warning", w, "") for w in self.warnings]
+        return rows(items)
+
+    def summary_text(self) -> str:
+        lines = [f"WARNING: {w}" for w in self.warnings]
+        lines += [f"{s['name']}: {s['volume_ml']:.2f} ml ({s['voxel_count']} voxels)" for s in self.segments]
+        lines += [f"{name}: not found (empty, not written)" for name in self.empty_labels]
+        where = f" on {self.execution_provider}" if self.execution_provider else ""
+        lines.append(f"run time {self.runtime_s:.1f} s{where}")
+        return "\n".join(lines)
+
+    def add_to_scene(self, scene, reference_node=None, name: str | None = None) -> dict:
+        """A new segmentation node (named, coded segments) on ``reference_node``'s grid."""
+        node = segmentation_node_from_segments(scene, self.masks, name or "Segmentation", reference_node)
+        seg = node.GetSegmentation()
+        for i, s in enumerate(self.masks):
+            term = self.terms.get(s.name)
+            if term:
+                seg.GetNthSegment(i).SetTag("TerminologyEntry", terminology_tag(term))
+        if self.warnings:
+            node.SetAttribute("IMAGIO.warnings", " | ".join(self.warnings))
+        self.node = node
+        return {"segmentation": node}
 
 
 def terminology_tag(term: dict) -> str:
@@ -83,11 +121,86 @@ def resolve_card(model) -> ModelCard:
     return find_card_by_name(str(model))
 
 
+def describe(segments: list[Segment]) -> list[dict]:
+    return [{"name": s.name, "label_value": s.label_value, "voxel_count": s.voxel_count(),
+             "volume_ml": round(s.volume_ml(), 4)} for s in segments]
+
+
+def segments_from_labels(labels: sitk.Image, card: ModelCard) -> tuple[list[Segment], list[str]]:
+    arr = sitk.GetArrayViewFromImage(labels)
+    counts = np.bincount(arr.ravel(), minlength=card.num_classes)
+    segments, empty = [], []
+    for lab in card.labels[1:]:
+        if counts[lab.value] == 0:
+            empty.append(lab.name)
+            continue
+        m = sitk.Cast(labels == lab.value, sitk.sitkUInt8)
+        segments.append(Segment(lab.name, m, tuple(lab.color), lab.value))
+    return segments, empty
+
+
+def intended_use_warnings(card: ModelCard, ct: sitk.Image, force: bool) -> list[str]:
+    """Refuse (ImagioError) a CT outside the card's intended use, or with ``force`` return the warnings to carry."""
+    problems = check_intended_use(card, ct)
+    if problems and not force:
+        raise intended_use_refusal(card, problems)
+    return [f"run outside the model's intended use (--force): {p}" for p in problems]
+
+
 class PlanningLogic:
-    """Scene-level lesion segmentation; every method takes nodes and values and adds new nodes."""
+    """Lesion segmentation: image-level methods (SimpleITK in, :class:`PlanningResult` out) and ``*_nodes``
+    methods that take MRML nodes and add the result to the scene as a new segmentation node."""
 
     def __init__(self, scene=None):
         self.scene = get_scene(scene)
+
+    # ------------------------------------------------------------------ images
+    def segment_with_model(self, ct: sitk.Image, model, *, mirroring=None, largest_component: bool = False,
+                           force: bool = False, providers: list[str] | None = None, backend: str | None = None,
+                           progress: Progress | None = None) -> PlanningResult:
+        """Run a model card's network on ``ct``; refuses a CT outside the card's intended use unless ``force``."""
+        from imagio.engine import OnnxSegmenter
+
+        progress = ensure(progress)
+        card = resolve_card(model)
+        _require_image(ct)
+        warnings = intended_use_warnings(card, ct, force)
+        progress.update(0.0, f"Loading model {card.name}")
+        segmenter = OnnxSegmenter(card, providers=providers, backend=backend)
+        res = segmenter.predict(ct, mirroring=mirroring, largest_component=largest_component,
+                                progress=progress.sub(0.02, 0.95))
+        return self.result_from_labels(ct, res.labels, card, res.runtime_s, res.provider, warnings=warnings,
+                                       details={"windows": res.windows, "folds": res.folds, "backend": segmenter.backend,
+                                                "timings_s": {k: round(v, 3) for k, v in res.timings_s.items()}})
+
+    def result_from_labels(self, ct: sitk.Image, labels: sitk.Image, card: ModelCard, runtime_s: float,
+                           provider: str | None, details: dict | None = None,
+                           warnings: list[str] | None = None) -> PlanningResult:
+        """A label map (on the CT grid) as a result; also used for background-process results."""
+        from imagio.geometry import require_same_grid
+
+        require_same_grid(labels, ct, "label map", "CT")
+        segments, empty = segments_from_labels(labels, card)
+        if not segments:
+            raise ImagioError(f"Model '{card.name}' found none of its labels ({', '.join(empty)}) in this CT",
+                              "Check that the model fits this kind of image; no segmentation was added")
+        terms = {lab.name: lab.terminology for lab in card.labels if lab.terminology}
+        d = {"model": card.summary()}
+        d.update(details or {})
+        return PlanningResult(segments, describe(segments), "model", runtime_s, provider, empty, d,
+                              list(warnings or []), terms)
+
+    def segment_from_seed(self, ct: sitk.Image, seed_ras, kind: str = "lung-nodule", radius_mm: float | None = None,
+                          accept_large: bool = False, progress: Progress | None = None) -> PlanningResult:
+        _require_image(ct)
+        res = segment_from_seed(ct, seed_ras, kind, radius_mm, progress, accept_large=accept_large)
+        seg_name = SEGMENT_NAMES[kind]
+        segment = Segment(seg_name, res.mask, SEEDED_COLORS.get(kind, PALETTE[0]), 1)
+        details = {"kind": kind, "seed_ras": [float(v) for v in res.seed_ras], "radius_mm": round(res.radius_mm, 2),
+                   "radius_given": radius_mm is not None,
+                   "parameters": {k: (round(float(v), 2) if isinstance(v, float) else v) for k, v in res.info.items()}}
+        return PlanningResult([segment], describe([segment]), "seeded", res.runtime_s, None, [], details,
+                              list(res.warnings), {seg_name: SEEDED_TERMINOLOGY[kind]})
 
     # ------------------------------------------------------------------ nodes
     def _ct_image(self, ct_node) -> sitk.Image:
@@ -95,75 +208,28 @@ class PlanningLogic:
             raise ImagioError("No CT volume was given", "Select a loaded CT volume")
         return image_from_volume_node(ct_node)
 
-    def add_segmentation(self, ct_node, segments: list[Segment], name: str, terms: dict | None = None):
-        node = segmentation_node_from_segments(self.scene, segments, name, ct_node)
-        seg = node.GetSegmentation()
-        for i, s in enumerate(segments):
-            term = (terms or {}).get(s.name)
-            if term:
-                seg.GetNthSegment(i).SetTag("TerminologyEntry", terminology_tag(term))
-        return node
-
-    def segments_from_labels(self, labels: sitk.Image, card: ModelCard) -> tuple[list[Segment], list[str]]:
-        arr = sitk.GetArrayViewFromImage(labels)
-        counts = np.bincount(arr.ravel(), minlength=card.num_classes)
-        segments, empty = [], []
-        for lab in card.labels[1:]:
-            if counts[lab.value] == 0:
-                empty.append(lab.name)
-                continue
-            m = sitk.Cast(labels == lab.value, sitk.sitkUInt8)
-            segments.append(Segment(lab.name, m, tuple(lab.color), lab.value))
-        return segments, empty
-
-    @staticmethod
-    def describe(segments: list[Segment]) -> list[dict]:
-        return [{"name": s.name, "label_value": s.label_value, "voxel_count": s.voxel_count(),
-                 "volume_ml": round(s.volume_ml(), 4)} for s in segments]
-
-    # ------------------------------------------------------------------ model
-    def segment_with_model(self, ct_node, model, *, mirroring=None, largest_component: bool = False,
-                           providers: list[str] | None = None, progress: Progress | None = None,
-                           name: str | None = None) -> PlanningResult:
-        from imagio.engine import OnnxSegmenter
-
-        progress = ensure(progress)
+    def segment_with_model_nodes(self, ct_node, model, *, name: str | None = None, **kwargs) -> PlanningResult:
         card = resolve_card(model)
-        ct = self._ct_image(ct_node)
-        progress.update(0.0, f"Loading model {card.name}")
-        segmenter = OnnxSegmenter(card, providers=providers)
-        res = segmenter.predict(ct, mirroring=mirroring, largest_component=largest_component,
-                                progress=progress.sub(0.02, 0.95))
-        return self.result_from_labels(ct_node, res.labels, card, res.runtime_s, res.provider, name=name,
-                                       details={"windows": res.windows})
+        res = self.segment_with_model(self._ct_image(ct_node), card, **kwargs)
+        res.add_to_scene(self.scene, ct_node, name or f"{ct_node.GetName()} {card.name}")
+        return res
 
-    def result_from_labels(self, ct_node, labels: sitk.Image, card: ModelCard, runtime_s: float, provider: str | None,
-                           name: str | None = None, details: dict | None = None) -> PlanningResult:
-        """Turn a label map (on the CT grid) into a new segmentation node; used for background-process results."""
-        from imagio.geometry import require_same_grid
+    def result_from_labels_nodes(self, ct_node, labels: sitk.Image, card: ModelCard, runtime_s: float,
+                                 provider: str | None, name: str | None = None, details: dict | None = None,
+                                 warnings: list[str] | None = None) -> PlanningResult:
+        res = self.result_from_labels(self._ct_image(ct_node), labels, card, runtime_s, provider, details, warnings)
+        res.add_to_scene(self.scene, ct_node, name or f"{ct_node.GetName()} {card.name}")
+        return res
 
-        ct = self._ct_image(ct_node)
-        require_same_grid(labels, ct, "label map", "CT")
-        segments, empty = self.segments_from_labels(labels, card)
-        if not segments:
-            raise ImagioError(f"Model '{card.name}' found none of its labels ({', '.join(empty)}) in this CT",
-                              "Check that the model fits this kind of image; no segmentation was added")
-        terms = {lab.name: lab.terminology for lab in card.labels if lab.terminology}
-        node = self.add_segmentation(ct_node, segments, name or f"{ct_node.GetName()} {card.name}", terms)
-        d = {"model": card.summary()}
-        d.update(details or {})
-        return PlanningResult(node, self.describe(segments), "model", runtime_s, provider, empty, d)
+    def segment_from_seed_nodes(self, ct_node, seed_ras, kind: str = "lung-nodule", radius_mm: float | None = None,
+                                accept_large: bool = False, progress: Progress | None = None,
+                                name: str | None = None) -> PlanningResult:
+        res = self.segment_from_seed(self._ct_image(ct_node), seed_ras, kind, radius_mm, accept_large, progress)
+        res.add_to_scene(self.scene, ct_node, name or f"{ct_node.GetName()} {SEGMENT_NAMES[kind]}")
+        return res
 
-    # ------------------------------------------------------------------ seed
-    def segment_from_seed(self, ct_node, seed_ras, kind: str = "lung-nodule", radius_mm: float | None = None,
-                          progress: Progress | None = None, name: str | None = None) -> PlanningResult:
-        ct = self._ct_image(ct_node)
-        res = segment_from_seed(ct, seed_ras, kind, radius_mm, progress)
-        seg_name = SEGMENT_NAMES[kind]
-        segment = Segment(seg_name, res.mask, SEEDED_COLORS.get(kind, PALETTE[0]), 1)
-        node = self.add_segmentation(ct_node, [segment], name or f"{ct_node.GetName()} {seg_name}",
-                                     {seg_name: SEEDED_TERMINOLOGY[kind]})
-        details = {"kind": kind, "seed_ras": [float(v) for v in res.seed_ras], "radius_mm": round(res.radius_mm, 2),
-                   "radius_given": radius_mm is not None,
-                   "parameters": {k: (round(float(v), 2) if isinstance(v, float) else v) for k, v in res.info.items()}}
-        return PlanningResult(node, self.describe([segment]), "seeded", res.runtime_s, None, [], details)
+
+def _require_image(ct) -> None:
+    if not isinstance(ct, sitk.Image):
+        raise ImagioError(f"Expected a SimpleITK image, got {type(ct).__name__}",
+                          "Use the *_nodes methods for MRML volume nodes")

@@ -36,10 +36,21 @@ from imagio.geometry import ras_to_ijk
 from imagio.progress import Progress, ensure
 
 KINDS = {
-    "lung-nodule": {"default_radius_mm": 10.0, "max_radius_mm": 60.0, "air_below_hu": -600.0},
-    "liver-tumor": {"default_radius_mm": 20.0, "max_radius_mm": 80.0, "air_below_hu": -300.0, "k_std": 2.5},
-    "soft-tissue": {"default_radius_mm": 25.0, "max_radius_mm": 100.0, "air_below_hu": -300.0, "k_std": 3.0},
+    "lung-nodule": {"default_radius_mm": 10.0, "max_radius_mm": 60.0, "air_below_hu": -600.0,
+                    "max_volume_ml": 65.0},
+    "liver-tumor": {"default_radius_mm": 20.0, "max_radius_mm": 80.0, "air_below_hu": -300.0, "k_std": 2.5,
+                    "max_volume_ml": 525.0},
+    "soft-tissue": {"default_radius_mm": 25.0, "max_radius_mm": 100.0, "air_below_hu": -300.0, "k_std": 3.0,
+                    "max_volume_ml": 1800.0},
 }
+#: Seed intensities that are not a lesion of any kind here (HU, at the seed's 3x3x3 median): subcutaneous and
+#: visceral fat (-190 to -30 HU, the usual CT fat window) and bone or calcification (above 400 HU: cortical and
+#: dense trabecular bone; enhancing lesions stay below about 250 HU).
+FAT_HU = (-190.0, -30.0)
+BONE_ABOVE_HU = 400.0
+#: Without a radius the region may be at most the kind's ``max_volume_ml`` (lung nodule: a 5 cm sphere; liver
+#: tumour: 10 cm; soft-tissue mass: 15 cm); with a radius, at most this many times the volume of its sphere.
+LARGE_FACTOR = 3.0
 SOFT_OPENING = 0.4   # opening radius / inscribed radius (liver-tumor, soft-tissue)
 SOFT_CLOSING = 0.0   # final closing radius / largest voxel spacing (0: none; it merged leaks on real sarcomas)
 SOFT_BOUND = (1.2, 1.5)   # growth stays within this many radii of the seed (radius given, estimated)
@@ -55,6 +66,7 @@ class SeededResult:
     radius_mm: float                # radius used (given or estimated)
     runtime_s: float
     info: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _dist(mask: sitk.Image) -> sitk.Image:
@@ -157,8 +169,13 @@ def check_ct(ct: sitk.Image) -> None:
 
 
 def segment_from_seed(ct: sitk.Image, seed_ras, kind: str = "lung-nodule", radius_mm: float | None = None,
-                      progress: Progress | None = None) -> SeededResult:
-    """Segment the lesion at ``seed_ras`` (RAS mm) in ``ct`` (HU). Raises ImagioError for bad input."""
+                      progress: Progress | None = None, accept_large: bool = False) -> SeededResult:
+    """Segment the lesion at ``seed_ras`` (RAS mm) in ``ct`` (HU). Raises ImagioError for bad input.
+
+    Refused (ImagioError, with the reason): a seed in air or lung, fat or bone; a region that reaches the
+    border of the region of interest (it leaked into what surrounds it) or grows far past the size expected
+    for the kind. ``accept_large`` returns the last two with a warning instead.
+    """
     t0 = time.perf_counter()
     progress = ensure(progress)
     if kind not in KINDS:
@@ -185,8 +202,14 @@ def segment_from_seed(ct: sitk.Image, seed_ras, kind: str = "lung-nodule", radiu
     k0, j0, i0 = seed[::-1]
     local = arr_full[max(k0 - 1, 0):k0 + 2, max(j0 - 1, 0):j0 + 2, max(i0 - 1, 0):i0 + 2].astype(np.float32)
     seed_hu = float(np.median(local))
+    what = kind.replace("-", " ")
     if seed_hu < cfg["air_below_hu"]:
-        raise ImagioError(f"The seed lies in air or lung ({seed_hu:.0f} HU), not in a {kind.replace('-', ' ')}",
+        raise ImagioError(f"The seed lies in air or lung ({seed_hu:.0f} HU), not in a {what}",
+                          "Click inside the lesion")
+    if FAT_HU[0] <= seed_hu <= FAT_HU[1]:
+        raise ImagioError(f"The seed lies in fat ({seed_hu:.0f} HU), not in a {what}", "Click inside the lesion")
+    if seed_hu > BONE_ABOVE_HU:
+        raise ImagioError(f"The seed lies in bone or calcification ({seed_hu:.0f} HU), not in a {what}",
                           "Click inside the lesion")
 
     half = min(max(2.5 * r_guess, 25.0) if radius_mm else cfg["max_radius_mm"] * 0.8, cfg["max_radius_mm"] * 1.6)
@@ -211,9 +234,27 @@ def segment_from_seed(ct: sitk.Image, seed_ras, kind: str = "lung-nodule", radiu
     out = sitk.Paste(out, sitk.Cast(mask, sitk.sitkUInt8), mask.GetSize(), [0, 0, 0], [int(v) for v in lo])
     m = sitk.GetArrayViewFromImage(mask)
     touches = bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any())
-    info["touches_roi_border"] = touches and bool(np.any(hi - lo < size))
+    info["touches_roi_border"] = touches
+    volume_ml = float(np.count_nonzero(m)) * float(np.prod(sp)) / 1000.0
+    limit_ml = (LARGE_FACTOR * 4.0 / 3.0 * np.pi * float(radius_mm) ** 3 / 1000.0) if radius_mm else cfg["max_volume_ml"]
+    info.update(volume_ml=volume_ml, expected_max_ml=round(limit_ml, 2))
+    problems = []
+    if touches:
+        half_mm = 0.5 * (hi - lo) * sp
+        problems.append(f"the region reaches the border of the {' x '.join(f'{v:.0f}' for v in 2 * half_mm)} mm "
+                        "search region around the seed (it leaked into the surroundings)")
+    if volume_ml > limit_ml:
+        why = f"{LARGE_FACTOR:g} x the {float(radius_mm):g} mm sphere" if radius_mm else f"the most for a {what}"
+        problems.append(f"the region is {volume_ml:.1f} ml, more than {limit_ml:.1f} ml ({why})")
+    warnings = []
+    if problems:
+        if not accept_large:
+            raise ImagioError(f"Not a {what} at the seed: {'; '.join(problems)}",
+                              "Click inside the lesion, give its radius, or pass --accept-large to keep the region "
+                              "(marked with a warning)")
+        warnings = [f"seeded region accepted with --accept-large: {p}" for p in problems]
     progress.update(1.0, "Done")
-    return SeededResult(out, kind, seed_ras, float(radius), time.perf_counter() - t0, info)
+    return SeededResult(out, kind, seed_ras, float(radius), time.perf_counter() - t0, info, warnings)
 
 
 def _lung_nodule(roi, roi_arr, s_idx, seed_hu, radius_mm, cfg, info, progress):

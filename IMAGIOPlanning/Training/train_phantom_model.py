@@ -136,8 +136,14 @@ def main(argv=None) -> int:
         "description": "Tiny 3D U-Net (nnU-Net PlainConvUNet, 4 stages) trained by IMAGIO on its digital phantom "
                        "(imagio.phantom seeds 1-6) to find the liver tumour and the lung nodule. It exists so that "
                        "the demo runs the ONNX path end to end.",
-        "intended_use": "Demonstration and software testing on the IMAGIO phantom only. NOT FOR CLINICAL USE: it has "
-                        "never seen a patient and its output on real CT is meaningless.",
+        "intended_use": {
+            "summary": "Demonstration and software testing on the IMAGIO phantom only. NOT FOR CLINICAL USE: it has "
+                       "never seen a patient and its output on real CT is meaningless.",
+            "modality": ["CT"], "body_region": ["IMAGIO digital phantom (synthetic torso, imagio.phantom)"],
+            "segments": list(LABELS)[1:],
+            # the phantom's grid (1.25 x 1 x 1 mm, 280 x 208 x 288 mm), widened by 0.8 / 1.25
+            "spacing_mm_kji": {"min": [1.0, 0.8, 0.8], "max": [1.5625, 1.25, 1.25]},
+            "field_of_view_mm_kji": {"min": [224.0, 166.4, 230.4], "max": [350.0, 260.0, 360.0]}},
         "clinical_use": False,
         "mirror_axes_kji": [],
         "training": {"script": "IMAGIOPlanning/Training/train_phantom_model.py", "iterations": a.iterations,

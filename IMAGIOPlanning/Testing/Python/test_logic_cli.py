@@ -48,7 +48,7 @@ def test_logic_model_adds_named_coded_segments(three_class_card):
     scene = new_scene()
     node = volume_node_from_image(scene, ct, "CT")
     before = sitk.GetArrayFromImage(ct).copy()
-    res = PlanningLogic(scene).segment_with_model(node, three_class_card)
+    res = PlanningLogic(scene).segment_with_model_nodes(node, three_class_card)
     assert res.method == "model" and res.execution_provider in CPU_PROVIDERS
     names = [s["name"] for s in res.segments]
     seg = res.node.GetSegmentation()
@@ -73,7 +73,7 @@ def test_logic_flags_labels_the_model_did_not_find(tmp_path, models):
     ct2 = sitk.GetImageFromArray(arr)
     ct2.CopyInformation(ct)
     scene = new_scene()
-    res = PlanningLogic(scene).segment_with_model(volume_node_from_image(scene, ct2, "CT"), card)
+    res = PlanningLogic(scene).segment_with_model_nodes(volume_node_from_image(scene, ct2, "CT"), card)
     assert res.empty_labels  # reported, not returned as an empty segment
     assert all(s["voxel_count"] > 0 for s in res.segments)
 
@@ -83,13 +83,13 @@ def test_logic_refuses_when_nothing_is_found(pointwise_card):
                                 .astype(np.int16))
     scene = new_scene()
     with pytest.raises(ImagioError, match="found none of its labels"):
-        PlanningLogic(scene).segment_with_model(volume_node_from_image(scene, ct, "CT"), pointwise_card)
+        PlanningLogic(scene).segment_with_model_nodes(volume_node_from_image(scene, ct, "CT"), pointwise_card)
 
 
 def test_logic_seeded_segment(tmp_path):
     ct, c1 = two_class_ct()
     scene = new_scene()
-    res = PlanningLogic(scene).segment_from_seed(volume_node_from_image(scene, ct, "CT"), c1, "soft-tissue")
+    res = PlanningLogic(scene).segment_from_seed_nodes(volume_node_from_image(scene, ct, "CT"), c1, "soft-tissue")
     assert res.segments[0]["name"] == "Soft-tissue lesion"
     true_ml = 4 / 3 * np.pi * 12 ** 3 / 1000
     assert res.segments[0]["volume_ml"] == pytest.approx(true_ml, rel=0.1)

@@ -141,3 +141,67 @@ def test_sarcoma_gtv_with_radius(case, radius, low):
     gtv = _mask_on(data_path(f"{case}/nifti/mask/mask.nii.gz"), ct)
     d = dice(segment_from_seed(ct, centroid_ras(gtv), "soft-tissue", radius_mm=radius).mask, gtv)
     assert d > low, d  # measured 0.751 (STS-001, 365 ml) and 0.816 (STS-002, 53 ml); radius of the equal-volume sphere
+
+
+# ----------------------------------------------------------------------------- bad clicks on real CTs
+# Points (RAS mm) found on each CT's middle slice as the voxel deepest inside a 7x7 median-filtered tissue class
+# (fat -120..-70 HU, bone 600..1500 HU, air -1100..-980 HU, muscle 30..60 HU); the mediastinum point is the issue's.
+
+def _read(case):
+    from imagio.io import read_image
+
+    return {"lidc": lambda: sitk.ReadImage(str(data_path("chest-lidc0314/ct.nrrd"))),
+            "lung1": lambda: read_image(data_path("chest-lung1-001/image")),
+            "sts1": lambda: sitk.ReadImage(str(data_path("sarcoma-sts001/nifti/image/image.nii.gz"))),
+            "sts2": lambda: sitk.ReadImage(str(data_path("sarcoma-sts002/nifti/image/image.nii.gz")))}[case]()
+
+
+BAD_CLICKS = [
+    ("lidc", (0.0, -150.0, -500.0), "lung-nodule", r"reaches the border .* more than 65\.0 ml"),  # mediastinum
+    ("lidc", (11.2, -146.5, -542.8), "lung-nodule", "reaches the border"),                        # chest-wall muscle
+    ("lidc", (-66.2, -68.3, -542.8), "lung-nodule", "lies in fat"),
+    ("lidc", (83.0, -255.1, -542.8), "lung-nodule", "lies in bone"),
+    ("lidc", (-136.5, -1.9, -542.8), "lung-nodule", "lies in air or lung"),
+    ("lung1", (15.1, 241.8, -480.5), "lung-nodule", "reaches the border"),                        # mediastinum
+    ("lung1", (-125.5, 296.4, -480.5), "lung-nodule", "lies in fat"),
+    ("lung1", (167.5, 378.5, -480.5), "lung-nodule", "lies in air or lung"),
+    ("sts1", (-78.1, -94.7, -786.5), "soft-tissue", "lies in fat"),
+    ("sts1", (-133.8, 4.9, -786.5), "soft-tissue", "lies in bone"),
+    ("sts1", (-14.6, 71.3, -786.5), "soft-tissue", "lies in air or lung"),
+    ("sts2", (-86.9, -65.4, -550.6), "soft-tissue", "reaches the border"),                        # muscle, leaks
+]
+
+
+@pytest.fixture(scope="module")
+def real_cts():
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            cache[case] = _read(case)
+        return cache[case]
+    return get
+
+
+@pytest.mark.parametrize("case,seed,kind,message", BAD_CLICKS)
+def test_bad_clicks_are_refused_with_the_reason(real_cts, case, seed, kind, message):
+    with pytest.raises(ImagioError, match=message):
+        segment_from_seed(real_cts(case), seed, kind)
+
+
+def test_large_region_only_with_accept_large_and_a_warning(real_cts):
+    ct = real_cts("lidc")
+    res = segment_from_seed(ct, (0.0, -150.0, -500.0), "lung-nodule", accept_large=True)
+    assert res.info["volume_ml"] > 65.0 and res.info["touches_roi_border"]
+    assert any("reaches the border" in w for w in res.warnings) and any("ml" in w for w in res.warnings)
+
+
+def test_good_clicks_next_to_the_bad_ones_pass_without_warnings(real_cts):
+    ann = json.loads(data_path("chest-lidc0314/nodule_annotations.json").read_text())
+    res = segment_from_seed(real_cts("lidc"), lps_to_ras(ann["consensus_centroid_LPS_mm"]), "lung-nodule")
+    assert not res.warnings and 1.5 < res.info["volume_ml"] < 3.5
+    for case, radius in (("sts1", 44.3), ("sts2", 23.3)):
+        ct = real_cts(case)
+        gtv = _mask_on(data_path(f"sarcoma-{case.replace('sts', 'sts00')}/nifti/mask/mask.nii.gz"), ct)
+        res = segment_from_seed(ct, centroid_ras(gtv), "soft-tissue", radius_mm=radius)
+        assert not res.warnings and not res.info["touches_roi_border"]
