@@ -1,23 +1,26 @@
-"""Benchmark: IMAGIO's ONNX engine against nnU-Net v2's own predictor, same model, same CPU, same run.
+"""Benchmark: IMAGIO's ONNX engine against nnU-Net v2's own predictor, same models, same data, same run.
 
-Needs the optional extras (torch, nnunetv2) and the real data (IMAGIO_DATA).
+Needs the optional extras (torch + nnunetv2 per the README, openvino) and the real data (IMAGIO_DATA).
 
-    python benchmarks/bench_planning.py --out bench_planning.json [--model-dir NNUNET_FOLDER] [--threads 2]
+    python benchmarks/bench_planning.py --models DIR --out bench_planning.json [--part matrix|speed|large|all]
 
-* Model: an nnU-Net v2 trained-model folder. Without --model-dir one is made
-  with IMAGIOPlanning/Training/make_nnunet_model.py (real nnU-Net plans, a
-  5-stage PlainConvUNet briefly trained on real CT) and exported with
-  ``imagio export-onnx``.
-* Equivalence: labels of both on real CTs (a crop of LIDC-0314 with test-time
-  mirroring, and the sarcoma STS-002 CT, anisotropic 3.27 mm slices, without);
-  Dice per class.
-* Speed and memory: each predictor runs in its own fresh process, --repeats
-  times, interleaved (the machine may be shared); best and median wall time of
-  the prediction (preprocessing, sliding window, resampling back, argmax) and
-  the process's peak resident memory (VmHWM; ru_maxrss where /proc is absent), also net of the memory the
-  process held after its imports. Ratios are nnU-Net / IMAGIO.
-* Peak memory of IMAGIO's engine on a 512x512x300 CT (LIDC-0314, 275 slices,
-  padded to 300 by repeating its last slice), without mirroring.
+``--models`` holds nnU-Net v2 trained-model folders made by
+IMAGIOPlanning/Training/make_matrix_models.py (``iso`` with two folds, ``aniso``
+(weak), ``fine``, ``bench``, ``regions``); each is exported once with
+``imagio export-onnx`` (every fold into one card).
+
+* ``matrix``: labels of IMAGIO's engine and of ``nnUNetPredictor`` (nnunetv2,
+  torch, CPU, mirroring off) for every model x CT: a LIDC-0314 crop (thin-slice
+  chest, 0.78 x 0.78 x 1.0 mm), a LUNG1-001 crop (3 mm chest) and STS-002
+  (sarcoma, 0.98 x 0.98 x 3.27 mm); Dice per class and voxels that differ.
+  nnU-Net's predictions are cached in ``--cache`` (they are deterministic).
+* ``speed``: whole-process wall time (start of a fresh Python process to the
+  label file written: imports, model loading, reading, prediction) and peak
+  resident memory (VmHWM) of IMAGIO (OpenVINO, and onnxruntime) and nnU-Net,
+  the ``bench`` model, ``--repeats`` interleaved runs each; ratios nnU-Net / IMAGIO
+  (time, best and median) and IMAGIO / nnU-Net (memory), and IMAGIO's time
+  breakdown (preprocess, network, window aggregation, logits to labels).
+* ``large``: the same on LIDC-0314 padded to 512 x 512 x 300, one run each.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = Path("/work/coord/cache/planning/reference")
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -50,81 +54,87 @@ def _proc_status_mb(key: str) -> float | None:
     return None
 
 
-def _rss_mb() -> float:
-    """Peak resident memory of this process (MB).
-
-    VmHWM from /proc: unlike ru_maxrss, which Linux carries over execve from
-    the forking parent (so a child of a large parent reports the parent's
-    peak), it counts only this program. ru_maxrss is the fallback elsewhere.
-    """
+def _peak_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss where /proc is absent)."""
     peak = _proc_status_mb("VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _current_rss_mb() -> float:
-    now = _proc_status_mb("VmRSS")
-    return now if now is not None else float("nan")
+# ----------------------------------------------------------------------------- predictors (child processes)
 
-
-# ----------------------------------------------------------------------------- child processes
-
-def run_ours(card: str, ct_path: str, out_path: str, mirroring: bool, threads: int) -> dict:
+def run_ours(card: str, ct_path: str, out_path: str, mirroring: bool, threads: int, backend: str) -> dict:
     from imagio.engine import OnnxSegmenter
 
     ct = sitk.ReadImage(ct_path)
-    seg = OnnxSegmenter(card, providers=["CPUExecutionProvider"], threads=threads)
-    base = _current_rss_mb()
+    seg = OnnxSegmenter(card, threads=threads, backend=backend)
     t0 = time.perf_counter()
     res = seg.predict(ct, mirroring=mirroring)
     dt = time.perf_counter() - t0
     sitk.WriteImage(res.labels, out_path, True)
-    return {"runtime_s": dt, "peak_rss_mb": _rss_mb(), "rss_after_setup_mb": base, "windows": res.windows}
+    return {"predict_s": dt, "peak_rss_mb": _peak_mb(), "windows": res.windows, "provider": res.provider,
+            "timings_s": res.timings_s}
 
 
-def run_nnunet(model_dir: str, ct_path: str, out_path: str, mirroring: bool, threads: int) -> dict:
+def nnunet_predictor(model_dir: Path, folds, mirroring: bool, threads: int):
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     torch.set_num_threads(threads)
-    md = Path(model_dir)
-    plans = json.loads((md / "plans.json").read_text())
-    dataset = json.loads((md / "dataset.json").read_text())
+    plans = json.loads((model_dir / "plans.json").read_text())
+    dataset = json.loads((model_dir / "dataset.json").read_text())
     pm = PlansManager(plans)
     cm = pm.get_configuration("3d_fullres")
     lm = pm.get_label_manager(dataset)
-    ckpt = torch.load(str(md / "fold_0" / "checkpoint_final.pth"), map_location="cpu", weights_only=True)
+    params, axes = [], None
+    for f in folds:
+        ckpt = torch.load(str(model_dir / f"fold_{f}" / "checkpoint_final.pth"), map_location="cpu", weights_only=True)
+        params.append(ckpt["network_weights"])
+        axes = ckpt["inference_allowed_mirroring_axes"]
     net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                  cm.network_arch_init_kwargs_req_import, len(dataset["channel_names"]),
                                  lm.num_segmentation_heads, allow_init=True, deep_supervision=False)
-    net.load_state_dict(ckpt["network_weights"])
+    net.load_state_dict(params[0])
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                            perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
                            allow_tqdm=False)
-    pred.manual_initialization(net, pm, cm, [ckpt["network_weights"]], dataset, "nnUNetTrainer",
-                               ckpt["inference_allowed_mirroring_axes"])
-    ct = sitk.ReadImage(ct_path)
-    base = _current_rss_mb()
-    t0 = time.perf_counter()
+    pred.manual_initialization(net, pm, cm, params, dataset, "nnUNetTrainer", axes)
+    return pred
+
+
+def nnunet_labels(pred, ct: sitk.Image) -> sitk.Image:
     arr = sitk.GetArrayFromImage(ct).astype(np.float32)[None]
     seg = pred.predict_single_npy_array(arr, {"spacing": list(ct.GetSpacing()[::-1])}, None, None, False)
-    dt = time.perf_counter() - t0
     out = sitk.GetImageFromArray(np.asarray(seg).astype(np.uint8))
     out.CopyInformation(ct)
+    return out
+
+
+def run_nnunet(model_dir: str, ct_path: str, out_path: str, mirroring: bool, threads: int, folds: str) -> dict:
+    pred = nnunet_predictor(Path(model_dir), folds.split(","), mirroring, threads)
+    ct = sitk.ReadImage(ct_path)
+    t0 = time.perf_counter()
+    out = nnunet_labels(pred, ct)
+    dt = time.perf_counter() - t0
     sitk.WriteImage(out, out_path, True)
-    return {"runtime_s": dt, "peak_rss_mb": _rss_mb(), "rss_after_setup_mb": base}
+    return {"predict_s": dt, "peak_rss_mb": _peak_mb()}
 
 
 def _child(kind: str, *args) -> dict:
+    """One fresh process; its whole wall time (spawn to exit) is measured here."""
     cmd = [sys.executable, __file__, "--child", kind, *[str(a) for a in args]]
+    t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["process_s"] = wall
+    return out
 
 
-# ----------------------------------------------------------------------------- cases
+# ----------------------------------------------------------------------------- data
 
 def _data(rel: str) -> Path:
     root = Path(os.environ.get("IMAGIO_DATA", REPO.parent / "shared" / "data"))
@@ -134,25 +144,28 @@ def _data(rel: str) -> Path:
     return p
 
 
-def make_cases(tmp: Path) -> list[dict]:
+def make_cases(tmp: Path) -> dict[str, Path]:
+    from imagio.io import read_image
+
+    out = {}
     lidc = sitk.ReadImage(str(_data("chest-lidc0314/ct.nrrd")))
-    crop = lidc[150:310, 120:280, 110:190]  # 160 x 160 x 80 voxels around the right-lung nodule
-    sitk.WriteImage(crop, str(tmp / "lidc_crop.nrrd"))
-    sts = sitk.ReadImage(str(_data("sarcoma-sts002/nifti/image/image.nii.gz")))
-    sitk.WriteImage(sts, str(tmp / "sts002.nrrd"))
-    return [
-        {"name": "LIDC-0314 chest crop 160x160x80 (0.78x0.78x1.0 mm), mirroring on", "ct": tmp / "lidc_crop.nrrd",
-         "mirroring": True},
-        {"name": "STS-002 sarcoma CT 161x143x48 (0.98x0.98x3.27 mm), mirroring off", "ct": tmp / "sts002.nrrd",
-         "mirroring": False},
-    ]
+    out["LIDC-0314 crop 160x160x80 (0.78x0.78x1.0 mm)"] = lidc[150:310, 120:280, 110:190]
+    lung1 = read_image(_data("chest-lung1-001/image"))
+    out["LUNG1-001 crop 200x200x40 (0.98x0.98x3.0 mm)"] = lung1[100:300, 150:350, 50:90]
+    out["STS-002 sarcoma 161x143x48 (0.98x0.98x3.27 mm)"] = sitk.ReadImage(
+        str(_data("sarcoma-sts002/nifti/image/image.nii.gz")))
+    paths = {}
+    for i, (name, img) in enumerate(out.items()):
+        p = tmp / f"case{i}.nrrd"
+        sitk.WriteImage(img, str(p))
+        paths[name] = p
+    return paths
 
 
 def make_large(tmp: Path) -> Path:
     lidc = sitk.ReadImage(str(_data("chest-lidc0314/ct.nrrd")))
     arr = sitk.GetArrayFromImage(lidc)
-    pad = 300 - arr.shape[0]
-    arr = np.concatenate([arr, np.repeat(arr[-1:], pad, axis=0)], axis=0)
+    arr = np.concatenate([arr, np.repeat(arr[-1:], 300 - arr.shape[0], axis=0)], axis=0)
     big = sitk.GetImageFromArray(arr)
     big.SetSpacing(lidc.GetSpacing())
     big.SetOrigin(lidc.GetOrigin())
@@ -162,99 +175,148 @@ def make_large(tmp: Path) -> Path:
     return p
 
 
-def _combine(runs: list[dict]) -> dict:
-    """Best (minimum) time of the repeats, their median and all of them; the largest peak memory."""
-    times = [r["runtime_s"] for r in runs]
-    out = dict(runs[0])
-    out.update(runtime_s=min(times), runtime_median_s=float(np.median(times)), runtimes_s=times,
-               peak_rss_mb=max(r["peak_rss_mb"] for r in runs),
-               rss_after_setup_mb=min(r["rss_after_setup_mb"] for r in runs))
-    return out
-
-
-def dice_per_class(a: sitk.Image, b: sitk.Image, classes) -> dict:
+def compare(a: sitk.Image, b: sitk.Image, classes) -> dict:
     x, y = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
-    out = {}
+    dice = {}
     for c in classes:
         xa, yb = x == c, y == c
         s = int(xa.sum() + yb.sum())
-        out[str(c)] = 1.0 if s == 0 else 2.0 * int((xa & yb).sum()) / s
+        dice[str(c)] = 1.0 if s == 0 else 2.0 * int((xa & yb).sum()) / s
+    return {"dice_per_class": dice, "voxels_differing": int(np.count_nonzero(x != y)), "voxels": int(x.size),
+            "voxels_per_class_nnunet": {str(c): int((y == c).sum()) for c in classes}}
+
+
+def tie_margin(res, ref: sitk.Image, card) -> dict:
+    """Where the labels differ: IMAGIO's own margin between its two most likely classes there (probability)."""
+    ours = sitk.GetArrayViewFromImage(res.labels)
+    diff = ours != sitk.GetArrayViewFromImage(ref)
+    if not diff.any():
+        return {}
+    probs = np.stack([sitk.GetArrayViewFromImage(res.probabilities[c])[diff] for c in sorted(res.probabilities)])
+    if card.regions_class_order:  # region heads: distance of the deciding sigmoid from 0.5
+        margin = np.min(np.abs(probs - 0.5), axis=0)
+    else:
+        full = np.concatenate([1.0 - probs.sum(0, keepdims=True), probs])
+        top = np.sort(full, axis=0)
+        margin = top[-1] - top[-2]
+    return {"margin_at_differing_voxels": {"median": float(np.median(margin)), "max": float(margin.max())}}
+
+
+def export_all(models: Path, tmp: Path) -> dict[str, dict]:
+    from IMAGIOPlanningLib.export import export_nnunet
+
+    out = {}
+    for d in sorted(p for p in models.iterdir() if (p / "plans.json").exists()):
+        card = export_nnunet(d, tmp / "onnx" / d.name, name=d.name)
+        ds = json.loads((d / "dataset.json").read_text())
+        folds = sorted(p.name[5:] for p in d.glob("fold_*"))
+        out[d.name] = {"dir": d, "card": card, "folds": folds, "dataset": ds,
+                       "classes": list(range(1, len(ds["labels"])))}
     return out
+
+
+# ----------------------------------------------------------------------------- parts
+
+def part_matrix(models, cases, tmp, cache: Path, threads: int) -> list[dict]:
+    from imagio.engine import OnnxSegmenter
+
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for mname, m in models.items():
+        seg = OnnxSegmenter(m["card"], threads=threads)
+        pred = None
+        for cname, cpath in cases.items():
+            ct = sitk.ReadImage(str(cpath))
+            key = cache / f"{mname}__{cpath.stem}__{'-'.join(m['folds'])}.nrrd"
+            if not key.exists():
+                pred = pred or nnunet_predictor(m["dir"], m["folds"], False, threads)
+                t0 = time.perf_counter()
+                sitk.WriteImage(nnunet_labels(pred, ct), str(key), True)
+                print(f"  nnU-Net {mname} on {cname}: {time.perf_counter() - t0:.1f} s", flush=True)
+            ref = sitk.ReadImage(str(key))
+            res = seg.predict(ct, mirroring=False, probabilities=True)
+            row = {"model": mname, "folds": m["folds"], "region_based": bool(seg.card.regions_class_order),
+                   "model_spacing_kji_mm": seg.card.target_spacing_kji_mm, "case": cname,
+                   "image_spacing_kji_mm": [round(v, 4) for v in ct.GetSpacing()[::-1]], "backend": seg.provider,
+                   **compare(res.labels, ref, m["classes"]), **tie_margin(res, ref, seg.card)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def part_speed(model, ct_path: Path, tmp: Path, mirroring: bool, threads: int, repeats: int, name: str) -> dict:
+    runs = {"openvino": [], "onnxruntime": [], "nnunet": []}
+    for _ in range(repeats):  # interleaved, so all see the same machine load
+        runs["openvino"].append(_child("ours", model["card"], ct_path, tmp / "ov.nrrd", int(mirroring), threads,
+                                       "openvino"))
+        runs["onnxruntime"].append(_child("ours", model["card"], ct_path, tmp / "ort.nrrd", int(mirroring), threads,
+                                          "onnxruntime"))
+        runs["nnunet"].append(_child("nnunet", model["dir"], ct_path, tmp / "nn.nrrd", int(mirroring), threads,
+                                     ",".join(model["folds"])))
+    summ = {}
+    for k, rs in runs.items():
+        t = [r["process_s"] for r in rs]
+        summ[k] = {"process_s_best": min(t), "process_s_median": float(np.median(t)), "process_s_all": t,
+                   "predict_s_best": min(r["predict_s"] for r in rs),
+                   "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
+        if "timings_s" in rs[0]:
+            best = min(rs, key=lambda r: r["process_s"])
+            summ[k]["timings_s_of_best"] = best["timings_s"]
+    ref = sitk.ReadImage(str(tmp / "nn.nrrd"))
+    classes = model["classes"]
+    row = {"case": name, "mirroring": mirroring, "threads": threads, "repeats": repeats, **summ}
+    for k in ("openvino", "onnxruntime"):
+        row[k].update(compare(sitk.ReadImage(str(tmp / ("ov.nrrd" if k == "openvino" else "ort.nrrd"))), ref,
+                              classes))
+        row[f"time_ratio_nnunet_over_{k}"] = summ["nnunet"]["process_s_best"] / summ[k]["process_s_best"]
+        row[f"time_ratio_median_nnunet_over_{k}"] = summ["nnunet"]["process_s_median"] / summ[k]["process_s_median"]
+        row[f"memory_ratio_{k}_over_nnunet"] = summ[k]["peak_rss_mb"] / summ["nnunet"]["peak_rss_mb"]
+    print(json.dumps(row, indent=1), flush=True)
+    return row
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", type=Path, required=True, help="folder of nnU-Net model folders (make_matrix_models)")
     ap.add_argument("--out", type=Path, default=Path("bench_planning.json"))
-    ap.add_argument("--model-dir", type=Path, help="nnU-Net v2 trained-model folder (made if left out)")
+    ap.add_argument("--part", choices=("matrix", "speed", "large", "all"), default="all")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cached nnU-Net predictions")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each predictor per case (interleaved)")
-    ap.add_argument("--skip-large", action="store_true", help="skip the 512x512x300 peak-memory run")
-    ap.add_argument("--skip-cases", action="store_true", help="only the 512x512x300 run")
-    ap.add_argument("--large-nnunet", action="store_true", help="also run nnU-Net on the 512x512x300 CT (slow)")
+    ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="imagio-bench-"))
-    model_dir = a.model_dir
-    if model_dir is None:
-        model_dir = tmp / "nnunet_model"
-        lidc = sitk.ReadImage(str(_data("chest-lidc0314/ct.nrrd")))
-        sitk.WriteImage(lidc[100:330, 90:330, 100:220], str(tmp / "train_lidc_crop.nrrd"))
-        subprocess.run([sys.executable, str(REPO / "IMAGIOPlanning/Training/make_nnunet_model.py"), "--out",
-                        str(model_dir), "--ct", str(tmp / "train_lidc_crop.nrrd"),
-                        str(_data("sarcoma-sts001/nifti/image/image.nii.gz")), "--iterations", "150", "--seed", "0"],
-                       check=True)
-    from IMAGIOPlanningLib.export import export_nnunet
+    import importlib.metadata as md
 
-    card = export_nnunet(model_dir, tmp / "onnx")
-    labels = json.loads((model_dir / "dataset.json").read_text())["labels"]
-    classes = sorted(v for v in labels.values() if isinstance(v, int) and v > 0)
-    results = {"peer": "nnU-Net v2 nnUNetPredictor (torch, CPU)", "threads": a.threads,
-               "torch_version": __import__("torch").__version__,
-               "nnunetv2_version": __import__("importlib.metadata").metadata.version("nnunetv2"),
-               "onnxruntime_version": __import__("onnxruntime").__version__, "cases": []}
-    for case in ([] if a.skip_cases else make_cases(tmp)):
-        runs_ours, runs_peer = [], []
-        for _ in range(a.repeats):  # interleaved, so both see the same machine load; best and median reported
-            runs_ours.append(_child("ours", card, case["ct"], tmp / "ours.nrrd", int(case["mirroring"]), a.threads))
-            runs_peer.append(_child("nnunet", model_dir, case["ct"], tmp / "peer.nrrd", int(case["mirroring"]),
-                                    a.threads))
-        ours, peer = _combine(runs_ours), _combine(runs_peer)
-        d = dice_per_class(sitk.ReadImage(str(tmp / "ours.nrrd")), sitk.ReadImage(str(tmp / "peer.nrrd")), classes)
-        row = {"case": case["name"], "dice_per_class": {labels_name(labels, int(c)): v for c, v in d.items()},
-               "imagio": ours, "nnunet": peer,
-               "time_ratio_nnunet_over_imagio": peer["runtime_s"] / ours["runtime_s"],
-               "time_ratio_median_nnunet_over_imagio": peer["runtime_median_s"] / ours["runtime_median_s"],
-               "peak_memory_ratio_imagio_over_nnunet": ours["peak_rss_mb"] / peer["peak_rss_mb"],
-               "net_peak_memory_ratio_imagio_over_nnunet":
-                   (ours["peak_rss_mb"] - ours["rss_after_setup_mb"]) / max(peer["peak_rss_mb"] - peer["rss_after_setup_mb"], 1e-6)}
-        results["cases"].append(row)
-        print(json.dumps(row, indent=1), flush=True)
-    if not a.skip_large:
-        big = make_large(tmp)
-        row = {"case": "LIDC-0314 padded to 512x512x300 (0.78x0.78x1.0 mm), mirroring off",
-               "imagio": _child("ours", card, big, tmp / "ours_big.nrrd", 0, a.threads)}
-        if a.large_nnunet:
-            row["nnunet"] = _child("nnunet", model_dir, big, tmp / "peer_big.nrrd", 0, a.threads)
-            d = dice_per_class(sitk.ReadImage(str(tmp / "ours_big.nrrd")), sitk.ReadImage(str(tmp / "peer_big.nrrd")),
-                               classes)
-            row["dice_per_class"] = {labels_name(labels, int(c)): v for c, v in d.items()}
-        results["large"] = row
-        print(json.dumps(row, indent=1), flush=True)
-    a.out.write_text(json.dumps(results, indent=2) + "\n")
+    results = json.loads(a.out.read_text()) if a.out.exists() else {}
+    results.update({"peer": "nnU-Net v2 nnUNetPredictor (torch, CPU)", "threads": a.threads,
+                    "versions": {p: md.version(p) for p in ("torch", "nnunetv2", "onnxruntime", "openvino", "scipy")},
+                    "cpu": os.cpu_count(), "date": time.strftime("%Y-%m-%d")})
+    models = export_all(a.models, tmp)
+    cases = make_cases(tmp)
+    if a.part in ("matrix", "all"):
+        results["matrix"] = part_matrix(models, cases, tmp, a.cache, a.threads)
+        a.out.write_text(json.dumps(results, indent=2) + "\n")
+    if a.part in ("speed", "all"):
+        names = list(cases)
+        results["speed"] = [part_speed(models["bench"], cases[names[0]], tmp, True, a.threads, a.repeats,
+                                       names[0] + ", mirroring on"),
+                            part_speed(models["bench"], cases[names[2]], tmp, False, a.threads, a.repeats,
+                                       names[2] + ", mirroring off")]
+        a.out.write_text(json.dumps(results, indent=2) + "\n")
+    if a.part in ("large", "all"):
+        results["large"] = part_speed(models["bench"], make_large(tmp), tmp, False, a.threads, 1,
+                                      "LIDC-0314 padded to 512x512x300 (0.78x0.78x1.0 mm), mirroring off")
+        a.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {a.out}")
     return 0
-
-
-def labels_name(labels: dict, value: int) -> str:
-    for k, v in labels.items():
-        if v == value:
-            return k
-    return str(value)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, *rest = sys.argv[2:]
-        fn = run_ours if kind == "ours" else run_nnunet
-        print(json.dumps(fn(rest[0], rest[1], rest[2], bool(int(rest[3])), int(rest[4]))))
+        if kind == "ours":
+            print(json.dumps(run_ours(rest[0], rest[1], rest[2], bool(int(rest[3])), int(rest[4]), rest[5])))
+        else:
+            print(json.dumps(run_nnunet(rest[0], rest[1], rest[2], bool(int(rest[3])), int(rest[4]), rest[5])))
         sys.exit(0)
     sys.exit(main())

@@ -552,6 +552,7 @@ class SlidingWindow:
         self.mirror_axes = list(mirror_axes)
         self.gauss16 = gaussian_importance_map(card.patch_size_kji)
         self.gauss32 = self.gauss16.astype(np.float32)
+        self.network_s = 0.0        # time inside the backend (network runs, mirrored ones included)
 
     def run(self, data: np.ndarray, sink, progress: Progress | None = None) -> int:
         """Feed finished float16 logits of the unpadded model grid to ``sink.push(logits16, start)``."""
@@ -582,7 +583,9 @@ class SlidingWindow:
                     tile = np.ascontiguousarray(data[:, sz:sz + pz, sy:sy + py, sx:sx + px])
                     region = (slice(o, o + pz), slice(sy, sy + py), slice(sx, sx + px))
                     for f, backend in enumerate(self.backends):
+                        tn = time.perf_counter()
                         pred = _predict_mirrored(backend, tile, self.mirror_axes)
+                        self.network_s += time.perf_counter() - tn
                         if pred.shape != (nout, pz, py, px):
                             raise ImagioError(f"Model output has shape {list(pred.shape)}, expected "
                                               f"{[nout, pz, py, px]} from the card", "Use the card that belongs to the model")
@@ -672,6 +675,7 @@ class LogitsToLabels:
         self.cache: dict[int, np.ndarray] = {}
         self.next_out = 0
         self.available = 0
+        self.time_s = 0.0           # time spent resampling logits and deciding labels
 
     def _needs(self, k: int) -> tuple[int, int]:
         """Model slices [z0, z1) that output slice ``k`` reads, and nothing else."""
@@ -684,13 +688,17 @@ class LogitsToLabels:
         return z, z + 1
 
     def push(self, slab16: np.ndarray, start: int) -> None:
+        t0 = time.perf_counter()
         for i in range(slab16.shape[1]):
             self.cache[start + i] = slab16[:, i]
         self.available = start + slab16.shape[1]
         self._emit(final=False)
+        self.time_s += time.perf_counter() - t0
 
     def finish(self) -> None:
+        t0 = time.perf_counter()
         self._emit(final=True)
+        self.time_s += time.perf_counter() - t0
 
     def _slice(self, k: int) -> np.ndarray:
         z0, z1 = self._needs(k)
@@ -814,7 +822,8 @@ class OnnxSegmenter:
         t1 = time.perf_counter()
         sink = LogitsToLabels(c, pre.model_shape, pre.cropped_shape, c.target_spacing_kji_mm, pre.spacing_t,
                               probabilities)
-        windows = SlidingWindow(self.backends, c, mirror).run(pre.data, sink, progress.sub(0.05, 0.95))
+        sw = SlidingWindow(self.backends, c, mirror)
+        windows = sw.run(pre.data, sink, progress.sub(0.05, 0.95))
         t2 = time.perf_counter()
         del pre.data
         labels_c, probs_c = sink.result()
@@ -827,7 +836,9 @@ class OnnxSegmenter:
         t3 = time.perf_counter()
         return SegmentationResult(lab_img, {lab.value: lab.name for lab in c.labels}, self.provider, t3 - t0,
                                   prob_imgs, windows, [f.name for f in self.folds],
-                                  {"preprocess_s": t1 - t0, "sliding_window_s": t2 - t1, "restore_s": t3 - t2})
+                                  {"preprocess_s": t1 - t0, "network_s": sw.network_s, "logits_to_labels_s": sink.time_s,
+                                   "window_aggregation_s": t2 - t1 - sw.network_s - sink.time_s,
+                                   "restore_s": t3 - t2})
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -12,6 +12,7 @@ The target spacings differ from every image's, on purpose:
 * ``aniso``: 3.0 x 1.0 x 1.0 mm (3x anisotropic), trained only 40 iterations on LIDC: the weak model,
   run on the sarcoma and LUNG1 CTs it never saw (out of domain);
 * ``fine``: 1.5 x 0.6 x 0.6 mm (in-plane finer than the images), trained on a LIDC crop and LUNG1;
+* ``bench``: 1.5 x 1.0 x 1.0 mm, a 5-stage network with a 48 x 64 x 64 patch (the speed benchmark's model);
 * ``regions``: a region-based model (sigmoid heads for "tissue or bone" = labels 1+2 and "bone" = label 2,
   ``regions_class_order`` [1, 2]), 2.0 x 1.2 x 1.2 mm.
 
@@ -63,6 +64,10 @@ MODELS = {
     "fine": dict(spacing=[1.5, 0.6, 0.6], patch=[32, 64, 64], features=[8, 16, 32, 64],
                  kernels=[[3, 3, 3]] * 4, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
                  train=(_lidc_crop, _lung1), iterations=100, folds=(0,)),
+    "bench": dict(spacing=[1.5, 1.0, 1.0], patch=[48, 64, 64], features=[8, 16, 32, 64, 64],
+                  kernels=[[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
+                  strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+                  train=(_lidc_crop, _sts001), iterations=150, folds=(0,)),
     "regions": dict(spacing=[2.0, 1.2, 1.2], patch=[32, 48, 48], features=[8, 16, 32, 64],
                     kernels=[[3, 3, 3]] * 4, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
                     train=(_lidc_crop, _sts001), iterations=100, folds=(0,), regions=True),
