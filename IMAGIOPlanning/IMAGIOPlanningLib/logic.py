@@ -1,17 +1,20 @@
 """PlanningLogic: lesion segmentation on a vtkMRMLScene (no Qt, no global scene).
 
-Two ways to a segmentation node the user can correct in the Segment Editor:
+Two ways to a segmentation the user can correct in the Segment Editor, each as an
+image-level method (SimpleITK in, :class:`PlanningResult` out) and a ``*_nodes``
+method (MRML nodes in, the result added to the scene as a new segmentation node):
 
-* ``segment_with_model``: an ONNX model described by a model card
-  (:mod:`.engine`), one segment per label, named and coded (SNOMED CT) from
-  the card.
-* ``segment_from_seed``: one click (RAS mm) and an optional radius
-  (:mod:`.seeded`), no model.
+* ``segment_with_model``: an nnU-Net model exported to ONNX, described by a model
+  card (:mod:`imagio.engine`), one segment per label, named and coded (SNOMED CT)
+  from the card; refused on a CT outside the card's intended use unless ``force``
+  (then the reasons are the result's ``warnings``).
+* ``segment_from_seed``: one click (RAS mm) and an optional radius (:mod:`.seeded`),
+  no model; a click that is not in a lesion is refused, a region that leaked or is
+  too large is refused unless ``accept_large``.
 
-Both add a *new* segmentation node and never modify the CT node. Empty
-results are flagged: labels the model did not find are listed in
-``PlanningResult.empty_labels`` and not added as segments; a seeded
-segmentation that finds nothing raises ImagioError.
+Nothing modifies the CT. Labels the model did not find are listed in
+``PlanningResult.empty_labels`` and not added as segments; a model that finds
+nothing, or a seeded segmentation that finds nothing, raises ImagioError.
 """
 
 from __future__ import annotations
