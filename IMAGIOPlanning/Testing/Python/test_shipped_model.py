@@ -36,7 +36,7 @@ def test_demo_planning_step(tmp_path):
     assert plan["model"]["execution_provider"] in CPU_PROVIDERS
     assert (out / "scene.mrb").exists() and "Planning" in (out / "report.html").read_text()
     assert json.loads((out / "summary.json").read_text())["planning"]["status"] == "ok"
-    assert np.isfinite(plan["runtime_s"]) and plan["runtime_s"] < 60
+    assert np.isfinite(plan["runtime_s"]) and plan["runtime_s"] > 0  # no timing thresholds in tests
 
 
 # measured on phantom seed 0 (held out): liver tumour 0.811, lung nodule 0.662 (largest component kept)
