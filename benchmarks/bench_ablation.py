@@ -96,6 +96,14 @@ def _cases(quick: bool):
         out.append(("phantom/lung_nodule (lung)", ph.ct, ph.segments["lung_nodule"].array(),
                     {n: ph.segments[n].array() for n in ("ribs", "airway_lumen", "airway_wall")},
                     ph.segments["body"].array(), "lung"))
+        lidc = data_root() / "chest-lidc0314"
+        if lidc.is_dir():  # a real lung nodule on its thin-slice CT: the CT's body outline is the skin
+            from imagio.io import read_image, read_segmentation
+            from IMAGIOAblationZoneLib.logic import body_from_ct
+
+            ct = read_image(lidc / "ct.nrrd")
+            nod = read_segmentation(lidc / "nodule_consensus50.seg.nrrd", reference=ct)[0]
+            out.append(("chest-lidc0314/nodule_consensus50 (lung, CT)", ct, nod.array(), {}, body_from_ct(ct), "lung"))
     return out
 
 

@@ -158,3 +158,19 @@ def test_user_library_extends_without_code(tmp_path):
 def test_bad_library_files_are_refused_with_the_reason(tmp_path, mutate, message):
     with pytest.raises(ImagioError, match=message):
         load_library(_lib(tmp_path, mutate))
+
+
+def test_tissue_from_the_option_the_terminology_or_the_name():
+    from IMAGIOAblationZoneLib.logic import resolve_tissue
+
+    assert resolve_tissue("Lung")[:2] == ("lung", "given")
+    with pytest.raises(ImagioError, match="Unknown tissue"):
+        resolve_tissue("brain")
+    term = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered "
+            "Structure~SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~SCT^64033007^Kidney~^^")
+    t, how, warns = resolve_tissue(None, "GTV", term)
+    assert t == "kidney" and "terminology" in how and not warns
+    assert resolve_tissue(None, "lung_nodule")[0] == "lung"
+    assert resolve_tissue(None, "sarcoma thigh")[0] == "soft-tissue"
+    t, how, warns = resolve_tissue(None, "tumour 2")  # nothing to go by: liver, and the user is told
+    assert (t, how) == ("liver", "assumed") and "give --tissue" in warns[0]
