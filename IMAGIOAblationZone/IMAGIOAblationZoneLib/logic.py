@@ -159,6 +159,9 @@ class AblationZoneLogic:
                 raise ImagioError("The tumour segment is empty", "Choose the segment that contains the tumour")
             ctx.tumor = t
             ctx.tumor_count = int(t.sum())
+            if t[0].any() or t[-1].any() or t[:, 0].any() or t[:, -1].any() or t[:, :, 0].any() or t[:, :, -1].any():
+                ctx.tissue_warnings.append("the tumour touches the image edge: what lies beyond (tumour, structures "
+                                           "to avoid, the margin there) is not seen")
             ctx.tumor_box = mask_box(t)
             ctx.tumor_surface = mask_surface(t, grid)
             ctx.target = target_mask(t, grid, margin_mm)

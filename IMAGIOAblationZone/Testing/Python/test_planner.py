@@ -166,3 +166,18 @@ def test_bioheat_check_of_a_plan_next_to_a_vessel():
         assert len(checks) >= 2 and d["bioheat_verified"] and checks[-1]["bioheat_coverage_percent"] >= 99.0
     else:
         assert "heat sinks" in d["reason"] and not d["bioheat_verified"]
+
+
+def test_thick_slices_a_tumour_at_the_image_edge_and_margins_0_to_10_mm():
+    """5 mm slices: the margin is measured from the voxel faces (2.5 mm beyond the slice centres), at any margin."""
+    grid = oblique_image(size=(60, 60, 20), spacing=(0.8, 0.8, 5.0), origin_ras=(-24.0, -24.0, -50.0))
+    tumor = np.zeros(grid.GetSize()[::-1], bool)
+    tumor[9:11, 28:33, 28:33] = True
+    logic = AblationZoneLogic(new_scene())
+    for margin in (0.0, 10.0):
+        plan = logic.plan(grid, tumor, "emprint", margin, tissue="liver")
+        assert_keeps_margin(plan, tumor, grid, margin)
+    edge = np.zeros(tumor.shape, bool)
+    edge[0:2, 28:33, 0:4] = True
+    plan = logic.plan(grid, edge, "emprint", 5.0, tissue="liver")
+    assert any("touches the image edge" in w for w in plan.warnings)
