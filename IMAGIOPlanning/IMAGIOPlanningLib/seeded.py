@@ -316,7 +316,8 @@ def _soft_lesion(roi, roi_arr, s_idx, radius_mm, cfg, info, progress):
     bounded = _bounded(comp, ball)
     # half-contrast edge: widen the range towards the surrounding tissue's level, so partial-volume
     # boundary voxels that are nearer the lesion than the surroundings are kept
-    shell = (sitk.GetArrayViewFromImage(dilate(bounded, 3.0)) > 0) & ~(sitk.GetArrayViewFromImage(bounded) > 0) & ball
+    widened = dilate(bounded, 3.0)  # kept alive while its array view is read
+    shell = (sitk.GetArrayViewFromImage(widened) > 0) & ~(sitk.GetArrayViewFromImage(bounded) > 0) & ball
     if shell.any() and SOFT_HALF_CONTRAST:
         around = float(np.median(sm[shell]))
         mid = 0.5 * (mu + around)
