@@ -139,6 +139,9 @@ def _register_core(sub) -> None:
     _add_random_seed(p, "random seed of the phantom")
     p.add_argument("--steps", help="comma-separated subset of: planning,ablation,lungnav,margin")
     p.set_defaults(func=_cmd_demo)
+    from .batch import register_cli as register_batch  # light: dask is imported only when a batch runs
+
+    register_batch(sub)
 
 
 def build_parser() -> ArgumentParser:

@@ -1,0 +1,369 @@
+"""`imagio batch` on Dask: a 2-worker LocalCluster, a loopback `dask scheduler` + `dask worker`, and --resume.
+
+Real cases, kept small: the LIDC-0314 consensus nodule on a crop of its CT, with ablation zones grown from it
+by exactly 3 and 5 mm (voxel centres within k mm of the tumour's voxel-box union: minimal margin k within half
+a voxel); seeded segmentation of the same nodule and of the STS-002 sarcoma; an ablation plan; one broken row
+(an empty ablation zone) and one row whose worker is killed mid-case for memory (seeded segmentation of the
+full 512x512x275 LIDC CT, about 1.3 GB, under a 1 GiB worker limit). Every summary number is compared with
+the same command run directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+try:  # the optional 'batch' extra; like imagio.testing.data_path: skip on a user's machine, fail under CI
+    import distributed  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("dask[distributed] (the 'batch' extra) is not installed", allow_module_level=True)
+
+from imagio.batch_manifest import sha256_path  # noqa: E402
+from imagio.cli import main  # noqa: E402
+from imagio.geometry import centroid_ras  # noqa: E402
+from imagio.testing import data_path  # noqa: E402
+
+MEMORY_LIMIT_GB = 1.0
+TIMING_KEYS = {"runtime_s", "run_time_s", "total_runtime_s"}
+
+
+def _grown(t: np.ndarray, spacing_kji, k_mm: float) -> np.ndarray:
+    """Voxels whose centres lie within k mm of the tumour's voxel-box union (exact on the half-voxel lattice)."""
+    from scipy import ndimage
+
+    inter = np.zeros(tuple(2 * n - 1 for n in t.shape), bool)
+    inter[::2, ::2, ::2] = t
+    touch = ndimage.maximum_filter(inter, size=3, mode="constant", cval=0)
+    d = ndimage.distance_transform_edt(~touch, sampling=np.asarray(spacing_kji) / 2.0)
+    return d[::2, ::2, ::2] <= k_mm
+
+
+def _write_like(arr, ref, path):
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.CopyInformation(ref)
+    sitk.WriteImage(img, str(path), True)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Input files, a manifest with relative paths, and each case's command run directly (the reference)."""
+    root = tmp_path_factory.mktemp("cohort")
+    data = root / "data"
+    data.mkdir()
+    ct = sitk.ReadImage(str(data_path("chest-lidc0314/ct.nrrd")))
+    nod = sitk.ReadImage(str(data_path("chest-lidc0314/nodule_consensus50.seg.nrrd")))
+    kji = np.argwhere(sitk.GetArrayViewFromImage(nod) > 0)
+    lo, hi = kji.min(0), kji.max(0)
+    pad = np.array([14, 22, 22])  # >= 14 mm on every side: room for the 5 mm zone and the lung around the nodule
+    start = np.maximum(lo - pad, 0)
+    size = np.minimum(hi + pad + 1, np.array(ct.GetSize())[::-1]) - start
+    crop_ct = sitk.RegionOfInterest(ct, [int(v) for v in size[::-1]], [int(v) for v in start[::-1]])
+    crop_t = sitk.Cast(sitk.RegionOfInterest(nod, [int(v) for v in size[::-1]], [int(v) for v in start[::-1]]) > 0,
+                       sitk.sitkUInt8)
+    sitk.WriteImage(crop_ct, str(data / "ct.nrrd"), True)
+    sitk.WriteImage(crop_t, str(data / "tumor.nrrd"), True)
+    t = sitk.GetArrayFromImage(crop_t) > 0
+    sp = np.array(crop_t.GetSpacing())[::-1]
+    for k in (3, 5):
+        _write_like(_grown(t, sp, float(k)), crop_t, data / f"zone{k}.nrrd")
+    _write_like(np.zeros_like(t), crop_t, data / "empty.nrrd")
+    seed = ",".join(f"{v:.2f}" for v in centroid_ras(crop_t))
+    sts_ct = data_path("sarcoma-sts002/nifti/image/image.nii.gz")
+    sts_gtv = sitk.Cast(sitk.ReadImage(str(data_path("sarcoma-sts002/nifti/mask/mask.nii.gz"))) > 0, sitk.sitkUInt8)
+    sts_seed = ",".join(f"{v:.2f}" for v in centroid_ras(sts_gtv))
+    full_ct = data_path("chest-lidc0314/ct.nrrd")
+    header = ["case_id", "step", "tumor", "ablation", "ct", "seed", "kind", "radius", "device", "margin_mm",
+              "largest_component"]
+    rows = [
+        ["lidc-margin-5", "margin", "data/tumor.nrrd", "data/zone5.nrrd"],
+        ["lidc-margin-3", "margin", "data/tumor.nrrd", "data/zone3.nrrd"],
+        ["lidc-seg", "segment", "", "", "data/ct.nrrd", seed, "lung-nodule", "", "", "", "yes"],
+        ["sts002-seg", "segment", "", "", str(sts_ct), sts_seed, "soft-tissue", "23.3"],
+        ["lidc-plan", "ablation-plan", "data/tumor.nrrd", "", "", "", "", "", "emprint", "5"],
+        ["broken-empty-zone", "margin", "data/tumor.nrrd", "data/empty.nrrd"],
+        ["killed-full-ct", "segment", "", "", str(full_ct), seed, "lung-nodule"],
+    ]
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows([r + [""] * (len(header) - len(r)) for r in rows])
+    # the reference: each case's step command, run directly
+    argv = {
+        "lidc-margin-5": ["margin", "--tumor", data / "tumor.nrrd", "--ablation", data / "zone5.nrrd"],
+        "lidc-margin-3": ["margin", "--tumor", data / "tumor.nrrd", "--ablation", data / "zone3.nrrd"],
+        "lidc-seg": ["segment", "--ct", data / "ct.nrrd", f"--seed={seed}", "--kind", "lung-nodule",
+                     "--largest-component"],
+        "sts002-seg": ["segment", "--ct", sts_ct, f"--seed={sts_seed}", "--kind", "soft-tissue", "--radius", "23.3"],
+        "lidc-plan": ["ablation", "plan", "--tumor", data / "tumor.nrrd", "--device", "emprint", "--margin-mm", "5"],
+    }
+    direct = {}
+    for case, a in argv.items():
+        out = root / "direct" / case
+        assert main([*map(str, a), "--out", str(out)]) == 0, case
+        direct[case] = out
+    return {"root": root, "manifest": manifest, "direct": direct, "spacing_mm": sp, "sts_gtv": sts_gtv,
+            "step": {r[0]: r[1] for r in rows}}
+
+
+MAIN_JSON = {"margin": "margin.json", "segment": "segment.json", "ablation-plan": "plan.json"}
+
+
+def _strip(d):
+    """A step's JSON without run times and file locations (they differ between two runs of one command)."""
+    if isinstance(d, dict):
+        return {k: _strip(v) for k, v in d.items() if k not in TIMING_KEYS and k not in ("ct", "inputs", "files")}
+    if isinstance(d, list):
+        return [_strip(v) for v in d]
+    return d
+
+
+def _check_against_direct(cohort, out: Path, rows: dict):
+    """Every ok case: its JSON equals the direct run's, and its summary numbers are read from it."""
+    for case, ref_dir in cohort["direct"].items():
+        step = cohort["step"][case]
+        name = MAIN_JSON[step]
+        ref = json.loads((ref_dir / name).read_text())
+        got = json.loads((out / case / step / name).read_text())
+        assert _strip(got) == _strip(ref), case
+        row = rows[case]
+        assert row["status"] in ("ok", "skipped"), (case, row)
+        if step == "margin":
+            for key in ("minimal_margin_mm", "coverage_percent", "residual_tumor_ml", "threshold_mm"):
+                assert float(row[key]) == ref[key], (case, key)
+            assert float(row["p_margin_ge_threshold_percent"]) == pytest.approx(100 * ref["p_margin_ge_threshold"])
+        elif step == "segment":
+            assert float(row["volume_ml"]) == pytest.approx(sum(s["volume_ml"] for s in ref["segments"]), abs=1e-9)
+        else:
+            assert row["feasible"] in (True, "true") and ref["feasible"] is True
+            assert float(row["coverage_percent"]) == ref["coverage_percent"]
+            assert float(row["minimal_margin_mm"]) == ref["minimal_margin_mm"]
+
+
+def _check_known_truth(cohort, rows):
+    half_voxel = 0.5 * float(np.max(cohort["spacing_mm"]))
+    for k in (3, 5):
+        mam = float(rows[f"lidc-margin-{k}"]["minimal_margin_mm"])
+        assert abs(mam - k) <= half_voxel, (k, mam)  # the zone is the tumour grown by exactly k mm
+        assert float(rows[f"lidc-margin-{k}"]["coverage_percent"]) == 100.0
+    gtv_ml = float(sitk.GetArrayViewFromImage(cohort["sts_gtv"]).sum()) * np.prod(cohort["sts_gtv"].GetSpacing()) / 1e3
+    assert 0.6 * gtv_ml < float(rows["sts002-seg"]["volume_ml"]) < 1.6 * gtv_ml  # 53.3 ml GTV; seeded 76 ml
+
+
+def _check_failures(rows):
+    assert rows["broken-empty-zone"]["status"] == "error"
+    assert "ablation zone segmentation is empty" in rows["broken-empty-zone"]["message"]
+    killed = rows["killed-full-ct"]
+    assert killed["status"] == "error"
+    assert "memory" in killed["message"] and "killed" in killed["message"], killed["message"]
+
+
+def _read_summary(out: Path) -> dict:
+    with open(out / "summary.csv", newline="") as fh:
+        return {r["case_id"]: r for r in csv.DictReader(fh)}
+
+
+def _check_outputs(cohort, out: Path, rows: dict):
+    """batch.json hashes, published case folders (complete record, listed files present), cohort.html."""
+    info = json.loads((out / "batch.json").read_text())
+    assert info["manifest_sha256"] == sha256_path(cohort["manifest"])
+    by_case = {c["case_id"]: c for c in info["cases"]}
+    assert list(by_case) == list(rows)  # manifest order
+    tumor = by_case["lidc-margin-5"]["inputs"]["tumor"][0]
+    assert tumor["sha256"] == sha256_path(cohort["root"] / "data" / "tumor.nrrd")
+    assert Path(tumor["path"]) == cohort["root"] / "data" / "tumor.nrrd"  # relative to the manifest's folder
+    for case, row in rows.items():
+        rec = json.loads((out / case / "batch_case.json").read_text())
+        assert rec["status"] == ("ok" if row["status"] in ("ok", "skipped") else "error")
+        for rel, size in rec["outputs"].items():
+            assert (out / case / rel).stat().st_size == size
+    assert not (out / ".staging").exists()
+    page = (out / "cohort.html").read_text()
+    assert page.count("<svg") >= 4 and "threshold 5 mm" in page and "killed-full-ct" in page
+
+
+# ------------------------------------------------------------------------------------------ LocalCluster
+def test_local_cluster_two_workers(cohort, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from imagio import batch
+
+    out = tmp_path / "batch"
+    seen = []
+    table = batch.run(cohort["manifest"], out, workers=2, memory_limit_gb=MEMORY_LIMIT_GB,
+                      progress=lambda *a: seen.append(a))
+    assert table.exit_status == 1 and table.counts() == {"ok": 5, "error": 2, "skipped": 0}
+    assert seen[-1][0] == 7 and seen[-1][1] == 2 and max(s[2] for s in seen) <= 2  # done, failed, running <= workers
+    rows = _read_summary(out)
+    assert [r["case_id"] for r in table] == list(rows)
+    for case, r in rows.items():  # the returned table is what summary.csv holds
+        assert r["status"] == table.row(case)["status"]
+    _check_against_direct(cohort, out, rows)
+    _check_known_truth(cohort, rows)
+    _check_failures(rows)
+    _check_outputs(cohort, out, rows)
+    info = json.loads((out / "batch.json").read_text())
+    assert info["engine"]["kind"] == "LocalCluster" and info["engine"]["workers"] == 2
+    workers = {c["worker"] for c in info["cases"] if c["status"] == "ok"}
+    assert len(workers) == 2  # both workers ran cases
+    # an existing client is used as it is: the Python API on a caller's own cluster (one case, quick)
+    one = tmp_path / "one.csv"
+    one.write_text("case_id,step,tumor,ablation\n" f"m5,margin,{cohort['root']}/data/tumor.nrrd,"
+                   f"{cohort['root']}/data/zone5.nrrd\n")
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cl, Client(cl) as client:
+        t2 = batch.run(one, tmp_path / "client", client=client, progress=False)
+    assert t2.row("m5")["minimal_margin_mm"] == table.row("lidc-margin-5")["minimal_margin_mm"]
+
+
+# ------------------------------------------------------------------------------------------ loopback cluster
+def _dask_cli(*args):
+    exe = Path(sys.executable).with_name("dask")
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "dask", *args]
+
+
+@pytest.fixture()
+def loopback_cluster(tmp_path):
+    sched_file = tmp_path / "scheduler.json"
+    env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1",
+               DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE="False", DASK_DISTRIBUTED__WORKER__MEMORY__SPILL="False",
+               DASK_DISTRIBUTED__WORKER__MEMORY__TARGET="False", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+    procs = [subprocess.Popen(_dask_cli("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                        "--scheduler-file", str(sched_file)), env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "scheduler.log", "w"),
+                              start_new_session=True)]
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen(_dask_cli("worker", address, "--nworkers", "2", "--nthreads", "1",
+                                                "--memory-limit", f"{MEMORY_LIMIT_GB}GiB", "--no-dashboard"),
+                                      env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                      stderr=open(tmp_path / "worker.log", "w"), start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            with_suppress_kill(p)
+
+
+def with_suppress_kill(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=10)
+
+
+def test_loopback_scheduler_and_workers(cohort, loopback_cluster, tmp_path):
+    assert loopback_cluster.startswith("tcp://127.0.0.1:")
+    out = tmp_path / "batch"
+    r = subprocess.run([sys.executable, "-m", "imagio.cli", "batch", "--manifest", str(cohort["manifest"]),
+                        "--out", str(out), "--scheduler", loopback_cluster], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr  # some cases failed: exit 1, summary written
+    assert "batch: 7 case(s): 5 ok, 2 failed" in r.stdout
+    assert "Traceback" not in r.stderr and "batch: 7/7 cases done" in r.stderr  # a few lines, not a bar (no TTY)
+    assert len(r.stderr.strip().splitlines()) <= 12, r.stderr
+    rows = _read_summary(out)
+    _check_against_direct(cohort, out, rows)
+    _check_known_truth(cohort, rows)
+    _check_failures(rows)
+    _check_outputs(cohort, out, rows)
+    info = json.loads((out / "batch.json").read_text())
+    assert info["engine"] == {**info["engine"], "kind": "scheduler", "address": loopback_cluster}
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_resume_after_a_killed_batch(cohort, tmp_path):
+    """Kill a running batch (the whole process group), then --resume: finished cases are kept as they are."""
+    from imagio import batch
+
+    data = cohort["root"] / "data"
+    mine = tmp_path / "inputs"
+    mine.mkdir()
+    for name in ("tumor.nrrd", "zone3.nrrd", "zone5.nrrd", "ct.nrrd"):
+        (mine / name).write_bytes((data / name).read_bytes())
+    manifest = tmp_path / "manifest.csv"
+    cases = ["lidc-margin-5", "lidc-margin-3", "lidc-plan", "lidc-seg"]
+    seed = next(r for r in csv.reader(open(cohort["manifest"])) if r[0] == "lidc-seg")[5]
+
+    def write_manifest(margin_mm="5"):
+        manifest.write_text("case_id,step,tumor,ablation,ct,seed,device,margin_mm,largest_component\n"
+                            "lidc-margin-5,margin,inputs/tumor.nrrd,inputs/zone5.nrrd,,,,,\n"
+                            "lidc-margin-3,margin,inputs/tumor.nrrd,inputs/zone3.nrrd,,,,,\n"
+                            f"lidc-plan,ablation-plan,inputs/tumor.nrrd,,,,emprint,{margin_mm},\n"
+                            f'lidc-seg,segment,,,inputs/ct.nrrd,"{seed}",,,yes\n')
+
+    write_manifest()
+    out = tmp_path / "batch"
+    p = subprocess.Popen([sys.executable, "-m", "imagio.cli", "batch", "--manifest", str(manifest), "--out", str(out),
+                          "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and len(list(out.glob("*/batch_case.json"))) < 2:
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # the batch and its workers, at once
+        p.wait(timeout=30)
+    finished = sorted(f.parent.name for f in out.glob("*/batch_case.json"))
+    assert 2 <= len(finished) < len(cases), finished
+    assert not (out / "summary.csv").exists()
+    # a killed batch leaves no half case that looks complete: every case folder has its record and all its files
+    for d in (x for x in out.iterdir() if x.is_dir() and x.name in cases):
+        rec = json.loads((d / "batch_case.json").read_text())
+        assert rec["status"] == "ok"
+        for rel, size in rec["outputs"].items():
+            assert (d / rel).stat().st_size == size
+    stamp = {c: [(f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted((out / c).rglob("*"))] for c in finished}
+
+    table = batch.run(manifest, out, resume=True, workers=2, progress=False)
+    assert table.exit_status == 0
+    assert {r["case_id"] for r in table if r["status"] == "skipped"} == set(finished)
+    assert {r["case_id"] for r in table if r["status"] == "ok"} == set(cases) - set(finished)
+    for c in finished:  # not recomputed: the very same files, untouched
+        assert [(f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted((out / c).rglob("*"))] == stamp[c]
+    rows = _read_summary(out)
+    for case in cases:  # results identical to the direct runs (and so to an uninterrupted batch)
+        step = cohort["step"][case]
+        name = MAIN_JSON[step]
+        ref = json.loads((cohort["direct"][case] / name).read_text())
+        assert _strip(json.loads((out / case / step / name).read_text())) == _strip(ref)
+    for case in ("lidc-margin-5", "lidc-margin-3"):
+        assert float(rows[case]["minimal_margin_mm"]) == json.loads(
+            (cohort["direct"][case] / "margin.json").read_text())["minimal_margin_mm"]
+
+    # a changed input file and a changed option are recomputed; nothing else is
+    z = sitk.ReadImage(str(mine / "zone3.nrrd"))
+    sitk.WriteImage(sitk.BinaryDilate(z, [1, 1, 1]), str(mine / "zone3.nrrd"), True)
+    write_manifest(margin_mm="4")
+    table = batch.run(manifest, out, resume=True, workers=1, progress=False)
+    status = {r["case_id"]: r["status"] for r in table}
+    assert status == {"lidc-margin-5": "skipped", "lidc-margin-3": "ok", "lidc-plan": "ok", "lidc-seg": "skipped"}
+    before = json.loads((cohort["direct"]["lidc-margin-3"] / "margin.json").read_text())["minimal_margin_mm"]
+    assert table.row("lidc-margin-3")["minimal_margin_mm"] > before  # the zone grew by one voxel
+    assert table.row("lidc-plan")["margin_mm"] == 4.0
+    info = json.loads((out / "batch.json").read_text())
+    assert {c["case_id"]: c["recomputed"] for c in info["cases"]} == {
+        "lidc-margin-5": False, "lidc-margin-3": True, "lidc-plan": True, "lidc-seg": False}
