@@ -217,7 +217,7 @@ def test_local_cluster_two_workers(cohort, tmp_path):
     info = json.loads((out / "batch.json").read_text())
     assert info["engine"]["kind"] == "LocalCluster" and info["engine"]["workers"] == 2
     workers = {c["worker"] for c in info["cases"] if c["status"] == "ok"}
-    assert len(workers) == 2  # both workers ran cases
+    assert len(workers) >= 2  # both workers ran cases (a worker restarted after the memory kill has a new address)
     # an existing client is used as it is: the Python API on a caller's own cluster (one case, quick)
     one = tmp_path / "one.csv"
     one.write_text("case_id,step,tumor,ablation\n" f"m5,margin,{cohort['root']}/data/tumor.nrrd,"

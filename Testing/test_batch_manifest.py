@@ -87,7 +87,7 @@ def test_folder_hash_changes_with_any_file(tmp_path):
     ("c1,margin,cases/p1/tumor.seg.nrrd,cases/p1/missing.seg.nrrd\n",
      "line 2 (case c1): column ablation: cases/p1/missing.seg.nrrd does not exist"),
     ("c1,margin,cases/p1/tumor.seg.nrrd,\n",  # the step's own parser: a required option is missing
-     "line 2 (case c1): imagio margin: error: the following arguments are required: --ablation"),
+     "line 2 (case c1): imagio margin: the following arguments are required: --ablation"),
     ("c1,margin,,cases/p1/zone.seg.nrrd\n", "the following arguments are required: --tumor"),
     ("../c1,margin,cases/p1/tumor.seg.nrrd,cases/p1/zone.seg.nrrd\n", "is not a usable folder name"),
     ("summary.csv,margin,cases/p1/tumor.seg.nrrd,cases/p1/zone.seg.nrrd\n", "is not a usable folder name"),
@@ -114,7 +114,7 @@ def test_bad_rows_are_named(files, body, expect):
     ("case_id,step,tumor,ablation,register", "c1,margin,cases/p1/tumor.seg.nrrd,cases/p1/zone.seg.nrrd,affine",
      "argument --register: invalid choice: 'affine'"),
     ("case_id,step,tumor,ablation,threshold_mm", "c1,margin,cases/p1/tumor.seg.nrrd,cases/p1/zone.seg.nrrd,five",
-     "argument --threshold-mm: invalid float value: 'five'"),
+     "imagio margin: argument --threshold-mm: 'five' is not a number"),
 ])
 def test_bad_columns_and_values(files, header, row, expect):
     with pytest.raises(ImagioError) as e:
@@ -138,7 +138,9 @@ def test_cli_exits_2_and_writes_nothing(files, capsys):
     assert len(err) == 1 and err[0].startswith("imagio: error: Manifest") and "nope.seg.nrrd" in err[0]
     assert not out.exists()
     assert main(["batch", "--manifest", str(files / "none.csv"), "--out", str(out)]) == 2
-    assert main(["batch", "--manifest", str(man), "--out", str(out), "--workers", "0"]) == 2
+    with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+        main(["batch", "--manifest", str(man), "--out", str(out), "--workers", "0"])
+    assert e.value.code == 2 and "--workers: 0 is out of range" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -37,7 +37,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .batch_case import EVENT_TOPIC, STAGING, complete_record, error_record, publish_record, run_case
+from .batch_case import EVENT_TOPIC, RECORD, STAGING, complete_record, error_record, publish_record, run_case
 from .batch_manifest import read_manifest
 from .batch_report import SummaryTable, atomic_write, cohort_html, summary_row, write_batch_json
 from .errors import ImagioError
@@ -147,12 +147,13 @@ class _Progress:
 
 
 # ------------------------------------------------------------------------------------------ the output folder
-def _prepare_out(out: Path, manifest, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ImagioError(f"{out} exists and is not a folder", "Give a folder for --out")
-    if out.is_dir() and not resume and any(p.name != LOCK for p in out.iterdir()):
-        raise ImagioError(f"{out} is not empty", "Use --resume to continue the batch written there, or choose a new "
-                          "folder")
+def _written_by_batch(out: Path) -> bool:
+    return any((out / n).exists() for n in ("batch.json", LOCK, STAGING)) or any(out.glob(f"*/{RECORD}"))
+
+
+def _prepare_out(out: Path, manifest, resume: bool, overwrite: bool) -> None:
+    from .cli_utils import check_out_dir
+
     guarded = [out / STAGING, *(out / c.case_id for c in manifest.cases)]
     for c in manifest.cases:
         for col, paths in c.inputs.items():
@@ -163,6 +164,17 @@ def _prepare_out(out: Path, manifest, resume: bool) -> None:
                                       f"{out}, which the batch replaces", "Keep inputs outside the --out folder")
     if any(manifest.path.resolve().is_relative_to(g.resolve()) for g in guarded):
         raise ImagioError(f"The manifest lies inside a case folder of {out}", "Keep it outside the --out folder")
+    if out.exists() and not out.is_dir():
+        raise ImagioError(f"--out {out} exists and is not a folder", "Give a folder for --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not (resume or overwrite):
+            raise ImagioError(f"--out {out} is not empty", "Use --resume to continue the batch written there, "
+                              "--overwrite to recompute all its cases, or choose a new folder")
+        if not _written_by_batch(out):
+            raise ImagioError(f"--out {out} was not written by imagio batch (no batch.json, no case records)",
+                              "Choose a new folder for the batch")
+    else:
+        check_out_dir(out, overwrite=False)  # a folder that can be made: not under a file, not on /proc ...
 
 
 @contextlib.contextmanager
@@ -256,18 +268,22 @@ def _terminate_fraction() -> float:
 
 # ------------------------------------------------------------------------------------------ the batch
 def run(manifest, out, client=None, *, workers: int | None = None, scheduler: str | None = None,
-        resume: bool = False, memory_limit_gb: float | None = None, progress=None) -> SummaryTable:
+        resume: bool = False, overwrite: bool = False, memory_limit_gb: float | None = None,
+        progress=None) -> SummaryTable:
     """Run every case of ``manifest`` into ``out``; returns the summary table (also written as summary.csv).
 
     ``client``: a ``distributed.Client`` to use as it is; else ``scheduler`` (an address) to connect to;
     else a LocalCluster of ``workers`` processes (default: the machine's cores) with ``memory_limit_gb`` per
     worker (default: the machine's memory shared out). ``resume``: keep cases that finished before with the
-    same inputs and options (status ``skipped``) and run the others. ``progress``: None (a bar on a terminal,
+    same inputs and options (status ``skipped``) and run the others; ``overwrite``: run every case again in
+    a folder an earlier batch wrote (each case folder is replaced when its new run ends). ``progress``: None (a bar on a terminal,
     a few lines otherwise), False (silent) or ``callback(done, failed, running, total)``.
     Raises ImagioError for a bad manifest or request (nothing is run then).
     """
     if client is not None and (scheduler or workers or memory_limit_gb):
         raise ImagioError("Give either a client or scheduler/workers/memory limit", "The client's cluster is used as is")
+    if resume and overwrite:
+        raise ImagioError("--resume keeps finished cases, --overwrite recomputes them", "Give one of them")
     if scheduler and (workers or memory_limit_gb):
         raise ImagioError("--workers and --memory-limit-gb set up a local cluster; with --scheduler the cluster's "
                           "own workers run the cases", "Leave them out, or leave out --scheduler")
@@ -279,7 +295,7 @@ def run(manifest, out, client=None, *, workers: int | None = None, scheduler: st
     t_start = time.time()
     m = read_manifest(manifest)
     out = Path(out).expanduser().absolute()
-    _prepare_out(out, m, resume)
+    _prepare_out(out, m, resume, overwrite)
     specs = [dict(c.to_dict()) for c in m.cases]
 
     def earlier() -> dict[str, dict]:  # the cases that --resume keeps
@@ -436,6 +452,8 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
 
 # ------------------------------------------------------------------------------------------ command line
 def register_cli(subparsers) -> None:
+    from .cli_utils import number
+
     p = subparsers.add_parser(
         "batch", help="run any step over a CSV manifest of cases on Dask (local workers or a cluster), resumable; "
                       "writes DIR/<case_id>/<step>/, summary.csv, batch.json, cohort.html",
@@ -445,15 +463,19 @@ def register_cli(subparsers) -> None:
                     "left out; several values of one option are separated by ';'. Exit 0: every case ok; 1: some "
                     "failed (summary still written); 2: bad manifest.")
     p.add_argument("--manifest", required=True, help="CSV file: case_id,step,<option>,...")
-    p.add_argument("--out", required=True, help="output folder (new, or the folder of an earlier batch with --resume)")
+    # dest batch_out: the batch applies its own --out policy (--resume continues a non-empty folder)
+    p.add_argument("--out", dest="batch_out", required=True,
+                   help="output folder (new, or the folder of an earlier batch with --resume or --overwrite)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, help=f"local worker processes (default: the machine's cores, "
-                   f"here {machine_cores()})")
+    g.add_argument("--workers", type=number(min=1, max=1024, integer=True),
+                   help=f"local worker processes (default: the machine's cores, here {machine_cores()})")
     g.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers "
                    "must see the inputs and --out at the same paths)")
     p.add_argument("--resume", action="store_true", help="keep the cases of an earlier batch in --out that finished "
                    "with unchanged inputs and options; run the others; rewrite the summary")
-    p.add_argument("--memory-limit-gb", type=float, help="memory limit per local worker in GB; a case above it "
+    p.add_argument("--overwrite", action="store_true", help="recompute every case in the folder of an earlier "
+                   "batch (each case folder is replaced when its new run ends)")
+    p.add_argument("--memory-limit-gb", type=number(min=0.1, max=1e5, unit="GB"), help="memory limit per local worker in GB; a case above it "
                    "kills its worker and becomes an error row (default: the machine's memory shared out)")
     p.add_argument("--quiet", action="store_true", help="no progress on the terminal")
     p.set_defaults(func=cmd_batch)
@@ -462,10 +484,11 @@ def register_cli(subparsers) -> None:
 def cmd_batch(args) -> int:
     if not getattr(args, "debug", False):  # Dask's own INFO/WARNING lines would drown the progress; errors stay
         logging.getLogger("distributed").setLevel(logging.ERROR)
-    table = run(args.manifest, args.out, workers=args.workers, scheduler=args.scheduler, resume=args.resume,
-                memory_limit_gb=args.memory_limit_gb, progress=False if args.quiet else None)
+    table = run(args.manifest, args.batch_out, workers=args.workers, scheduler=args.scheduler, resume=args.resume,
+                overwrite=args.overwrite, memory_limit_gb=args.memory_limit_gb,
+                progress=False if args.quiet else None)
     c = table.counts()
-    out = Path(args.out)
+    out = Path(args.batch_out)
     print(f"batch: {len(table)} case(s): {c['ok']} ok, {c['error']} failed, {c['skipped']} skipped (complete "
           f"before); wrote {out / 'summary.csv'}, {out / 'batch.json'}, {out / 'cohort.html'}")
     for r in table:

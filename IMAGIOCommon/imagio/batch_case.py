@@ -233,16 +233,20 @@ def run_case(case: dict, out_dir: str) -> dict:
     started = time.time()
     t0 = time.perf_counter()
     rc = 1
+    argv0 = sys.argv
     with capture_output() as buf:
         try:
             from .cli import main
 
+            sys.argv = ["imagio", *argv]  # what the step records as its command line
             rc = int(main(argv) or 0)
         except SystemExit as e:  # argparse's own exit
             rc = e.code if isinstance(e.code, int) else 2
         except BaseException as e:  # noqa: BLE001 - a failing case is an error row, the batch goes on
             print(f"imagio: internal error: {type(e).__name__}: {e}", file=sys.stderr)
             rc = 1
+        finally:
+            sys.argv = argv0
     runtime = round(time.perf_counter() - t0, 3)
     text = buf.getvalue()
     (stage / LOG).write_text(text.replace(str(stage), str(out / case_id)))  # where the files are once published

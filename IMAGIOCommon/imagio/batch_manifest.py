@@ -73,7 +73,7 @@ class StepOption:
     flag: str              # e.g. "--pre-ct"
     dest: str
     kind: str              # "value" | "flag" | "list" | "repeat"
-    numeric: bool = False
+    typed: bool = False    # a number, a point or another typed value: never a path
     choices: tuple = ()
 
 
@@ -145,10 +145,11 @@ def step_options(parser: argparse.ArgumentParser) -> dict[str, StepOption]:
             kind = "list"
         else:
             kind = "value"
-        numeric = a.type in (int, float)
+        # only plain string options can name files: numbers, points and other typed values never do
+        textual = a.type is None or a.type is str or (isinstance(a.type, type) and issubclass(a.type, os.PathLike))
         for flag in longs:
             col = flag[2:].replace("-", "_")
-            out[col] = StepOption(col, flag, a.dest, kind, numeric, tuple(a.choices or ()))
+            out[col] = StepOption(col, flag, a.dest, kind, not textual, tuple(a.choices or ()))
     return out
 
 
@@ -162,7 +163,11 @@ def _parse_check(root: argparse.ArgumentParser, argv: list[str]) -> str | None:
         if e.code in (0, None):
             return "the options ask for help, not a run"
         lines = [ln.strip() for ln in err.getvalue().splitlines() if ln.strip()]
-        return lines[-1] if lines else f"the command line is invalid (argparse exit {e.code})"
+        if not lines:
+            return f"the command line is invalid (argparse exit {e.code})"
+        line = lines[-1]
+        m = re.match(r"^imagio: error: (.*?)\.? See '(.*?) --help'$", line)
+        return f"{m.group(2)}: {m.group(1)}" if m else line.removeprefix("imagio: error: ")
     return None
 
 
@@ -329,7 +334,7 @@ def _row_to_case(case_id, step, line, values, opts: dict[str, StepOption], base:
         items = [v for v in items if v]
         resolved = []
         for v in items:
-            if not opt.numeric and not opt.choices and (opt.dest in PATH_DESTS or _looks_like_path(v)):
+            if not opt.typed and not opt.choices and (opt.dest in PATH_DESTS or _looks_like_path(v)):
                 p = Path(v).expanduser()
                 p = p if p.is_absolute() else base / p
                 p = Path(os.path.abspath(p))
