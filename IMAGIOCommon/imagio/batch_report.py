@@ -122,13 +122,9 @@ def _ticks(lo, hi, n=5):
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    start = math.floor(lo / step) * step
-    ticks = []
-    t = start
-    while t <= hi + 1e-9 * step:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
+    start = math.floor(lo / step + 1e-9) * step
+    n_steps = max(1, math.ceil((hi - start) / step - 1e-9))  # the last tick at or beyond hi
+    return [round(start + i * step, 10) for i in range(n_steps + 1)]
 
 
 def histogram_with_threshold(values, thresholds, xlabel, width=560, height=260, color="#3b7dd8") -> str:
@@ -146,7 +142,7 @@ def histogram_with_threshold(values, thresholds, xlabel, width=560, height=260, 
     counts = [0] * nb
     for v in vals:
         counts[min(nb - 1, int((v - x0) / bw))] += 1
-    ml, mr, mt, mb = 46, 14, 18, 44
+    ml, mr, mt, mb = 46, 14, 30, 44
     pw, ph = width - ml - mr, height - mt - mb
     cmax = max(counts)
 
@@ -173,9 +169,10 @@ def histogram_with_threshold(values, thresholds, xlabel, width=560, height=260, 
     p.append(f'<text x="13" y="{mt + ph / 2:.1f}" transform="rotate(-90 13 {mt + ph / 2:.1f})" '
              f'text-anchor="middle">cases</text>')
     for t in ths:
+        right = sx(t) > ml + 0.6 * pw  # label on the side with room
         p.append(f'<line x1="{sx(t):.1f}" y1="{mt - 4}" x2="{sx(t):.1f}" y2="{mt + ph}" stroke="#c0392b" '
-                 f'stroke-width="2" stroke-dasharray="6 4"/><text x="{sx(t) + 4:.1f}" y="{mt + 8}" '
-                 f'fill="#c0392b">threshold {t:g} mm</text>')
+                 f'stroke-width="2" stroke-dasharray="6 4"/><text x="{sx(t) + (-4 if right else 4):.1f}" '
+                 f'y="{mt - 10}" fill="#c0392b" text-anchor="{"end" if right else "start"}">threshold {t:g} mm</text>')
     p.append("</svg>")
     return "".join(p)
 
@@ -186,11 +183,12 @@ def bars(items, xlabel, width=560, lo=None, hi=None, ref=None, ref_label="", uni
     vals = [v for _, v, _, _ in items if v is not None]
     if not items:
         return "<p class='none'>no cases</p>"
-    lo = min([0.0, *vals]) if lo is None else lo
-    hi = max([1.0, *vals]) if hi is None else hi
+    extra = [] if ref is None else [ref]
+    lo = min([0.0, *vals, *extra]) if lo is None else lo
+    hi = max([1.0, *vals, *extra]) if hi is None else hi
     ticks = _ticks(lo, hi)
     x0, x1 = ticks[0], ticks[-1]
-    row, ml, mr, mt, mb = 20, 150, 70, 10, 40
+    row, ml, mr, mt, mb = 20, 170, 150, 10, 40
     height = mt + mb + row * len(items)
     pw = width - ml - mr
 
@@ -211,16 +209,15 @@ def bars(items, xlabel, width=560, lo=None, hi=None, ref=None, ref_label="", uni
         a, b = sorted((sx(max(v, x0)), sx(max(0.0, x0))))
         p.append(f'<rect x="{a:.1f}" y="{y + 3}" width="{max(b - a, 1.5):.1f}" height="{row - 6}" fill="{col}">'
                  f'<title>{html.escape(lab)}: {v:g} {html.escape(unit)}</title></rect>')
+        note = note if len(note) <= 28 else note[:27] + "…"
         p.append(f'<text x="{max(a, b) + 4:.1f}" y="{y + 14}">{v:.3g}{html.escape(unit)}'
                  f'{(" " + html.escape(note)) if note else ""}</text>')
-    if ref is not None and x0 <= ref <= x1:
+    if ref is not None:
         p.append(f'<line x1="{sx(ref):.1f}" y1="{mt - 2}" x2="{sx(ref):.1f}" y2="{mt + row * len(items)}" '
-                 f'stroke="#c0392b" stroke-width="2" stroke-dasharray="6 4"/>'
-                 f'<text x="{sx(ref):.1f}" y="{height - 4}" fill="#c0392b" text-anchor="middle">'
-                 f'{html.escape(ref_label)}</text>')
-    p.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4 if ref is None else height - 18}" '
-             f'text-anchor="middle">{html.escape(xlabel)}</text>' if ref is None else
-             f'<text x="{ml - 6}" y="{height - 4}" text-anchor="end">{html.escape(xlabel)}</text>')
+                 f'stroke="#c0392b" stroke-width="2" stroke-dasharray="6 4"><title>{html.escape(ref_label)}</title>'
+                 f'</line>')
+    label = xlabel + (f" (dashed: {ref_label})" if ref is not None and ref_label else "")
+    p.append(f'<text x="{ml + pw / 2:.1f}" y="{height - 4}" text-anchor="middle">{html.escape(label)}</text>')
     p.append("</svg>")
     return "".join(p)
 
@@ -241,7 +238,7 @@ h1{font-size:22px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #dd
 .kpi b{font-size:20px;display:block}
 .grid{display:flex;flex-wrap:wrap;gap:4px}.cell{color:#fff;padding:3px 7px;border-radius:4px;font-size:12px}
 table{border-collapse:collapse;font-size:12px;margin-top:6px}td,th{border:1px solid #ddd;padding:3px 6px;text-align:left}
-th{background:#f3f4f6}.err{color:#b03a2e}.none{color:#888}.note{color:#555;font-size:13px;max-width:860px}
+th{background:#f3f4f6}td.msg{min-width:260px;max-width:420px}.wide{overflow-x:auto}.err{color:#b03a2e}.none{color:#888}.note{color:#555;font-size:13px;max-width:860px}
 .legend span{display:inline-block;width:12px;height:12px;border-radius:2px;margin:0 4px -1px 12px}"""
 
 
@@ -327,11 +324,16 @@ def cohort_html(table: SummaryTable, info: dict) -> str:
                  for r in sorted(seg, key=lambda r: r["volume_ml"])]
         parts.append(bars(items, "volume (ml)", unit=" ml"))
 
-    parts.append("<h2>All cases</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in table.columns) + "</tr>")
+    parts.append("<h2>All cases</h2><p class='note'>As in summary.csv; each case's files are in "
+                 "DIR/&lt;case_id&gt;/&lt;step&gt;/, its terminal output in DIR/&lt;case_id&gt;/log.txt.</p>"
+                 "<div class='wide'><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in table.columns) + "</tr>")
     for r in rows:
-        parts.append("<tr>" + "".join(f"<td{' class=err' if c == 'message' and r['status'] == 'error' else ''}>"
-                                      f"{esc(_fmt(r.get(c)))}</td>" for c in table.columns) + "</tr>")
-    parts.append("</table></body></html>")
+        cells = []
+        for c in table.columns:
+            cls = ("msg err" if r["status"] == "error" else "msg") if c == "message" else ""
+            cells.append(f"<td class='{cls}'>{esc(_fmt(r.get(c)))}</td>" if cls else f"<td>{esc(_fmt(r.get(c)))}</td>")
+        parts.append("<tr>" + "".join(cells) + "</tr>")
+    parts.append("</table></div></body></html>")
     return "\n".join(parts)
 
 
