@@ -87,9 +87,10 @@ def versions() -> dict[str, str]:
 
 def _worker_check(out_dir: str) -> dict:
     """Run on every worker before the cases: can it see DIR, and which imagio does it have?"""
+    from . import io, scene  # noqa: F401 - SimpleITK, VTK and Slicer's MRML: imported before the first case is timed
     from .cli import build_parser
 
-    build_parser()  # imports the step modules once, before the first case is timed
+    build_parser()
     return {"sees_out": os.path.isdir(out_dir) and os.access(out_dir, os.W_OK), **versions()}
 
 
@@ -255,8 +256,8 @@ def _death_message(client, batch_token: str, case_id: str, exc: BaseException, l
         return (f"worker killed for memory while running this case: {rss:.2f} GB in use, above "
                 f"{100 * _terminate_fraction():.0f} %{lim} ({attempts} attempt(s)); give the workers more memory "
                 f"(--memory-limit-gb) or fewer workers")
-    return (f"the worker process died while running this case ({attempts} attempt(s)); "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
+    return (f"the worker process died while running this case ({attempts} attempt(s)): a crash in native code or "
+            f"a kill from outside; see the worker's log")
 
 
 def _terminate_fraction() -> float:
@@ -312,7 +313,7 @@ def run(manifest, out, client=None, *, workers: int | None = None, scheduler: st
             todo = [s for s in specs if s["case_id"] not in records]
             prog = _Progress(len(specs), callback=progress if callable(progress) else None,
                              enabled=progress is not False)
-            interrupted = False
+            interrupted = None
             if todo:
                 if client is None:  # a case of the earlier batch disappeared meanwhile
                     client, engine = _open_engine(client, scheduler, workers, memory_limit_gb, own)
@@ -324,8 +325,8 @@ def run(manifest, out, client=None, *, workers: int | None = None, scheduler: st
         for obj in reversed(own):
             with contextlib.suppress(Exception):
                 obj.close()
-    if interrupted:
-        raise KeyboardInterrupt
+    if interrupted is not None:
+        raise interrupted
     return table
 
 
@@ -384,8 +385,8 @@ def _finish(out: Path, m, specs, records, recomputed, engine, prog, t_start, res
     return table
 
 
-def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, already: int) -> bool:
-    """Submit the cases, follow them to the end; True if interrupted (Ctrl-C)."""
+def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, already: int):
+    """Submit the cases, follow them to the end; the interruption (Ctrl-C, SIGTERM) if one came, else None."""
     from distributed import KilledWorker, as_completed
 
     batch_token = uuid.uuid4().hex
@@ -442,12 +443,14 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
             prog.update(done, failed, running)
             if pending:
                 time.sleep(0.2)
-    except KeyboardInterrupt:
+    except BaseException as e:  # Ctrl-C, SIGTERM (imagio.cli.Terminated): stop, keep what finished
+        if not isinstance(e, KeyboardInterrupt) and type(e).__name__ != "Terminated":
+            raise
         with contextlib.suppress(Exception):
             client.cancel(list(completed.futures))
         prog.line("imagio batch: interrupted; finished cases are kept (run again with --resume)")
-        return True
-    return False
+        return e
+    return None
 
 
 # ------------------------------------------------------------------------------------------ command line
