@@ -413,6 +413,7 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
     prog.line(f"imagio batch: {len(todo)} case(s) to run on {engine.get('kind')} with {len(info)} worker(s)"
               + (f", {already} complete already" if already else "") + f"; writing {out}")
     t_last_events = 0.0
+    last_done = -1
     started: set[str] = set()
     try:
         while pending:
@@ -436,9 +437,10 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
                     failed += 1
                     prog.line(f"case {s['case_id']} ({s['step']}) failed: {rec['message']}")
             now = time.perf_counter()
-            if now - t_last_events > 1.0:
+            if now - t_last_events > 1.0 or (done != last_done):
                 t_last_events = now
                 started = {e.get("case_id") for e in _events(client, EVENT_TOPIC) if e.get("batch") == batch_token}
+                last_done = done
             running = len({by_key[k]["case_id"] for k in pending} & started)
             prog.update(done, failed, running)
             if pending:
@@ -485,8 +487,8 @@ def register_cli(subparsers) -> None:
 
 
 def cmd_batch(args) -> int:
-    if not getattr(args, "debug", False):  # Dask's own INFO/WARNING lines would drown the progress; errors stay
-        logging.getLogger("distributed").setLevel(logging.ERROR)
+    if not getattr(args, "debug", False):  # Dask's own INFO/WARNING lines would drown the progress
+        logging.getLogger("distributed").propagate = False  # (its own handler, silenced by LocalCluster, stays)
     table = run(args.manifest, args.batch_out, workers=args.workers, scheduler=args.scheduler, resume=args.resume,
                 overwrite=args.overwrite, memory_limit_gb=args.memory_limit_gb,
                 progress=False if args.quiet else None)

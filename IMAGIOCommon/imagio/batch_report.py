@@ -177,7 +177,7 @@ def histogram_with_threshold(values, thresholds, xlabel, width=560, height=260, 
     return "".join(p)
 
 
-def bars(items, xlabel, width=560, lo=None, hi=None, ref=None, ref_label="", unit="") -> str:
+def bars(items, xlabel, width=640, lo=None, hi=None, ref=None, ref_label="", unit="") -> str:
     """Horizontal bars, one per case: items = [(label, value, color, note)]."""
     items = [(lab, _num(v), col, note) for lab, v, col, note in items]
     vals = [v for _, v, _, _ in items if v is not None]
@@ -188,7 +188,7 @@ def bars(items, xlabel, width=560, lo=None, hi=None, ref=None, ref_label="", uni
     hi = max([1.0, *vals, *extra]) if hi is None else hi
     ticks = _ticks(lo, hi)
     x0, x1 = ticks[0], ticks[-1]
-    row, ml, mr, mt, mb = 20, 170, 150, 10, 40
+    row, ml, mr, mt, mb = 20, 180, 200, 10, 40
     height = mt + mb + row * len(items)
     pw = width - ml - mr
 
@@ -201,7 +201,7 @@ def bars(items, xlabel, width=560, lo=None, hi=None, ref=None, ref_label="", uni
                  f'<text x="{sx(t):.1f}" y="{mt + row * len(items) + 16}" text-anchor="middle">{t:g}</text>')
     for i, (lab, v, col, note) in enumerate(items):
         y = mt + i * row
-        short = lab if len(lab) <= 22 else lab[:21] + "…"
+        short = lab if len(lab) <= 28 else lab[:27] + "…"
         p.append(f'<text x="{ml - 6}" y="{y + 14}" text-anchor="end">{html.escape(short)}</text>')
         if v is None:
             p.append(f'<text x="{ml + 4}" y="{y + 14}" fill="#999">{html.escape(note or "no value")}</text>')
@@ -209,7 +209,7 @@ def bars(items, xlabel, width=560, lo=None, hi=None, ref=None, ref_label="", uni
         a, b = sorted((sx(max(v, x0)), sx(max(0.0, x0))))
         p.append(f'<rect x="{a:.1f}" y="{y + 3}" width="{max(b - a, 1.5):.1f}" height="{row - 6}" fill="{col}">'
                  f'<title>{html.escape(lab)}: {v:g} {html.escape(unit)}</title></rect>')
-        note = note if len(note) <= 28 else note[:27] + "…"
+        note = note if len(note) <= 34 else note[:33] + "…"
         p.append(f'<text x="{max(a, b) + 4:.1f}" y="{y + 14}">{v:.3g}{html.escape(unit)}'
                  f'{(" " + html.escape(note)) if note else ""}</text>')
     if ref is not None:
@@ -312,7 +312,7 @@ def cohort_html(table: SummaryTable, info: dict) -> str:
         parts.append(f"<h2>Route reachability</h2><p class='note'>{n_ok} of {len(nav)} target(s) reachable with "
                      f"the scope; bar: route length (mm), gap to the target and exit generation beside it.</p>")
         items = [(r["case_id"], r.get("route_length_mm"), "#2e9d4a" if r.get("reachable") else "#d64541",
-                  f"gap {r['gap_to_target_mm']:.1f} mm, gen {r.get('generation')}"
+                  f"(gap {r['gap_to_target_mm']:.1f} mm, generation {r.get('generation')})"
                   if _num(r.get("gap_to_target_mm")) is not None else "") for r in nav]
         parts.append(bars(items, "route length (mm)", unit=" mm"))
         parts.append(_legend([("reachable", "#2e9d4a"), ("not reachable", "#d64541")]))
