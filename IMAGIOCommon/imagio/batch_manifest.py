@@ -247,19 +247,16 @@ def read_manifest(path, root_parser: argparse.ArgumentParser | None = None, hash
     except csv.Error as e:
         raise ImagioError(f"Manifest {path} line {reader.line_num}: not valid CSV ({e})", "Check its quoting") from None
     rows = [(line, cells) for line, cells in rows if any(cells) and not cells[0].startswith("#")]
-    step_index = columns.index("step")
     parsers: dict[str, argparse.ArgumentParser | None] = {}
     options: dict[str, dict[str, StepOption]] = {}
-    for _, cells in rows:
-        step = cells[step_index] if step_index < len(cells) else ""
-        if step in STEP_COMMANDS and step not in parsers:
-            parsers[step] = step_parser(root_parser, step)
-            options[step] = step_options(parsers[step]) if parsers[step] is not None else {}
-    # a column that no step of this manifest knows is a typo, even where its cells are empty
+    for step in STEP_COMMANDS:
+        parsers[step] = step_parser(root_parser, step)
+        options[step] = step_options(parsers[step]) if parsers[step] is not None else {}
+    # a column that no step knows is a typo, even where its cells are empty
     known = set(RESERVED_COLUMNS).union(*[set(o) for o in options.values()])
     unknown = [c for c in columns if c not in known]
-    if unknown and any(parsers.values()):
-        problems.append(f"unknown column(s) {', '.join(unknown)}: no step of this manifest has "
+    if unknown:
+        problems.append(f"unknown column(s) {', '.join(unknown)}: no step has "
                         + ", ".join("--" + c.replace("_", "-") for c in unknown))
 
     cases: list[CaseSpec] = []
