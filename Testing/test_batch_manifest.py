@@ -212,3 +212,42 @@ def test_batch_imports_without_dask_and_says_what_to_install(files):
     code = "import sys, imagio.batch, imagio.cli; imagio.cli.build_parser(); print('dask' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stdout + r.stderr
+
+
+def test_overwrite_and_resume_rules(files, capsys):
+    man = _write(files, "case_id,step,tumor,ablation\nc1,margin,cases/p1/tumor.seg.nrrd,cases/p1/zone.seg.nrrd\n")
+    out = files / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for flag in ("--overwrite", "--resume"):  # a folder that no batch wrote is never taken over
+        assert main(["batch", "--manifest", str(man), "--out", str(out), flag]) == 2
+        assert "was not written by imagio batch" in capsys.readouterr().err
+    assert main(["batch", "--manifest", str(man), "--out", str(out), "--overwrite", "--resume"]) == 2
+    assert "Give one of them" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_progress_bar_on_a_terminal_and_lines_on_a_log():
+    import io
+
+    from imagio.batch import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    p = _Progress(10, stream=tty)
+    for done in range(11):
+        p.update(done, done // 4, min(2, 10 - done), force=True)
+    p.close()
+    text = tty.getvalue()
+    assert text.count("\n") == 1 and text.count("\r") == 11  # one live line, redrawn
+    assert "batch [" + "#" * 30 + "] 10/10 done, 2 failed, 0 running" in text
+    assert "3/10 done, 0 failed, 2 running" in text and "min left" in text
+    log = io.StringIO()
+    p = _Progress(40, stream=log)
+    for done in range(41):
+        p.update(done, 0, 2)
+    lines = log.getvalue().splitlines()
+    assert 4 <= len(lines) <= 6 and lines[-1].startswith("batch: 40/40 cases done")  # a few lines, not 40
