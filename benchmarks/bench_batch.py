@@ -8,18 +8,21 @@ Cases (12, real data from IMAGIO_DATA, default ../shared/data):
   STS-001 and STS-002 sarcomas (soft tissue, radius of the equal-volume sphere), the LUNG1-001
   tumour on its full DICOM series, and the LIDC nodule with --largest-component.
 
-Measured in the same run, each configuration ``--repeat`` times (median), in the order
-1, 2, 2, 1 ... so that drift of a shared machine falls on both:
+Measured in the same run, each configuration ``--repeat`` times (median), the order reversed
+every other round so that drift of a shared machine falls on all:
 
-* ``batch, 1 worker`` and ``batch, 2 workers``: ``imagio.batch.run`` on a LocalCluster made as
-  `imagio batch --workers N` makes it; "cases phase" from the first submission to the last
-  result, workers started and their imports done; "end to end" also counts starting the cluster;
+* ``1 worker`` and ``2 workers``: ``imagio.batch.run`` on a LocalCluster made as
+  `imagio batch --workers N` makes it, which gives each case cores // N threads (ITK/BLAS): on
+  2 cores, 2 threads per case with 1 worker, 1 thread per case with 2 workers;
+* ``1 worker, 1 thread``: the same threads per case as with 2 workers, so that
+  2 workers / this ratio is the case-level parallelism alone;
 * ``shell loop`` (the named peer for today's practice): one ``imagio <step>`` process per case,
   one after the other.
 
-The summary numbers of every configuration must agree (checked). Cores per case: a LocalCluster
-of N workers gives each case cores // N threads (ITK/BLAS), so 2 workers on 2 cores trade the
-threads inside a case for cases side by side.
+"cases phase": from the first submission to the last result, workers started and their imports
+done; "end to end" also counts starting the cluster. The summary numbers of every configuration
+must agree (checked). The machine's load average is recorded: on a shared machine other work
+takes cores from the workers.
 
 Run: ``python benchmarks/bench_batch.py [--repeat 1] [--out FILE] [--work DIR]``
 (JSON default: benchmarks/results/bench_batch.json).
@@ -116,9 +119,9 @@ def _numbers(rows) -> dict:
     return {r["case_id"]: {k: v for k, v in r.items() if k not in NUMERIC_SKIP and v not in (None, "")} for r in rows}
 
 
-def run_batch(manifest: Path, out: Path, n: int) -> dict:
+def run_batch(manifest: Path, out: Path, n: int, threads: int | None = None) -> dict:
     t0 = time.perf_counter()
-    client, cluster = batch._local_cluster(n, None)
+    client, cluster = batch._local_cluster(n, None, threads)
     try:
         client.run(batch._worker_check, str(out.parent))  # workers up and their imports done
         t_ready = time.perf_counter()
@@ -160,16 +163,23 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     manifest = build_cases(work)
     n_cases = sum(1 for _ in open(manifest)) - 1
-    runs: dict[str, list[dict]] = {"1 worker": [], "2 workers": [], "shell loop": []}
+    cores = batch.machine_cores()
+    # (name, workers, threads per case): the default shares the cores out (cores // workers threads per case);
+    # "1 worker, 1 thread" holds the threads per case fixed, so 2 workers / it is the case-level parallelism alone
+    configs = {"1 worker": (1, None), "2 workers": (2, None), "1 worker, 1 thread": (1, 1)}
+    runs: dict[str, list[dict]] = {name: [] for name in configs} | {"shell loop": []}
     order = []
     for i in range(args.repeat):
-        order += [1, 2] if i % 2 == 0 else [2, 1]
-    for k, n in enumerate(order):
-        out = work / f"out-{n}-{k}"
-        res = run_batch(manifest, out, n)
-        runs["1 worker" if n == 1 else "2 workers"].append(res)
-        print(f"batch, {n} worker(s): {n_cases} cases in {res['cases_s']:.1f} s (end to end {res['end_to_end_s']:.1f} s)",
-              flush=True)
+        names = list(configs)
+        order += names if i % 2 == 0 else names[::-1]
+    for k, name in enumerate(order):
+        n, threads = configs[name]
+        out = work / f"out-{k}"
+        res = run_batch(manifest, out, n, threads)
+        res["threads_per_case"] = threads or max(1, cores // n)
+        runs[name].append(res)
+        print(f"batch, {name}: {n_cases} cases in {res['cases_s']:.1f} s (end to end {res['end_to_end_s']:.1f} s, "
+              f"sum of case run times {res['case_runtime_sum_s']:.1f} s)", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     if not args.skip_loop:
         out = work / "out-loop"
@@ -178,7 +188,7 @@ def main() -> int:
         print(f"shell loop: {n_cases} cases in {res['cases_s']:.1f} s", flush=True)
         shutil.rmtree(out, ignore_errors=True)
     ref = runs["1 worker"][0]["numbers"]
-    for name, rs in runs.items():
+    for name, rs in runs.items():  # whatever the workers and threads, the numbers agree
         for r in rs:
             assert r["numbers"] == ref, f"{name}: summary numbers differ from the 1-worker batch"
     summary = {}
@@ -193,25 +203,29 @@ def main() -> int:
                          "runs_cases_s": [round(r["cases_s"], 2) for r in rs]}
         if "case_runtime_sum_s" in rs[0]:
             summary[name]["case_runtime_sum_s"] = round(statistics.median(r["case_runtime_sum_s"] for r in rs), 2)
-    one, two = summary["1 worker"], summary["2 workers"]
+            summary[name]["threads_per_case"] = rs[0]["threads_per_case"]
+    one, two, fixed = summary["1 worker"], summary["2 workers"], summary["1 worker, 1 thread"]
     result = {
         "benchmark": "imagio batch: cases per minute, 1 vs 2 LocalCluster workers (peer: a shell loop of commands)",
         "machine": {"cores": batch.machine_cores(), "python": platform.python_version(), "platform": platform.platform()},
         "cases": n_cases, "repeat": args.repeat, "order": order, "results": summary,
         "ratio_2_over_1_workers": round(two["cases_per_min"] / one["cases_per_min"], 3),
         "ratio_2_over_1_workers_end_to_end": round(two["cases_per_min_end_to_end"] / one["cases_per_min_end_to_end"], 3),
+        "ratio_2_workers_over_1_worker_1_thread": round(two["cases_per_min"] / fixed["cases_per_min"], 3),
         "numbers_identical": True,
+        "load_average_during_run": os.getloadavg(),
     }
     if "shell loop" in summary:
         result["ratio_1_worker_over_shell_loop"] = round(one["cases_per_min_end_to_end"]
                                                           / summary["shell loop"]["cases_per_min"], 3)
         result["ratio_2_workers_over_shell_loop"] = round(two["cases_per_min_end_to_end"]
                                                            / summary["shell loop"]["cases_per_min"], 3)
-    print(f"{'configuration':14s} {'cases/min':>10s} {'(end to end)':>13s} {'case phase s':>13s}")
+    print(f"{'configuration':20s} {'cases/min':>10s} {'(end to end)':>13s} {'case phase s':>13s}")
     for name, s in summary.items():
-        print(f"{name:14s} {s['cases_per_min']:10.2f} {s['cases_per_min_end_to_end']:13.2f} {s['cases_phase_s']:13.1f}")
+        print(f"{name:20s} {s['cases_per_min']:10.2f} {s['cases_per_min_end_to_end']:13.2f} {s['cases_phase_s']:13.1f}")
     print(f"ratio 2 workers / 1 worker: {result['ratio_2_over_1_workers']:.3f} (cases phase), "
-          f"{result['ratio_2_over_1_workers_end_to_end']:.3f} (end to end)")
+          f"{result['ratio_2_over_1_workers_end_to_end']:.3f} (end to end); 2 workers / 1 worker with one thread "
+          f"per case: {result['ratio_2_workers_over_1_worker_1_thread']:.3f}; load average {os.getloadavg()}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if not args.work:

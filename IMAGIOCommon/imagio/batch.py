@@ -210,12 +210,13 @@ def _clean_staging(out: Path, tokens_alive=()) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the engine
-def _local_cluster(workers: int | None, memory_limit_gb: float | None):
+def _local_cluster(workers: int | None, memory_limit_gb: float | None, threads_per_case: int | None = None):
     import dask
     from distributed import Client, LocalCluster
 
     n = workers or machine_cores()
-    threads = max(1, machine_cores() // n)  # each worker's share of the cores for ITK / BLAS / ONNX Runtime
+    # each worker's share of the cores for ITK / BLAS / ONNX Runtime inside a case
+    threads = threads_per_case or max(1, machine_cores() // n)
     env = {k: str(threads) for k in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS",
                                      "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     limit = f"{memory_limit_gb}GiB" if memory_limit_gb else "auto"
