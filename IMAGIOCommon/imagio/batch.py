@@ -422,6 +422,8 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
                 pending.discard(f.key)
                 s = by_key[f.key]
                 f.release()
+                if isinstance(result, tuple) and len(result) == 3 and isinstance(result[1], BaseException):
+                    result = result[1]  # as_completed(raise_errors=False) hands over (type, exception, traceback)
                 if isinstance(result, dict):
                     rec = result
                 else:  # the task did not return: its worker died (KilledWorker) or it was lost
