@@ -52,13 +52,17 @@ uses the image's own mean and std; ``NoNormalization`` passes values through.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from imagio import schema as S
 from imagio.errors import ImagioError
+
+log = logging.getLogger(__name__)
 
 CARD_KEY = "imagio_model_card"
 SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -290,6 +294,62 @@ def _folds(d: dict, p: Path) -> list[Fold]:
     return [Fold(str(name), (p.parent / str(onnx_rel)).resolve())]
 
 
+#: Bounds of a card (issue 13): each keeps a run finite in memory and time, or a number meaningful.
+MAX_PATCH_AXIS = 512
+MAX_PATCH_VOXELS = 256 ** 3  # one window of a 10-class model: 10 x 16.8 M x 4 bytes = 671 MB of logits
+MAX_OVERLAP = 0.9  # at 0.9 a window steps a tenth of the patch: at most 10^3 times a tiling's windows
+SPACING_RANGE_MM = (0.05, 20.0)
+MAX_CARD_BYTES = 1 << 20
+
+_TERM = S.Obj({"scheme": S.Str(max_len=64), "code": S.Str(max_len=64), "meaning": S.Str(max_len=256)})
+_NORM = S.Obj(
+    {"scheme": S.Enum(*SCHEMES, name="normalisation scheme"),
+     "clip_low": S.Num(min=-1e5, max=1e5), "clip_high": S.Num(min=-1e5, max=1e5),
+     "mean": S.Num(min=-1e5, max=1e5), "std": S.Num(min=0, max=1e5, min_inclusive=False),
+     "use_mask_for_norm": S.Bool()},
+    required=("scheme",),
+    checks=[S.Where(lambda n: n["scheme"] != "CT" or all(k in n for k in ("clip_low", "clip_high", "mean", "std")),
+                    "scheme", "the CT scheme needs clip_low, clip_high, mean and std"),
+            S.Less("clip_low", "clip_high")])
+_LABEL = S.Obj({"value": S.Int(min=0, max=255), "name": S.Str(min_len=1, max_len=200),
+                "color": S.List(S.Num(min=-1e3, max=1e3), length=3, what="numbers (RGB 0..1, clipped)"),
+                "terminology": S.Obj({k: _TERM for k in ("category", "type", "anatomic_region")})},
+               required=("value", "name"))
+_RESAMPLE = S.Obj({"order": S.Int(min=0, max=5), "order_z": S.Int(min=0, max=5), "force_separate_z": S.Optional(S.Bool())})
+CARD_SCHEMA = S.Obj(
+    {CARD_KEY: S.Enum(1, name="model card version"),
+     "name": S.Str(min_len=1, max_len=200), "version": S.Str(max_len=200), "description": S.Str(),
+     "intended_use": S.OneOf(S.Str(), S.Obj({})), "clinical_use": S.Bool(),
+     "onnx": S.RelPath(suffix=".onnx"),
+     "folds": S.List(S.Obj({"fold": S.OneOf(S.Str(max_len=16), S.Int(min=0, max=99)), "onnx": S.RelPath(suffix=".onnx")},
+                           required=("onnx",)), min_len=1, max_len=10, what="folds"),
+     "input": S.Obj({"channels": S.Int(min=1, max=16), "modality": S.List(S.Str(max_len=64), min_len=1, max_len=16)},
+                    defaults={"channels": 1},
+                    checks=[S.Where(lambda i: "modality" not in i or len(i["modality"]) == i["channels"],
+                                    "modality", "must name one modality per input channel")]),
+     "target_spacing_kji_mm": S.List(S.Num(*SPACING_RANGE_MM, unit="mm"), length=3, what="spacings (3D models only)"),
+     "patch_size_kji": S.List(S.Int(min=1, max=MAX_PATCH_AXIS), length=3, product_max=MAX_PATCH_VOXELS,
+                              what="patch sizes (voxels, 3D models only)"),
+     "overlap": S.Num(min=0, max=MAX_OVERLAP),
+     "mirror_axes_kji": S.List(S.Int(min=0, max=2), max_len=3, unique=True, what="axes"),
+     "transpose_forward": S.List(S.Int(min=0, max=2), length=3, unique=True, what="axes (a permutation of 0, 1, 2)"),
+     "crop_to_nonzero": S.Bool(),
+     "normalization": S.List(_NORM, min_len=1, max_len=16, what="entries"),
+     "resampling": S.Obj({"anisotropy_threshold": S.Num(min=0, max=100, min_inclusive=False),
+                          "force_separate_z": S.Optional(S.Bool()), "data": _RESAMPLE, "probabilities": _RESAMPLE}),
+     "output": S.Obj({"activation": S.Enum("softmax", "sigmoid", name="output activation"),
+                      "regions_class_order": S.List(S.Int(min=1, max=255), max_len=255),
+                      "regions": S.List(S.List(S.Int(min=0, max=255), max_len=255), max_len=255)}),
+     "labels": S.List(_LABEL, min_len=2, max_len=256, what="labels"),
+     "source": S.Obj({}), "training": S.Obj({})},
+    required=(CARD_KEY, "input", "target_spacing_kji_mm", "patch_size_kji", "normalization", "labels"),
+    checks=[S.Where(lambda d: "onnx" in d or "folds" in d, "onnx", "is required (or 'folds') but missing"),
+            S.Where(lambda d: [lab["value"] for lab in d["labels"]] == list(range(len(d["labels"]))), "labels",
+                    "labels must be numbered 0..N-1 (background first), at least two"),
+            S.Where(lambda d: len(d["normalization"]) == d["input"]["channels"], "normalization",
+                    "needs one normalisation entry per input channel")])
+
+
 def load_card(path_or_dir) -> ModelCard:
     """Read and check a model card; ``path_or_dir`` is the JSON or a folder holding exactly one card."""
     p = Path(path_or_dir)
@@ -308,13 +368,13 @@ def load_card(path_or_dir) -> ModelCard:
             raise ImagioError(f"{p} has no model card beside it ({beside.name})",
                               "Export the model with `imagio export-onnx`, which writes the card")
         p = beside
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ImagioError(f"Model card {p} is not readable JSON ({e})", "Check the file") from None
+    d = S.load_json(p, MAX_CARD_BYTES, what="Model card")
     if not isinstance(d, dict) or CARD_KEY not in d:
         raise ImagioError(f"{p} is not an IMAGIO model card (no '{CARD_KEY}' key)",
                           "Export the model with `imagio export-onnx`, which writes the card")
+    # every key's type and range, the onnx files inside the card's folder (imagio.schema), before anything is used
+    S.validate(CARD_SCHEMA, d, source=f"Model card {p}", base_dir=p.parent,
+               hint="Fix the card (see imagio/model_card.py) or re-export the model")
     folds = _folds(d, p)
     inp = _require(d, "input", p)
     channels = int(inp.get("channels", 1))
@@ -328,7 +388,8 @@ def load_card(path_or_dir) -> ModelCard:
                           "Only 3D models are supported")
     labels = []
     for lab in _require(d, "labels", p):
-        labels.append(Label(int(lab["value"]), str(lab["name"]), tuple(lab.get("color", (0.9, 0.6, 0.2))),
+        labels.append(Label(int(lab["value"]), str(lab["name"]),
+                            tuple(min(max(float(c), 0.0), 1.0) for c in lab.get("color", (0.9, 0.6, 0.2))),
                             dict(lab.get("terminology", {}))))
     if [lab.value for lab in labels] != list(range(len(labels))) or len(labels) < 2:
         raise ImagioError(f"Model card {p}: labels must be numbered 0..N-1 (background first), at least two",
@@ -398,7 +459,7 @@ def model_dirs() -> list[Path]:
 
 
 def find_cards() -> list[ModelCard]:
-    """Every readable model card in :func:`model_dirs` (recursively); unreadable ones are skipped."""
+    """Every valid model card in :func:`model_dirs` (recursively); a broken one is skipped with a logged warning."""
     cards, seen = [], set()
     for d in model_dirs():
         if not d.is_dir():
@@ -409,8 +470,8 @@ def find_cards() -> list[ModelCard]:
             seen.add(p.resolve())
             try:
                 cards.append(load_card(p))
-            except ImagioError:
-                continue
+            except ImagioError as e:  # one broken card must not hide the others
+                log.warning("warning: skipped a broken model card: %s", e)
     return cards
 
 
