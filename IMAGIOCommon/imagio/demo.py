@@ -20,7 +20,7 @@ from .bundle import save_mrb
 from .cli_utils import staged_output, write_json
 from .errors import ImagioError
 from .geometry import describe_grid
-from .io import Segment, read_image, read_segmentation
+from .io import combine_segments, read_image, read_segmentation
 from .mrml import add_fiducials, segmentation_node_from_segments, volume_node_from_image
 from .progress import Progress, terminal_progress
 from .report import Report, slice_png
@@ -63,10 +63,9 @@ def load_case(case_dir: Path) -> dict:
     if ct_path is None:
         raise ImagioError(f"{case_dir} has no CT", "Put the CT in it as ct.nrrd, ct.nii.gz, ct.mha or a DICOM folder image/")
     ct = read_image(ct_path)
-    segments: dict[str, Segment] = {}
-    for f in sorted(case_dir.glob("*.seg.nrrd")):
-        for s in read_segmentation(f, reference=ct):
-            segments[s.name] = s
+    files = sorted(case_dir.glob("*.seg.nrrd"))  # a name in two files: renamed with a warning, never replaced
+    segments = {s.name: s for s in combine_segments([read_segmentation(f, reference=ct) for f in files],
+                                                    [f.name for f in files])}
     info = {}
     if (case_dir / "case.json").exists():
         info = json.loads((case_dir / "case.json").read_text())
