@@ -75,8 +75,12 @@ INT_LIMIT = 2**32 - 1
 POINT_LIMIT_MM = 1e5
 
 
-def _fmt(v: float) -> str:
+def _fmt_float(v: float) -> str:
     return f"{v:g}"
+
+
+def _fmt_int(v: float) -> str:
+    return f"{int(v)}" if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
 class Number:
@@ -97,6 +101,7 @@ class Number:
 
     def describe(self) -> str:
         u = f" {self.unit}" if self.unit else ""
+        _fmt = _fmt_int if self.integer else _fmt_float
         lo, hi = self.min, self.max
         if lo is not None and hi is not None:
             if self.min_inclusive and self.max_inclusive:
@@ -119,36 +124,37 @@ class Number:
         except argparse.ArgumentTypeError as e:
             raise ImagioError(f"{what}: {e}") from None
 
-    def _check(self, value):
+    def _check(self, value, shown=None):
+        value_shown = value if shown is None else shown
         if isinstance(value, bool):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number: give {self.describe()}")
+            raise argparse.ArgumentTypeError(f"{value_shown!r} is not a number: give {self.describe()}")
         if isinstance(value, int):
             v = value  # exact, even beyond float range
         else:
             try:
                 v = float(value)
             except (TypeError, ValueError, OverflowError):
-                raise argparse.ArgumentTypeError(f"{value!r} is not a number: give {self.describe()}") from None
+                raise argparse.ArgumentTypeError(f"{value_shown!r} is not a number: give {self.describe()}") from None
         if not isinstance(v, int) and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a finite number: give {self.describe()}")
+            raise argparse.ArgumentTypeError(f"{value_shown!r} is not a finite number: give {self.describe()}")
         if self.integer:
             if v != int(v):
-                raise argparse.ArgumentTypeError(f"{value!r} is not a whole number: give {self.describe()}")
+                raise argparse.ArgumentTypeError(f"{value_shown!r} is not a whole number: give {self.describe()}")
             v = int(v)
         if self.limit is not None and abs(v) > self.limit:
-            raise argparse.ArgumentTypeError(f"{value!r} is out of range: give {self.describe()}")
+            raise argparse.ArgumentTypeError(f"{value_shown!r} is out of range: give {self.describe()}")
         lo, hi = self.min, self.max
         if lo is not None and (v < lo or (v == lo and not self.min_inclusive)):
-            raise argparse.ArgumentTypeError(f"{value!r} is out of range: give {self.describe()}")
+            raise argparse.ArgumentTypeError(f"{value_shown!r} is out of range: give {self.describe()}")
         if hi is not None and (v > hi or (v == hi and not self.max_inclusive)):
-            raise argparse.ArgumentTypeError(f"{value!r} is out of range: give {self.describe()}")
+            raise argparse.ArgumentTypeError(f"{value_shown!r} is out of range: give {self.describe()}")
         return v
 
     def __call__(self, text):
         if isinstance(text, str):
             text = text.strip()
             if self.integer and re.fullmatch(r"[-+]?\d+", text):
-                return self._check(int(text))
+                return self._check(int(text), text)
         return self._check(text)
 
     def __repr__(self) -> str:
@@ -387,19 +393,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale(folder: Path, name: str) -> None:
-    """Remove staging folders of earlier runs for ``name`` whose process is gone (killed with SIGKILL)."""
+_STALE_RE = re.compile(r"^\..+(?:\.imagio-staging-|\.imagio-old-)(\d+)-[0-9a-f]{8}$")
+
+
+def _remove_stale(folder: Path) -> None:
+    """Remove the hidden staging folders of earlier runs in ``folder`` whose process is gone (SIGKILL, power loss)."""
     try:
         entries = os.listdir(folder)
     except OSError:
         return
     for e in entries:
-        for tag in (_STAGING_TAG, _OLD_TAG):
-            prefix = f".{name}{tag}"
-            if e.startswith(prefix):
-                pid = e[len(prefix):].split("-")[0]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    shutil.rmtree(folder / e, ignore_errors=True)
+        m = _STALE_RE.match(e)
+        if m and not _pid_alive(int(m.group(1))) and (folder / e).is_dir() and not (folder / e).is_symlink():
+            shutil.rmtree(folder / e, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -457,7 +463,7 @@ def staged_output(out_dir, inputs=(), overwrite: bool | None = None):
         overwrite = OVERWRITE.get()
     out = check_out_dir(out_dir, inputs, overwrite)
     anchor = out.parent if out.parent.is_dir() else _existing_ancestor(out)
-    _remove_stale(anchor, out.name)
+    _remove_stale(anchor)
     staging = anchor / f".{out.name}{_STAGING_TAG}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         os.mkdir(staging)
