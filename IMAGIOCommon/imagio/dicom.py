@@ -591,18 +591,27 @@ def read_dicom_seg(path: Path, reference: sitk.Image | None = None) -> list[tupl
         raise bad("frame positions lie more than 100 m from the origin")
     d = ipps @ normal
     levels = np.unique(np.round(d, 3))
+    try:
+        declared = float(getattr(px, "SpacingBetweenSlices", 0) or 0)
+    except (TypeError, ValueError):
+        declared = 0.0
+    ref_step = 0.0
+    if reference is not None:  # the CT's slice step along the SEG's normal (frames may skip empty slices)
+        rd = np.array(reference.GetDirection(), float).reshape(3, 3)
+        if abs(abs(float(rd[:, 2] @ normal)) - 1.0) < 1e-4:
+            ref_step = float(reference.GetSpacing()[2])
+
+    def _divides(step: float) -> bool:
+        q = np.diff(levels) / step
+        return step > 1e-3 and bool(np.all(np.abs(q - np.round(q)) < 0.02))
+
     if len(levels) > 1:
-        steps = np.diff(levels)
-        spacing = float(np.min(steps))
-        if np.ptp(steps) > 0.01 * spacing:
-            try:
-                declared = float(getattr(px, "SpacingBetweenSlices", 0) or 0)
-            except (TypeError, ValueError):
-                declared = 0.0
-            spacing = declared if declared > 0 else spacing
+        # slice step: the declared one, else the CT's, else the smallest gap; a SEG omits the frames of empty
+        # slices, so the smallest gap between frames may span several slices (read as one, a slice was added)
+        spacing = next((s for s in (declared, ref_step) if s > 0 and _divides(s)), float(np.min(np.diff(levels))))
     else:
         try:
-            spacing = float(getattr(px, "SpacingBetweenSlices", getattr(px, "SliceThickness", 1.0)) or 1.0)
+            spacing = declared or ref_step or float(getattr(px, "SliceThickness", 1.0) or 1.0)
         except (TypeError, ValueError):
             spacing = 1.0
     if not np.isfinite(spacing) or spacing <= 1e-3:

@@ -397,3 +397,40 @@ def test_intact_dicom_seg_reads_every_voxel(tmp_path, attack, seg_case):
 
     got = {s["name"]: s["voxels"] for s in json.loads((out / "case.json").read_text())["segments"]}
     assert got == seg_case[2]
+
+
+def test_seg_without_the_frames_of_empty_slices_reads_exactly(tmp_path, attack, seg_case):
+    """Explicit result: highdicom omits the frames of empty slices; a SEG with frames on slices 0 and 2 only was read
+    with a slice step of 2 (the smallest gap), and nearest-neighbour resampling then filled slice 1 too."""
+    import json
+
+    from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, SegmentationTypeValues, SegmentDescription
+    from pydicom.sr.codedict import codes
+
+    from imagio import io
+
+    folder = seg_case[0]
+    ct = io.read_image(folder)
+    liver = io.read_segmentation(data_path("dicom-3slice/liver_seg.nrrd"), reference=ct)[0].array()
+    liver[1] = False
+    sources = sorted((pydicom.dcmread(f) for f in folder.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
+    for ds in sources:
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            ds.SpecificCharacterSet = "ISO_IR 100"
+    desc = SegmentDescription(segment_number=1, segment_label="Liver", segmented_property_category=codes.SCT.Organ,
+                              segmented_property_type=codes.SCT.Liver, algorithm_type=SegmentAlgorithmTypeValues.MANUAL)
+    seg = Segmentation(source_images=sources, pixel_array=liver.astype(np.uint8),
+                       segmentation_type=SegmentationTypeValues.BINARY, segment_descriptions=[desc],
+                       series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1,
+                       manufacturer="IMAGIO tests", manufacturer_model_name="test", software_versions="0",
+                       device_serial_number="0")
+    path = tmp_path / "sparse.dcm"
+    seg.save_as(path)
+    assert pydicom.dcmread(path).NumberOfFrames == 2
+    out = tmp_path / "out"
+    r = attack.run("convert", "--ct", folder, "--seg", path, "--out", out, timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "case.json").read_text())["segments"][0]["voxels"] == int(liver.sum())
+    back = io.read_segmentation(path, reference=ct)[0].array()
+    assert np.array_equal(back, liver)
+    assert io.read_segmentation(path)[0].voxel_count() == int(liver.sum())  # on its own grid as well
