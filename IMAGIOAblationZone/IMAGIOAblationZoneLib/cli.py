@@ -15,7 +15,6 @@ Warnings (provenance of the device values, tissue, unchecked entry points) go to
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 from imagio.cli_utils import number, point
@@ -25,9 +24,6 @@ TUMOR_WORDS = ("tumor", "tumour", "nodule", "lesion", "gtv", "target")
 VESSEL_WORDS = ("vessel", "vein", "artery", "portal", "cava", "aorta")
 TISSUES = ("liver", "lung", "kidney", "soft-tissue", "bone")  # devices.TISSUE_CHOICES (kept import-free here)
 
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-#: A value that starts with '-' and is a number list, or two joined by ':' (``--probe -41.5,12,-30:-80,40,-22``).
-PROBE_VALUE_RE = re.compile(rf"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?:\s*[,:]\s*{_NUM})*$")
 
 
 def probe_pair(text):
@@ -113,7 +109,6 @@ def register_cli(subparsers) -> None:
 
     rp = sub.add_parser("replan", help="the zone of the probes as placed, the residual tumour + margin, and the one "
                                        "added probe or changed setting that covers it")
-    rp._negative_number_matcher = PROBE_VALUE_RE  # '-41.5,12,-30:-80,40,-22' is a value, not an option
     rp.add_argument("--tumor", required=True, help="tumour segmentation (on the intra-procedural CT's grid)")
     rp.add_argument("--tumor-name", help="segment name in --tumor")
     rp.add_argument("--probe", required=True, action="append", type=probe_pair, metavar="TIP:ENTRY",

@@ -31,9 +31,9 @@ from .errors import ImagioError
 
 # ---------------------------------------------------------------------------------------------- the parser
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|infinity|nan)"
-#: A command-line value that starts with '-' and is a number or a comma-separated list of numbers
-#: ("-12.5", "-57,-10,3", "-1e3, 4, 5", "-nan"): a value, never an option name.
-NEGATIVE_VALUE_RE = re.compile(rf"^-(?:\d+\.?\d*|\.\d+|inf|infinity|nan)(?:[eE][-+]?\d+)?(?:\s*,\s*(?:{_NUM}))*$",
+#: A command-line value that starts with '-' and is a number or a list of numbers separated by ',' or ':'
+#: ("-12.5", "-57,-10,3", "-1e3, 4, 5", "-41.5,12,-30:-80,40,-22", "-nan"): a value, never an option name.
+NEGATIVE_VALUE_RE = re.compile(rf"^-(?:\d+\.?\d*|\.\d+|inf|infinity|nan)(?:[eE][-+]?\d+)?(?:\s*[,:]\s*(?:{_NUM}))*$",
                                re.IGNORECASE)
 
 

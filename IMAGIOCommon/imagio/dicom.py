@@ -221,8 +221,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     if len(files) == 1:
         with native_stderr():
             image = sitk.ReadImage(files[0])
-        image.SetMetaData("imagio:SeriesInstanceUID", series_uid)
-        image.SetMetaData("imagio:FrameOfReferenceUID", for0)
+        _tag_series(image, series_uid, for0, first)
         return image
     steps = np.diff(ipp, axis=0)
     dist = steps @ normal
@@ -265,9 +264,18 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
                           "A slice may be damaged or use an unsupported compression") from None
     if np.ptp(dist) > max(0.01, 0.01 * median):
         image = _resample_uniform(image, ipp, normal, dist)
-    image.SetMetaData("imagio:SeriesInstanceUID", series_uid)
-    image.SetMetaData("imagio:FrameOfReferenceUID", for0)
+    _tag_series(image, series_uid, for0, first)
     return image
+
+
+def _tag_series(image: sitk.Image, series_uid: str, frame_uid: str, first) -> None:
+    """What a DICOM series says about itself, kept on the image (the readers of segmentations and the model
+    cards' intended-use check read these)."""
+    image.SetMetaData("imagio:SeriesInstanceUID", series_uid)
+    image.SetMetaData("imagio:FrameOfReferenceUID", frame_uid)
+    modality = str(first.get("Modality", "") or "").strip()
+    if modality:
+        image.SetMetaData("imagio:Modality", modality)
 
 
 def _resample_uniform(image: sitk.Image, ipp: np.ndarray, normal: np.ndarray, dist: np.ndarray) -> sitk.Image:

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-ZONE = ["ablation", "zone", "--device", "emprint", "--power", "45", "--time", "150", "--tip", "1,2,3",
+ZONE = ["ablation", "zone", "--device", "emprint", "--power", "75", "--time", "300", "--tip", "1,2,3",
         "--entry", "1,2,60"]
 
 
@@ -41,10 +41,14 @@ ROWS = [
     ("--random-seed -1", ["demo", "--random-seed", "-1"], "argument --random-seed: '-1' is out of range"),
     ("--random-seed 1.5", ["phantom", "--random-seed", "1.5"], "is not a whole number"),
     ("--random-seed 2^32", ["phantom", "--random-seed", str(2**32)], "is out of range"),
-    ("point with NaN", _zone(tip="1,nan,3"), "is not a tip point. Write it as R,A,S"),
-    ("point with 2 numbers", _zone(tip="-1,2"), "is not a tip point"),
+    ("point with NaN", _zone(tip="1,nan,3"), "argument --tip: '1,nan,3' is not a point. Write it as R,A,S"),
+    ("point with 2 numbers", _zone(tip="-1,2"), "argument --tip: '-1,2' is not a point"),
     ("point 1000 m away", _zone(tip="1e6,0,0"), "each within +-100000 mm"),
-    ("point as words", _zone(entry="left,up,high"), "is not a entry point"),
+    ("point as words", _zone(entry="left,up,high"), "argument --entry: 'left,up,high' is not a point"),
+    ("--clearance-mm -5 (a path through a vessel)", ["ablation", "plan", "--tumor", "t", "--device", "emprint",
+                                                     "--clearance-mm", "-5"], "argument --clearance-mm: '-5' is out of range"),
+    ("probe pair with NaN", ["ablation", "replan", "--tumor", "t", "--probe", "-41.5,12,nan:-80,40,-22", "--device",
+                             "emprint", "--power", "45", "--time", "150"], "argument --probe"),
     ("option without its value", ["lungnav", "--airway", "a", "--target"], "argument --target: expected one argument"),
     ("unknown option", _zone() + ["--bogus", "1"], "unrecognized arguments: --bogus 1"),
 ]
@@ -58,10 +62,6 @@ def test_bad_argument_is_refused(tmp_path, attack, name, argv, needle):
 
 
 MODULE_ROWS = [
-    pytest.param(["ablation", "plan", "--tumor", "{tumor}", "--device", "emprint", "--clearance-mm", "-5",
-                  "--avoid", "{vessels}"], "clearance",
-                 marks=pytest.mark.xfail(strict=True, reason="owner: ablation - a negative --clearance-mm yields a "
-                                                            "path through a vessel; refuse it"), id="--clearance-mm -5"),
     pytest.param(["lungnav", "--airway", "{airway}", "--target", "100,0,0", "--max-gap-mm", "-1"], "--max-gap-mm",
                  marks=pytest.mark.xfail(strict=True, reason="owner: lungnav - refuse a negative --max-gap-mm as an "
                                                             "input (today refused only by the distance check)"),

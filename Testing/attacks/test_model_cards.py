@@ -131,7 +131,8 @@ def test_window_count_is_bounded_before_the_run(tmp_path, attack):
     ct = tmp_path / "ct.nrrd"
     noise = np.random.default_rng(0).integers(-900, 300, (100, 120, 120)).astype(np.int16)
     sitk.WriteImage(sitk.GetImageFromArray(noise), str(ct))
-    card = _card(tmp_path, lambda c: c.update(overlap=0.9, target_spacing_kji_mm=[0.5, 0.5, 0.5]))
+    card = _card(tmp_path, lambda c: c.update(overlap=0.9, target_spacing_kji_mm=[0.5, 0.5, 0.5],
+                                              intended_use="any CT (no ranges: the run itself is under test)"))
     out = tmp_path / "out"
     r = attack.run("segment", "--ct", ct, "--model", card, "--out", out, "--quiet", timeout=20)
     attack.refused(r, out, "windows", attack.digest(card.parent), card.parent)

@@ -44,12 +44,26 @@ def _commands(parser, prefix=()):
         yield prefix, parser
 
 
+def _accepts(action, text) -> bool:
+    if action.type is None:
+        return True
+    try:
+        action.type(text)
+        return True
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return False
+
+
 def _filler(action):
+    """A value the option's own type accepts (a number, a point, a probe pair, or a word)."""
     if action.choices:
         return str(next(iter(action.choices)))
-    if isinstance(action.type, cli_utils.Number):
-        return "1"
-    return "x"
+    return next(t for t in ("x", "1", "1,2,3", "1,2,3:4,5,6") if _accepts(action, t))
+
+
+def _typed(action, text):
+    """``text`` as the option takes it: a point, or a TIP:ENTRY pair of the same point."""
+    return text if _accepts(action, text) else f"{text}:{text}"
 
 
 def _argv(prefix, parser, option=None, value=None):
@@ -97,11 +111,14 @@ def test_point_options_take_negative_values_as_typed():
     assert {("lungnav", "--target"), ("segment", "--seed"), ("ablation zone", "--tip"),
             ("ablation zone", "--entry"), ("lungnav", "--start")} <= found, found
     for prefix, parser, opt in POINT_OPTIONS:
+        action = parser._option_string_actions[opt]
         for text, expected in (("-12.5,30,40", [-12.5, 30, 40]), ("-57,-10,3", [-57, -10, 3]),
                                ("-1e1,-.5,-0", [-10, -0.5, 0]), ("-3, 4, 5", [-3, 4, 5])):
-            ns = PARSER.parse_args(_argv(prefix, parser, opt, text))
-            value = getattr(ns, parser._option_string_actions[opt].dest)
-            assert np.allclose(parse_point(value), expected), (prefix, opt, text, value)
+            ns = PARSER.parse_args(_argv(prefix, parser, opt, _typed(action, text)))
+            value = getattr(ns, action.dest)
+            for v in (value if isinstance(value, list) else [value]):  # action="append"
+                for point_value in (v if isinstance(v, tuple) else (v,)):  # TIP:ENTRY pairs
+                    assert np.allclose(parse_point(point_value), expected), (prefix, opt, text, value)
 
 
 def test_number_options_refuse_nan_inf_and_absurd_magnitudes(capsys):
