@@ -143,7 +143,7 @@ def test_cli_exits_2_and_writes_nothing(files, capsys):
     assert main(["batch", "--manifest", str(files / "none.csv"), "--out", str(out)]) == 2
     with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
         main(["batch", "--manifest", str(man), "--out", str(out), "--workers", "0"])
-    assert e.value.code == 2 and "--workers: 0 is out of range" in capsys.readouterr().err
+    assert e.value.code == 2 and "--workers: '0' is out of range" in capsys.readouterr().err
     assert not out.exists()
 
 
