@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,10 @@ def test_demo_writes_scene_report_summary(demo_out):
     for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLMarkupsFiducialNode"):
         assert scene.GetNodesByClass(cls).GetNumberOfItems() >= 1, cls
     html = (out / "report.html").read_text()
-    imgs = [line.split("src='")[1].split("'")[0] for line in html.splitlines() if "<img src=" in line]
-    assert imgs and all((out / i).stat().st_size > 1000 for i in imgs)
+    imgs = re.findall(r"<img src='([^']*)'", html)
+    assert len(imgs) >= 6 and all(i.startswith("data:image/png;base64,") and len(i) > 5000 for i in imgs)
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
+    assert (out / "metrics.csv").stat().st_size > 500
     for key, value in summary.items():
         if isinstance(value, dict) and "status" in value:
             assert value["status"] in ("ok", "not available"), (key, value)
