@@ -103,13 +103,21 @@ def test_two_series_folder_fails_cleanly(tmp_path):
 def test_convert_dicom_rtstruct_case(tmp_path):
     out = tmp_path / "case"
     r = run_imagio("convert", "--ct", data_path("chest-lung1-001/image"), "--seg",
-                   data_path("chest-lung1-001/mask_rtstruct/1-1.dcm"), "--out", out)
+                   data_path("chest-lung1-001/mask_rtstruct/1-1.dcm"), "--rename", "gtv-1=lung_tumor",
+                   "--rename", "Spinal-Cord=cord", "--out", out)
     assert r.returncode == 0, r.stderr
     info = json.loads((out / "case.json").read_text())
-    gtv = next(s for s in info["segments"] if s["name"] == "GTV-1")
+    assert [s["name"] for s in info["segments"]] == ["lung_tumor", "cord", "Lung-Left", "Lung-Right"]
+    gtv = next(s for s in info["segments"] if s["name"] == "lung_tumor")
     assert gtv["volume_ml"] == pytest.approx(156.3, rel=0.02)
     segs = io.read_segmentation(out / "segmentation.seg.nrrd", reference=io.read_image(out / "ct.nrrd"))
-    assert io.find_segment(segs, "GTV-1").voxel_count() == gtv["voxels"]
+    assert io.find_segment(segs, "lung_tumor").voxel_count() == gtv["voxels"]
+    bad = tmp_path / "bad"
+    small = data_path("dicom-3slice")
+    for rename, needle in (("heart=x", "no segment named 'heart'"), ("liver_seg", "OLD=NEW"),
+                           ("liver_seg=spine_seg", "exists already")):
+        _assert_clean_failure(run_imagio("convert", "--ct", small / "ct-3slice", "--seg", small / "liver_seg.nrrd",
+                                         small / "spine_seg.nrrd", "--rename", rename, "--out", bad), bad, needle)
 
 
 def test_phantom_command_writes_readable_truth(tmp_path):

@@ -110,6 +110,7 @@ def _cmd_convert(args) -> int:
     from .cli_utils import staged_output, write_json
     from .geometry import describe_grid
     from .io import combine_segments, read_image, read_segmentation, require_nonempty, write_image, write_segmentation
+    from .naming import apply_renames
 
     ct = read_image(args.ct, args.series_uid)
     seg_paths = list(args.seg or ())
@@ -117,6 +118,7 @@ def _cmd_convert(args) -> int:
                                 [Path(path).name for path in seg_paths])
     for s in segments:
         require_nonempty(s, "segment")
+    apply_renames(segments, args.rename or ())
     inputs = [args.ct, *(args.seg or ())]
     with staged_output(args.out, inputs=inputs) as stage:
         write_image(stage / "ct.nrrd", ct)
@@ -138,7 +140,8 @@ def _cmd_demo(args) -> int:
 
     seed = _random_seed(args, "demo")
     steps = [s.strip() for s in args.steps.split(",")] if args.steps else None
-    summary = run_demo(Path(args.out), Path(args.case) if args.case else None, seed, steps)
+    summary = run_demo(Path(args.out), Path(args.case) if args.case else None, seed, steps,
+                       tumor_segment=args.tumor_segment)
     out = Path(args.out)
     print(f"wrote {out / 'scene.mrb'}, {out / 'report.html'}, {out / 'summary.json'} "
           f"in {summary['total_runtime_s']:.1f} s")
@@ -158,6 +161,8 @@ def _register_core(sub) -> None:
     p.add_argument("--ct", required=True, help="CT: DICOM series folder or image file")
     p.add_argument("--series-uid", help="series to read when the DICOM folder holds several")
     p.add_argument("--seg", nargs="*", help="segmentation files (rasterised on the CT grid)")
+    p.add_argument("--rename", action="append", metavar="OLD=NEW",
+                   help="rename a segment (repeatable), e.g. --rename GTV-1=lung_tumor")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_convert)
     p = sub.add_parser("demo", help="run the whole workflow on the phantom (or --case) and write scene.mrb + report")
@@ -165,10 +170,15 @@ def _register_core(sub) -> None:
     p.add_argument("--case", help="case folder with ct.nrrd (or a DICOM folder image/) and *.seg.nrrd files")
     _add_random_seed(p, "random seed of the phantom")
     p.add_argument("--steps", help="comma-separated subset of: planning,ablation,lungnav,margin")
+    p.add_argument("--tumor-segment", help="the tumour segment of --case (default: recognised by terminology or "
+                   "name: GTV, tumour, lesion, nodule, mass, metastasis, ...)")
     p.set_defaults(func=_cmd_demo)
     from .batch import register_cli as register_batch  # light: dask is imported only when a batch runs
 
     register_batch(sub)
+    from .dicom_export import register_cli as register_export_dicom
+
+    register_export_dicom(sub)
 
 
 def build_parser() -> ArgumentParser:

@@ -217,9 +217,19 @@ def terminology_from_name(name: str) -> Terminology:
     return Terminology(_sct("Tissue"), _sct("Tissue"), source="default")
 
 
+_TISSUE = "85756007"
+
+
+def _informative(term: Terminology | None) -> Terminology | None:
+    """None for Slicer's default entry (category Tissue, type Tissue: every new segment has it, it says nothing)."""
+    if term is None or (term.category.value == _TISSUE and term.type.value == _TISSUE and term.modifier is None):
+        return None
+    return term
+
+
 def terminology_of(segment) -> Terminology:
-    """The segment's terminology: its tag when it has one, else from its name."""
-    term = parse_terminology(getattr(segment, "tags", None))
+    """The segment's terminology: its tag when it says something (not Slicer's default Tissue/Tissue), else its name."""
+    term = _informative(parse_terminology(getattr(segment, "tags", None)))
     return term if term is not None else terminology_from_name(segment.name)
 
 
@@ -237,7 +247,7 @@ _LESION_CATEGORY = "49755003"  # Morphologically Abnormal Structure
 
 def role_of(segment) -> str | None:
     """The role of a segment: from its terminology tag when it has one we know, else from its name."""
-    term = parse_terminology(getattr(segment, "tags", None))
+    term = _informative(parse_terminology(getattr(segment, "tags", None)))
     if term is not None:
         role = _ROLE_OF_TYPE.get(term.type.value)
         if role is None and term.category.value == _LESION_CATEGORY and role_from_name(segment.name) != "ablation_zone":
@@ -361,6 +371,25 @@ def lesion_site(lesion, segments=(), ct=None) -> tuple[str, str]:
     return "soft_tissue", "no lung or liver segment holds it"
 
 
-__all__ = ["lesion_site", "ROLES", "ROLE_WORDS", "SITES", "Coded", "Terminology", "words", "role_from_name", "role_of",
+def apply_renames(segments, renames) -> None:
+    """``OLD=NEW`` renames (case-insensitive OLD); every OLD must exist and the new names must stay unique."""
+    from .errors import ImagioError
+
+    segs = _values(segments)
+    for text in renames:
+        old, sep, new = str(text).partition("=")
+        old, new = old.strip(), new.strip()
+        if not sep or not old or not new:
+            raise ImagioError(f"--rename '{text}' is not OLD=NEW", "Write it as OLD=NEW, e.g. --rename GTV-1=lung_tumor")
+        hits = [s for s in segs if s.name.lower() == old.lower()]
+        if not hits:
+            raise ImagioError(f"--rename: no segment named '{old}'", "Segments: " + ", ".join(s.name for s in segs))
+        if any(s.name.lower() == new.lower() for s in segs if s not in hits):
+            raise ImagioError(f"--rename: a segment named '{new}' exists already", "Choose another new name")
+        for s in hits:
+            s.name = new
+
+
+__all__ = ["apply_renames", "lesion_site", "ROLES", "ROLE_WORDS", "SITES", "Coded", "Terminology", "words", "role_from_name", "role_of",
            "parse_terminology", "terminology_tag", "terminology_from_name", "terminology_of", "site_from_name",
            "lesions", "with_role", "choose_tumor"]
