@@ -12,7 +12,7 @@ from vtk.util import numpy_support
 
 from imagio.report import _write_png
 
-PANELS = ["case_coronal.png", "ablation_axial.png", "lungnav_exit.png", "margin_axial.png"]
+PANELS = ["case_coronal.png", "ablation_axial.png", "lungnav_3d.png", "margin_3d.png"]
 
 
 def _read_png(path: Path) -> np.ndarray:

@@ -330,6 +330,10 @@ def _cmd_zone(args) -> int:
         write_json(stage / "ablation.json", m)
         _write_seg(stage / "zone.seg.nrrd", [Segment("ablation_zone", res.full_mask(), ZONE_COLOR)], ct)
         _save_scene(logic, stage / "ablation.mrb", ct, ct_is_image, tumor_seg, res)
+        from .report import write_zone_report  # report.html, report.pdf, metrics.csv (imagio.report)
+        write_zone_report(stage, m, ct if ct_is_image else None, tumor_seg.mask if tumor_seg else None,
+                          res.full_mask(), tip, entry, vessels, args.margin_mm,
+                          {"device": dev.id, "tumor": args.tumor, "ct": args.ct})
     cov = m.get("coverage_percent")
     print(f"{args.model} zone of {dev.id} at {setting.label}: axes "
           + " x ".join(f"{a:.1f}" for a in m["zone_axes_mm"]) + " mm"
@@ -377,6 +381,10 @@ def _cmd_plan(args) -> int:
             union.CopyInformation(grid)
         _write_seg(stage / "zone.seg.nrrd", [Segment("planned_ablation_zone", union, ZONE_COLOR)], grid)
         _save_scene(logic, stage / "plan.mrb", grid, ct_is_image, tumor_seg, plan)
+        from .report import write_plan_report  # report.html, report.pdf, metrics.csv, probes.csv (imagio.report)
+        write_plan_report(stage, d, ct if ct_is_image else None, tumor_seg.mask, plan.union_mask,
+                          [(p.tip_ras, p.entry_ras) for p in plan.probes], avoid, dev.id,
+                          {"tumor": args.tumor, "ct": args.ct, "avoid": ", ".join(args.avoid)})
     print(plan.summary_text().split("\n")[0] + f" in {plan.run_time_s:.1f} s")
     if "bioheat_coverage_percent" in d:
         print(f"bioheat check (all probes together, perfusion, vessels as heat sinks): "

@@ -130,11 +130,23 @@ class DemoContext:
     summary: dict = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
 
+    #: the report sections each step added (the step's report builder adds its pictures there)
+    sections_of: dict = field(default_factory=dict)
+
     def image_path(self, name: str) -> Path:
         """Path for a picture of this report (under out_dir/images)."""
         d = self.out_dir / "images"
         d.mkdir(parents=True, exist_ok=True)
         return d / name
+
+    def step_section(self, key: str):
+        """The first report section the step ``key`` added (a new one if it added none)."""
+        secs = self.sections_of.get(key) or []
+        if secs:
+            return secs[0]
+        sec = self.report.add_section(key)
+        self.sections_of[key] = [sec]
+        return sec
 
 
 # ============================================================================================ the case
@@ -267,8 +279,10 @@ def run_demo(out_dir, case_dir=None, seed: int = 0, steps=None, progress: Progre
                 ctx.summary[key] = {"status": "not available", "reason": str(e)}
                 report.add_section(f"{key}: not available", text=f"This step is not installed ({e}).")
                 continue
+            n_sections = len(report.sections)
             try:
                 module.demo_step(ctx)
+                ctx.sections_of[key] = report.sections[n_sections:]
                 ctx.summary.setdefault(key, {})
                 ctx.summary[key].setdefault("status", "ok")
             except ImagioError as e:
@@ -289,7 +303,8 @@ def run_demo(out_dir, case_dir=None, seed: int = 0, steps=None, progress: Progre
         report.add_section("Run", [("total run time", ctx.summary["total_runtime_s"], "s")]
                            + [(f"{k} step", ctx.summary[k].get("runtime_s"), "s") for k, _ in selected
                               if "runtime_s" in ctx.summary.get(k, {})])
-        ctx.summary["files"] = [f.name for f in report.write(stage)] + ["scene.mrb", "summary.json"]
+        ctx.summary["files"] = [f.name for f in report.write(stage)] + ["scene.mrb", "summary.json", "images/"]
+        report.save_figures(stage / "images")
         write_json(stage / "summary.json", ctx.summary)
         progress.update(1.0, f"done in {ctx.summary['total_runtime_s']:.1f} s")
     return ctx.summary

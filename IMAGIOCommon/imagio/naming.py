@@ -236,7 +236,7 @@ def terminology_of(segment) -> Terminology:
 #: Roles of SNOMED CT type codes (for segments that carry a terminology tag).
 _ROLE_OF_TYPE = {
     "108369006": "lesion", "4147007": "lesion", "27925004": "lesion", "52988006": "lesion", "14799000": "lesion",
-    "128462008": "lesion", "1187396000": "lesion", "228791009": "lesion", "6574001": "ablation_zone",
+    "128462008": "lesion", "1187396000": "lesion", "228791009": "lesion", "786838002": "lesion", "6574001": "ablation_zone",
     "10200004": "liver", "39607008": "lung", "89187006": "airway", "44567001": "airway", "955009": "airway",
     "59820001": "vessel", "8993003": "vessel", "32764006": "vessel", "76015000": "vessel", "64131007": "vessel",
     "15825003": "vessel", "38266002": "body", "39937001": "body", "113197003": "bone", "272673000": "bone",

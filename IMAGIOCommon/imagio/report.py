@@ -258,7 +258,7 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
     ``overlays``: :class:`Overlay` or (mask, rgb[, label]) tuples; ``markers``: :class:`Marker` or RAS
     points; ``polylines``: :class:`Polyline`; ``roi``: masks and/or RAS points that must fill the
     picture (padded by ``pad_mm``); ``roi=None`` crops to the overlays, ``roi=()`` shows the whole
-    image. ``window`` is (centre, width) in ``unit``.
+    image. ``window`` is (centre, width) in ``unit`` (``unit=None``: a blank background, no window shown).
     """
     overlays = _as_overlays(overlays)
     markers = _as_markers(markers)
@@ -287,10 +287,12 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
     from matplotlib.patches import Patch
 
     width_mm, height_mm = (nu - 1) * pix, (nv - 1) * pix
-    legend_rows = 1 + (len(overlays) + len(markers) + len(polylines) - 1) // 3 if (overlays or markers or polylines) else 0
+    n_items = len(overlays) + len(markers) + len(polylines)
+    ncol = 1 if n_items <= 1 else 2 if n_items <= 6 else 3
+    legend_rows = (n_items + ncol - 1) // ncol if n_items else 0
     fig_w = 6.0
     img_h = fig_w * height_mm / max(width_mm, 1e-6)
-    leg_h = 0.28 * legend_rows + (0.1 if legend_rows else 0)
+    leg_h = 0.24 * legend_rows + (0.12 if legend_rows else 0)
     fig = _new_figure(fig_w, img_h + leg_h)
     ax = fig.add_axes((0, leg_h / (img_h + leg_h), 1, img_h / (img_h + leg_h)))
     extent = (-0.5 * pix, width_mm + 0.5 * pix, height_mm + 0.5 * pix, -0.5 * pix)
@@ -301,7 +303,7 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
         if m.any() and m.sum() < m.size:
             ax.contour(xs, ys, m.astype(float), levels=[0.5], colors=[tuple(ov.color)], linewidths=1.6)
         handles.append(Patch(facecolor=tuple(ov.color), edgecolor=tuple(ov.color),
-                             label=(ov.label or "mask") + ("" if m.any() else " (not in this slice)")))
+                             label=_short(ov.label or "mask") + ("" if m.any() else " (not in slice)")))
     tol = max(float(max(image.GetSpacing())), pix)
     for pl in polylines:
         pts = ras_to_lps(np.atleast_2d(np.asarray(pl.points_ras, float)))
@@ -311,8 +313,7 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
         seg = np.where(near[:-1] & near[1:])[0]
         for s0 in seg:
             ax.plot(pu[s0:s0 + 2], pv[s0:s0 + 2], color=pl.color, linewidth=pl.width)
-        handles.append(Line2D([], [], color=pl.color, linewidth=pl.width,
-                              label=(pl.label or "line") + " (solid: within the slice, dashed: projected)"))
+        handles.append(Line2D([], [], color=pl.color, linewidth=pl.width, label=_short(pl.label or "line")))
     for mk in markers:
         q = ras_to_lps(np.asarray(mk.point_ras, float))
         mu, mv, mw = (q - origin) @ u, (q - origin) @ v, (q - p) @ w
@@ -322,7 +323,7 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
             ax.plot([mu], [mv], marker="o", markersize=16, markerfacecolor="none", markeredgewidth=1.0,
                     color=mk.color)
         handles.append(Line2D([], [], marker="+", linestyle="", markersize=10, markeredgewidth=2, color=mk.color,
-                              label=(mk.label or "point") + ("" if shown else f" ({abs(mw):.0f} mm off this slice)")))
+                              label=_short(mk.label or "point") + ("" if shown else f" ({abs(mw):.0f} mm off slice)")))
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_axis_off()
@@ -336,7 +337,8 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
     coord = {"axial": ("S", 2), "coronal": ("A", 1), "sagittal": ("R", 0)}[axis]
     ax.text(0.015, 0.985, f"{axis.capitalize()}  {coord[0]} = {p_ras[coord[1]]:.1f} mm", transform=ax.transAxes,
             ha="left", va="top", **txt)
-    ax.text(0.985, 0.985, f"C {c:g} / W {wd:g} {unit}", transform=ax.transAxes, ha="right", va="top", **txt)
+    if unit is not None:  # None: no image under the masks, no window to state
+        ax.text(0.985, 0.985, f"C {c:g} / W {wd:g} {unit}", transform=ax.transAxes, ha="right", va="top", **txt)
     bar = _nice_length(0.2 * width_mm)
     if bar > 0.6 * width_mm:
         bar = _nice_length(0.1 * width_mm)
@@ -345,9 +347,14 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
     ax.plot([x0, x0 + bar], [y0, y0], color="black", linewidth=1, solid_capstyle="butt")
     ax.text(x0 + bar / 2, y0 - 0.015 * height_mm, f"{bar:g} mm", ha="center", va="bottom", **txt)
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8.5, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0), handlelength=1.4, columnspacing=1.2)
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 0.0), handlelength=1.4, columnspacing=1.0, borderaxespad=0.3)
     return Figure(_fig_png(fig), caption, title, name)
+
+
+def _short(label: str, n: int = 34) -> str:
+    label = str(label)
+    return label if len(label) <= n else label[:n - 1] + "…"
 
 
 def slice_png(path, image: sitk.Image, overlays=(), point_ras=None, axis: str = "axial",
@@ -435,6 +442,40 @@ class Surface:
     scalar_title: str = ""
 
 
+#: Where the camera stands (RAS direction from the scene's centre) for each view.
+VIEWS = {"anterior": (0, 1, 0), "posterior": (0, -1, 0), "right": (1, 0, 0), "left": (-1, 0, 0),
+         "superior": (0, 0, 1), "inferior": (0, 0, -1)}
+
+
+VIEW_NAMES = {"anterior": "the front", "posterior": "the back", "right": "the patient's right",
+              "left": "the patient's left", "superior": "above", "inferior": "below"}
+
+
+def view_towards(direction_ras) -> str:
+    """The view (see :data:`VIEWS`) that looks at the scene from ``direction_ras`` (e.g. the thinnest point's side)."""
+    d = np.asarray(direction_ras, float)
+    if not np.all(np.isfinite(d)) or np.linalg.norm(d) == 0:
+        return "anterior"
+    d = d / np.linalg.norm(d)
+    return max(VIEWS, key=lambda v: float(np.dot(VIEWS[v], d)))
+
+
+def surface_of(mask: sitk.Image, color=(0.9, 0.9, 0.9), opacity: float = 1.0, label: str = "") -> Surface | None:
+    """A :class:`Surface` of a mask (None when the mask is empty)."""
+    from .mrml import mask_to_surface_ras
+
+    if not np.any(sitk.GetArrayViewFromImage(mask)):
+        return None
+    return Surface(mask_to_surface_ras(mask), tuple(color), opacity, label)
+
+
+def blank_like(mask: sitk.Image) -> sitk.Image:
+    """A flat grey image on a mask's grid, to draw masks on when no CT is given."""
+    img = sitk.Image(mask.GetSize(), sitk.sitkFloat32)
+    img.CopyInformation(mask)
+    return img
+
+
 def _render_window(width: int, height: int):
     import vtk
 
@@ -444,34 +485,41 @@ def _render_window(width: int, height: int):
         win = vtk.vtkRenderWindow()
     win.SetOffScreenRendering(1)
     win.SetSize(int(width), int(height))
-    win.SetMultiSamples(4)
+    win.SetMultiSamples(0)  # depth peeling needs it off
+    win.SetAlphaBitPlanes(1)
     return win
 
 
 def render_3d(surfaces=(), polylines=(), markers=(), view: str = "anterior", size=(720, 600), caption: str = "",
-              title: str = "", name: str = "view3d", zoom: float = 1.0, focus=None) -> Figure | None:
+              title: str = "", name: str = "view3d", zoom: float = 1.0, focus=None,
+              marker_radius_mm: float = 1.2) -> Figure | None:
     """An offscreen VTK picture (from the patient's front by default: patient right on the left).
 
     Returns None when this machine cannot render offscreen (the report says so instead).
     ``focus``: a surface index or RAS bounds to frame; default all surfaces.
     """
     try:
-        return _render_3d(surfaces, polylines, markers, view, size, caption, title, name, zoom, focus)
+        return _render_3d(surfaces, polylines, markers, view, size, caption, title, name, zoom, focus,
+                          marker_radius_mm)
     except Exception as e:  # noqa: BLE001 - no OpenGL here: the report goes on without the 3D picture
         log.warning("3D picture not rendered: %s", e)
         return None
 
 
-def _render_3d(surfaces, polylines, markers, view, size, caption, title, name, zoom, focus):
+def _render_3d(surfaces, polylines, markers, view, size, caption, title, name, zoom, focus, marker_radius_mm):
     import vtk
     from vtk.util import numpy_support
 
     w, h = size
     ren = vtk.vtkRenderer()
     ren.SetBackground(1.0, 1.0, 1.0)
+    ren.SetUseDepthPeeling(1)  # translucent shells drawn in the right order
+    ren.SetMaximumNumberOfPeels(8)
     bounds = None
     scalar_surface = None
     for n, s in enumerate(surfaces):
+        if s is None:
+            continue
         mapper = vtk.vtkPolyDataMapper()
         mapper.SetInputData(s.polydata)
         if s.scalars and s.colormap:
@@ -495,7 +543,7 @@ def _render_3d(surfaces, polylines, markers, view, size, caption, title, name, z
         prop.SetSpecularPower(20)
         ren.AddActor(actor)
         b = np.array(s.polydata.GetBounds(), float)
-        if (focus is None or focus == n) and s.polydata.GetNumberOfPoints() > 0:
+        if (focus is None or (isinstance(focus, int) and focus == n)) and s.polydata.GetNumberOfPoints() > 0:
             bounds = b if bounds is None else _merge_bounds(bounds, b)
     for pl in polylines:
         pts = np.atleast_2d(np.asarray(pl.points_ras, float))
@@ -526,7 +574,7 @@ def _render_3d(surfaces, polylines, markers, view, size, caption, title, name, z
     for mk in _as_markers(markers):
         sph = vtk.vtkSphereSource()
         sph.SetCenter(*[float(x) for x in mk.point_ras])
-        sph.SetRadius(2.5)
+        sph.SetRadius(marker_radius_mm)
         sph.SetThetaResolution(24)
         sph.SetPhiResolution(24)
         mapper = vtk.vtkPolyDataMapper()
@@ -542,9 +590,8 @@ def _render_3d(surfaces, polylines, markers, view, size, caption, title, name, z
     else:
         cam = ren.GetActiveCamera()
         centre = 0.5 * (bounds[::2] + bounds[1::2])
-        direction = {"anterior": (0, 1, 0), "posterior": (0, -1, 0), "right": (1, 0, 0), "left": (-1, 0, 0),
-                     "superior": (0, 0, 1)}[view]
-        up = (0, 0, 1) if view != "superior" else (0, 1, 0)
+        direction = VIEWS[view]
+        up = (0, 0, 1) if view not in ("superior", "inferior") else (0, 1, 0)
         cam.SetFocalPoint(*centre)
         cam.SetPosition(*(centre + 500.0 * np.asarray(direction, float)))
         cam.SetViewUp(*up)
@@ -583,6 +630,7 @@ def _decorate_3d(rgb, surfaces, polylines, markers, view, scalar_surface, captio
     from matplotlib.patches import Patch
 
     h, w, _ = rgb.shape
+    surfaces = [s for s in surfaces if s is not None]
     handles = [Patch(facecolor=s.color, edgecolor="#555", label=s.label) for s in surfaces
                if s.label and not (s.scalars and s.colormap)]
     handles += [Line2D([], [], color=pl.color, linewidth=3, label=pl.label) for pl in polylines if pl.label]
@@ -591,20 +639,21 @@ def _decorate_3d(rgb, surfaces, polylines, markers, view, scalar_surface, captio
     cbar_w = 1.0 if scalar_surface is not None else 0.0
     fig_w = 6.0 + cbar_w
     img_h = 6.0 * h / w
-    leg_h = 0.3 * (1 + (len(handles) - 1) // 3) + 0.1 if handles else 0.0
+    ncol = 1 if len(handles) <= 1 else 2 if len(handles) <= 6 else 3
+    leg_h = 0.26 * ((len(handles) + ncol - 1) // ncol) + 0.12 if handles else 0.0
     fig = _new_figure(fig_w, img_h + leg_h)
     ax = fig.add_axes((0, leg_h / (img_h + leg_h), 6.0 / fig_w, img_h / (img_h + leg_h)))
     ax.imshow(rgb)
     ax.set_axis_off()
-    letters = {"anterior": ("R", "L", "S", "I"), "posterior": ("L", "R", "S", "I"), "right": ("A", "P", "S", "I"),
-               "left": ("P", "A", "S", "I"), "superior": ("R", "L", "A", "P")}[view]
+    letters = {"anterior": ("R", "L", "S", "I"), "posterior": ("L", "R", "S", "I"), "right": ("P", "A", "S", "I"),
+               "left": ("A", "P", "S", "I"), "superior": ("L", "R", "A", "P"), "inferior": ("R", "L", "A", "P")}[view]
     box = {"boxstyle": "round,pad=0.2", "facecolor": "black", "alpha": 0.55, "edgecolor": "none"}
     txt = {"color": "white", "fontsize": 10, "fontweight": "bold", "bbox": box, "transform": ax.transAxes}
     ax.text(0.012, 0.5, letters[0], ha="left", va="center", **txt)
     ax.text(0.988, 0.5, letters[1], ha="right", va="center", **txt)
     ax.text(0.5, 0.985, letters[2], ha="center", va="top", **txt)
     ax.text(0.5, 0.015, letters[3], ha="center", va="bottom", **txt)
-    ax.text(0.015, 0.985, f"3D, seen from the {view}", ha="left", va="top",
+    ax.text(0.015, 0.985, f"3D, seen from {VIEW_NAMES[view]}", ha="left", va="top",
             **{k: v for k, v in txt.items() if k != "fontweight"})
     # scale bar from the camera's parallel-projection-free estimate: world size of the view at the focal plane
     cam = ren.GetActiveCamera()
@@ -625,8 +674,8 @@ def _decorate_3d(rgb, surfaces, polylines, markers, view, scalar_surface, captio
         cb.set_label(scalar_surface.scalar_title or scalar_surface.scalars, fontsize=9)
         cb.ax.tick_params(labelsize=8)
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8.5, frameon=False,
-                   bbox_to_anchor=(0.5 * 6.0 / fig_w, 0.0))
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5 * 6.0 / fig_w, 0.0), borderaxespad=0.3)
     return Figure(_fig_png(fig), caption, title, name)
 
 
@@ -713,6 +762,8 @@ class Table:
     name: str
     rows: list[dict]
     title: str = ""
+    #: rows shown in the HTML/PDF (all of them are in the CSV)
+    max_rows: int = 30
 
 
 @dataclass
@@ -780,6 +831,21 @@ class Report:
         if pdf is not None:
             files.append(pdf)
         return files
+
+    def save_figures(self, folder) -> list[Path]:
+        """Every figure also as ``<folder>/<name>.png`` (names made unique)."""
+        d = Path(folder)
+        d.mkdir(parents=True, exist_ok=True)
+        used, out = set(), []
+        for sec in self.sections:
+            for f in sec.figures:
+                name = _safe_name(f.name)
+                stem, n = name, 2
+                while name in used:
+                    name, n = f"{stem}_{n}", n + 1
+                used.add(name)
+                out.append(f.save(d / f"{name}.png"))
+        return out
 
     def write_csv(self, out_dir) -> list[Path]:
         out = Path(out_dir)
@@ -864,6 +930,40 @@ class Report:
         return Path(path)
 
 
+# ============================================================================================ step reports
+def metrics_from_rows(rows) -> list[tuple]:
+    """``StepResult.table_rows()`` (``{"metric", "value", "unit"}``) as report metrics."""
+    out = []
+    for r in rows:
+        v = r.get("value")
+        try:
+            v = float(v) if isinstance(v, str) and v.strip() not in ("", "nan") and not v.strip().isalpha() else v
+        except ValueError:
+            pass
+        out.append((str(r.get("metric", "")), v, str(r.get("unit", ""))))
+    return out
+
+
+def step_report(title: str, verdict: tuple[str, str], metrics=(), figures=(), tables=(), notes=(),
+                inputs: dict | None = None, subtitle: str = "", text: str = "", warnings=()) -> Report:
+    """The report of one step command: the verdict first, its figures with units, tables, warnings, inputs."""
+    r = Report(title, subtitle)
+    r.set_verdict(*verdict)
+    for w in warnings:
+        r.add_verdict(f"Warning: {w}", "warn")
+    r.add_section("Result", list(metrics), figures=[f for f in figures if f is not None], tables=list(tables),
+                  notes=list(notes), text=text)
+    if inputs:
+        r.add_section("Inputs", tables=[Table("inputs", [{"input": k, "value": str(v)} for k, v in inputs.items()
+                                                         if v not in (None, "", [])], "What this result was made from")])
+    return r
+
+
+def write_step_report(out_dir, report: Report) -> list[Path]:
+    """``report.html``, ``report.pdf``, ``metrics.csv`` and the tables' CSV files into ``out_dir``."""
+    return report.write(out_dir)
+
+
 def _version() -> str:
     from . import __version__
 
@@ -914,9 +1014,12 @@ def _html_table(t: Table) -> str:
                 keys.append(k)
     out = [f"<h3>{e(t.title or t.name)}</h3><table class='data'><tr>" + "".join(f"<th>{e(str(k))}</th>" for k in keys)
            + "</tr>"]
-    for r in t.rows:
+    for r in t.rows[:t.max_rows]:
         out.append("<tr>" + "".join(f"<td>{e(_fmt(r.get(k, '')))}</td>" for k in keys) + "</tr>")
     out.append("</table>")
+    if len(t.rows) > t.max_rows:
+        out.append(f"<p class='note'>The first {t.max_rows} of {len(t.rows)} rows; all of them are in "
+                   f"{e(_safe_name(t.name))}.csv.</p>")
     return "".join(out)
 
 
@@ -1132,7 +1235,10 @@ class _PdfWriter:
                     if k not in keys:
                         keys.append(k)
             self._text(t.title or t.name, 9, bold=True)
-            self._table(keys, [[_fmt(r.get(k, "")) for k in keys] for r in t.rows],
+            if len(t.rows) > t.max_rows:
+                self._text(f"The first {t.max_rows} of {len(t.rows)} rows; all of them are in {_safe_name(t.name)}.csv.",
+                           8, color="#555")
+            self._table(keys, [[_fmt(r.get(k, "")) for k in keys] for r in t.rows[:t.max_rows]],
                         [max(0.7, min(2.5, 0.09 * max(len(str(k)), *(len(_fmt(r.get(k, ""))) for r in t.rows))))
                          for k in keys], size=7)
         for note in s.notes:
@@ -1145,6 +1251,7 @@ def _hline(x0: float, x1: float, y: float, color: str = "#bbb"):
     return Line2D([x0, x1], [y, y], color=color, linewidth=0.6)
 
 
-__all__ = ["Report", "Section", "Table", "Figure", "Overlay", "Marker", "Polyline", "Surface", "WINDOWS",
+__all__ = ["Report", "Section", "Table", "Figure", "Overlay", "Marker", "Polyline", "Surface", "WINDOWS", "VIEWS",
+           "step_report", "write_step_report", "metrics_from_rows", "view_towards", "surface_of", "blank_like",
            "slice_figure", "slice_png", "render_3d", "histogram_figure", "histogram_svg", "margin_colormap",
            "orientation_letter"]

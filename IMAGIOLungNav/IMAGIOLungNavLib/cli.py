@@ -82,6 +82,9 @@ def run_cli(args) -> int:
         details["branches"] = result.branch_rows()
         write_json(stage / "details.json", details)
         save_mrb(logic.scene, stage / "route.mrb")
+        from .report import write_report  # report.html, report.pdf, metrics.csv (imagio.report)
+        write_report(stage, result, ct, lesion, args.scope_diameter_mm,
+                     {"ct": args.ct, "airway": args.airway, "lesion": args.lesion, "target": args.target})
     r = result.route
     print(f"route: {r.path_length_mm:.1f} mm to generation {r.generation}, gap to target {r.gap_to_target_mm:.1f} mm, "
           f"narrowest lumen {r.min_lumen_diameter_mm:.1f} mm, scope {args.scope_diameter_mm:.1f} mm "

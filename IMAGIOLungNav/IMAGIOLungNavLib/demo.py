@@ -11,13 +11,6 @@ from imagio.errors import ImagioError
 SCOPE_DIAMETER_MM = 4.2
 
 
-def _find(segments: dict, *words):
-    for name, s in segments.items():
-        if any(w in name.lower() for w in words):
-            return name, s
-    return None, None
-
-
 def _truth_agreement(tree, branches: list[dict], tol_mm: float = 2.0) -> tuple[float, float]:
     """% of true centerline points within ``tol_mm`` of ours, and the reverse."""
     truth = np.vstack([np.asarray(b["points_ras"], float) for b in branches])
@@ -28,17 +21,14 @@ def _truth_agreement(tree, branches: list[dict], tol_mm: float = 2.0) -> tuple[f
 
 
 def demo_step(ctx) -> None:
-    from imagio.report import slice_png
-
-    from .logic import AIRWAY_COLOR, LungNavLogic
+    from .logic import LungNavLogic
 
     t0 = time.perf_counter()
     case = ctx.case
-    ct = case["ct"]
-    name, nodule = ("lung_nodule", case["segments"]["lung_nodule"]) if "lung_nodule" in case["segments"] \
-        else _find(case["segments"], "nodule", "lung_lesion")
+    ct = case.ct
+    nodule = case.lung_target  # chosen once by imagio.demo (a lesion in the lung)
     if nodule is None:
-        raise ImagioError("The case has no lung nodule segment", "Add a segment named like 'lung_nodule'")
+        raise ImagioError("The case has no lesion in the lung", "Name it with --tumor-segment")
     logic = LungNavLogic(ctx.scene)
     result = logic.compute(ct=ct, lesion=nodule.mask, scope_diameter_mm=SCOPE_DIAMETER_MM,
                            progress=ctx.progress.sub(0.0, 0.85))
@@ -71,13 +61,11 @@ def demo_step(ctx) -> None:
                             "airway_dice": round(dice, 3), "true_branches": len(ph.airway_centerlines)}
         metrics += [("true centerline within 2 mm of ours", a, "%"), ("our centerline within 2 mm of truth", b, "%"),
                     ("airway Dice against truth", dice, "")]
-    images = [slice_png(ctx.image_path("lungnav_exit.png"), ct,
-                        [(result.airway_mask, AIRWAY_COLOR), (nodule.mask, nodule.color)], r.exit_point_ras,
-                        "coronal", window=(-600, 1500), markers_ras=[r.exit_point_ras, r.target_ras])]
+    case.results["lungnav"] = result  # its pictures: IMAGIOLungNavLib.report.demo_report
     summary["runtime_s"] = round(time.perf_counter() - t0, 2)
     ctx.summary["lungnav"] = summary
     ctx.report.add_section(
-        "Lung navigation: airway, centerlines and route to the nodule", metrics, images,
+        f"Lung navigation: airway, centerlines and route to '{nodule.name}'", metrics,
         text=f"Route: {' > '.join(r.branch_names)}. The curve 'LungNav Bronchoscopic route' runs from the trachea to "
              "the exit point (Slicer's Endoscopy module can fly through it); the line 'Gap to target' crosses the "
              "parenchyma to the nodule.")

@@ -83,6 +83,8 @@ def run(args) -> int:
     with staged_output(args.out, inputs=inputs) as stage:
         write_json(stage / "margin.json", data)
         save_mrb(scene, stage / "margin.mrb")
+        from .report import write_report  # report.html, report.pdf, metrics.csv (imagio.report)
+        write_report(stage, result, data, post if post is not None else pre, data["inputs"])
     ci = data["margin_ci_mm"]
     print(f"minimal margin {data['minimal_margin_mm']:.2f} mm (95% interval {ci[0]:.2f} to {ci[1]:.2f} mm, "
           f"sigma {data['sigma_mm']:g} mm), coverage {data['coverage_percent']:.2f} %, "

@@ -44,15 +44,12 @@ def synthetic_zone(tumor: sitk.Image, extra_mm: float = 8.0, offset_ras=(3.0, 0.
 
 
 def demo_step(ctx) -> None:
-    from imagio.report import histogram_svg, slice_png
-
     from .logic import MarginLogic
 
-    segments = ctx.case["segments"]
-    tumor = segments.get("liver_tumor") or next((s for n, s in segments.items() if "tumor" in n.lower()), None)
+    tumor = ctx.case.tumor  # chosen once by imagio.demo (terminology, common names or --tumor-segment)
     if tumor is None:
-        raise ImagioError("The case has no tumour segment", "Add a segment named liver_tumor to the case")
-    zone = ctx.case.get("ablation_zone")
+        raise ImagioError("The case has no tumour segment", "Name it with --tumor-segment")
+    zone = ctx.case.ablation_zone  # handed on by the ablation step
     if isinstance(zone, Segment):
         source = f"the ablation step's zone: {zone.name}"
     else:
@@ -63,20 +60,11 @@ def demo_step(ctx) -> None:
     result = logic.assess(tumor, zone, progress=ctx.progress.sub(0.1, 0.8))
     nodes = logic.add_to_scene(result, "Margin")
     data = result.to_dict()
-    ctx.progress.update(0.9, "margin: report")
-    pic = slice_png(ctx.image_path("margin_axial.png"), ctx.case["ct"],
-                    [(result.tumor_on_zone, (0.9, 0.2, 0.2)), (result.zone, (0.2, 0.6, 0.9))],
-                    point_ras=result.metrics.thinnest_point_ras, markers_ras=[result.metrics.thinnest_point_ras])
-    m = result.metrics
-    svg = histogram_svg(np.repeat(0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:]),
-                                  np.round(m.histogram_area_percent * 10).astype(int)),
-                        bins=len(m.histogram_area_percent), xlabel="signed margin, tumour surface to zone surface (mm)",
-                        vline=result.threshold_mm, vline_label=f"threshold {result.threshold_mm:g} mm")
-    metrics = [(r["metric"], r["value"], r["unit"]) for r in result.table_rows()]
+    ctx.case.results["margin"] = result  # its pictures: IMAGIOMarginLib.report.demo_report
+    metrics = [(r["metric"], r["value"], r["unit"]) for r in result.table_rows() if r["metric"] != "Verdict"]
     ctx.report.add_section(
-        f"Ablation margin (liver tumour, {source})", metrics, images=[pic],
-        text=f"{data['verdict_text']}. Sigma {data['sigma_mm']:g} mm ({data['sigma_source']}). "
-             f"Tumour (red), zone (blue), thinnest point (cross). {data['convention']}", svgs=[svg])
+        f"Ablation margin ({tumor.name}, {source})", metrics,
+        text=f"{data['verdict_text']}. Sigma {data['sigma_mm']:g} mm ({data['sigma_source']}). {data['convention']}")
     ctx.summary["margin"] = {k: data[k] for k in (
         "minimal_margin_mm", "coverage_percent", "shell_coverage_percent", "residual_tumor_ml", "thinnest_point_ras",
         "margin_ci_mm", "p_margin_ge_threshold", "verdict", "threshold_mm", "sigma_mm")}

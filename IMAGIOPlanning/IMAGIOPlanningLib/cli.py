@@ -95,6 +95,8 @@ def cmd_segment(args) -> int:
             summary = {"ct": str(ct_path), **res.to_dict(), "total_runtime_s": round(time.perf_counter() - t0, 3),
                        "files": ["segmentation.seg.nrrd", "segment.json", "segment.mrb"]}
             write_json(stage / "segment.json", summary)
+            from .report import write_report  # report.html, report.pdf, metrics.csv (imagio.report)
+            write_report(stage, res, segments, ct, seed, {"ct": str(ct_path), "model": args.model, "seed": args.seed})
     finally:
         if not args.quiet:
             end_live_lines()

@@ -13,6 +13,8 @@ import numpy as np
 import SimpleITK as sitk
 
 SHIPPED_MODEL = "phantom-lesions"
+#: seeded-segmentation kind for the tumour's site (imagio.naming.lesion_site)
+KIND_OF_SITE = {"lung": "lung-nodule", "liver": "liver-tumor", "soft_tissue": "soft-tissue"}
 
 
 def _dice(a: sitk.Image, b: sitk.Image) -> float:
@@ -22,10 +24,10 @@ def _dice(a: sitk.Image, b: sitk.Image) -> float:
 
 
 def demo_step(ctx) -> None:
+    from imagio.errors import ImagioError
     from imagio.geometry import centroid_ras
     from imagio.model_card import find_card_by_name
     from imagio.mrml import segments_from_segmentation_node
-    from imagio.report import slice_png
 
     from .logic import PlanningLogic
 
@@ -34,7 +36,9 @@ def demo_step(ctx) -> None:
     truth = case["segments"]
     logic = PlanningLogic(ctx.scene)
     summary: dict = {}
-    metrics, images = [], []
+    metrics = []
+    pictures = []  # (segments, seed, (truth mask, label), name): drawn by IMAGIOPlanningLib.report.demo_report
+    case.results["planning"] = {"pictures": pictures}
     truth_key = {"Liver tumor": "liver_tumor", "Lung nodule": "lung_nodule"}
     if case.get("phantom") is not None:
         card = find_card_by_name(SHIPPED_MODEL)
@@ -57,32 +61,37 @@ def demo_step(ctx) -> None:
                             "empty_labels": res.empty_labels, "runtime_s": round(res.runtime_s, 3),
                             "execution_provider": res.execution_provider}
         if "Liver tumor" in got:
-            images.append(slice_png(ctx.image_path("planning_model_liver.png"), case["ct"],
-                                    [(truth["liver_tumor"].mask, (0.2, 0.8, 0.2)),
-                                     (got["Liver tumor"].mask, (1.0, 0.5, 0.1))],
-                                    centroid_ras(truth["liver_tumor"].mask)))
+            pictures.append(([got["Liver tumor"]], None, (truth["liver_tumor"].mask, "liver_tumor (phantom truth)"),
+                             "planning_model"))
     else:
         summary["model"] = {"skipped": f"the shipped '{SHIPPED_MODEL}' model is trained on the phantom only"}
-    nodule = truth.get("lung_nodule") or next((s for n, s in truth.items() if "nodule" in n.lower()), None)
+    # the phantom's lung nodule (its liver tumour is the model's); on a real case its tumour, seeded as its site says
+    nodule = case.lung_target if case.is_phantom else case.tumor
+    kind = KIND_OF_SITE.get(case.tumor_site if nodule is case.tumor else "lung", "soft-tissue")
     if nodule is not None and np.any(sitk.GetArrayViewFromImage(nodule.mask)):
         seed = centroid_ras(nodule.mask)
-        ctx.progress.update(0.75, "planning: seeded lung nodule")
-        sres = logic.segment_from_seed_nodes(ct_node, seed, "lung-nodule", progress=ctx.progress.sub(0.75, 0.95))
-        mask = segments_from_segmentation_node(sres.node, ct_node)[0].mask
-        d = _dice(mask, nodule.mask)
-        seg = sres.segments[0]
-        summary["seeded"] = {"kind": "lung-nodule", "seed_ras": [round(float(v), 2) for v in seed],
-                             "volume_ml": seg["volume_ml"], "truth_volume_ml": round(nodule.volume_ml(), 3),
-                             "dice_vs_truth": round(d, 4), "radius_mm": sres.details["radius_mm"],
-                             "runtime_s": round(sres.runtime_s, 3)}
-        metrics += [("seeded lung nodule: Dice vs truth", d, ""), ("seeded lung nodule volume", seg["volume_ml"], "ml"),
-                    ("lung nodule truth volume", nodule.volume_ml(), "ml"),
-                    ("seeded estimated radius", sres.details["radius_mm"], "mm")]
-        images.append(slice_png(ctx.image_path("planning_seeded_nodule.png"), case["ct"],
-                                [(nodule.mask, (0.2, 0.8, 0.2)), (mask, (1.0, 0.3, 0.3))], seed, window=(-400, 1500),
-                                markers_ras=[seed]))
+        ctx.progress.update(0.75, f"planning: seeded {kind}")
+        try:
+            sres = logic.segment_from_seed_nodes(ct_node, seed, kind, progress=ctx.progress.sub(0.75, 0.95))
+        except ImagioError as e:  # e.g. a lesion larger than the seeded method takes: said, not a failed demo
+            summary["seeded"] = {"kind": kind, "segment": nodule.name, "refused": str(e)}
+            metrics.append((f"seeded {kind} from the centre of '{nodule.name}'", f"refused: {e}", ""))
+            sres = None
+        if sres is not None:
+            seeded = segments_from_segmentation_node(sres.node, ct_node)[0]
+            d = _dice(seeded.mask, nodule.mask)
+            seg = sres.segments[0]
+            ref = "phantom truth" if case.is_phantom else f"the case's '{nodule.name}'"
+            summary["seeded"] = {"kind": kind, "segment": nodule.name, "seed_ras": [round(float(v), 2) for v in seed],
+                                 "volume_ml": seg["volume_ml"], "truth_volume_ml": round(nodule.volume_ml(), 3),
+                                 "dice_vs_truth": round(d, 4), "radius_mm": sres.details["radius_mm"],
+                                 "runtime_s": round(sres.runtime_s, 3)}
+            metrics += [(f"seeded {kind}: Dice vs {ref}", d, ""), (f"seeded {kind} volume", seg["volume_ml"], "ml"),
+                        (f"{nodule.name} volume", nodule.volume_ml(), "ml"),
+                        ("seeded estimated radius", sres.details["radius_mm"], "mm")]
+            pictures.append(([seeded], seed, (nodule.mask, ref), "planning_seeded"))
     ctx.summary["planning"] = summary
     ctx.report.add_section(
-        "Planning: lesion segmentation", metrics, images,
-        text="ONNX Runtime model (the shipped phantom-lesions demonstration model, not for clinical use) and "
-             "seeded segmentation from one point. Green: ground truth; orange/red: IMAGIO.")
+        "Planning: lesion segmentation", metrics,
+        text="ONNX Runtime model (the shipped phantom-lesions demonstration model, not for clinical use; on the "
+             "phantom only) and seeded segmentation from one point. Green outline: the reference; colour: IMAGIO.")

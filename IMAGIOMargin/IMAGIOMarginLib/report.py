@@ -1,0 +1,131 @@
+"""The margin report (``imagio margin`` and the demo's margin step): verdict, slices, 3D margin map, histogram.
+
+Built on :mod:`imagio.report`. The 3D picture colours the tumour surface with the same per-point
+``margin_mm`` values and the same colour map as the model that ``MarginLogic.add_to_scene`` puts in
+the scene (:func:`imagio.report.margin_colormap`), so the report and Slicer show one map.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+VERDICT_LEVELS = {"sufficient": "ok", "insufficient": "warn", "incomplete": "bad"}
+TUMOUR_COLOR = (0.9, 0.2, 0.2)
+ZONE_COLOR = (0.2, 0.6, 0.9)
+
+
+def verdict(data: dict) -> tuple[str, str]:
+    """(text, level) of a margin.json."""
+    return str(data.get("verdict_text") or data.get("verdict")), VERDICT_LEVELS.get(str(data.get("verdict")), "info")
+
+
+def margin_surface(result):
+    """The tumour surface (RAS) with its per-point ``margin_mm`` (as the scene's margin model)."""
+    from vtk.util import numpy_support
+
+    from imagio.geometry import ras_to_ijk
+    from imagio.mrml import mask_to_surface_ras
+
+    poly = mask_to_surface_ras(result.tumor_on_zone, smoothing=True)
+    pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
+    values = result.metrics.field.sample_ijk(ras_to_ijk(result.zone, pts)) if len(pts) else np.zeros(0)
+    arr = numpy_support.numpy_to_vtk(values.astype(np.float32), deep=True)
+    arr.SetName("margin_mm")
+    poly.GetPointData().AddArray(arr)
+    return poly, values
+
+
+def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
+    """Slices through the thinnest point (axial, coronal), the 3D margin map and the histogram."""
+    from imagio import report as rp
+    from imagio.geometry import centroid_ras
+
+    m = result.metrics
+    thr = float(result.threshold_mm)
+    image = ct if ct is not None else rp.blank_like(result.zone)
+    win = window or (rp.WINDOWS["soft tissue"] if ct is not None else (0.0, 1000.0))
+    mam = float(m.minimal_margin_mm)
+    thin = np.asarray(m.thinnest_point_ras, float)
+    overlays = [rp.Overlay(result.tumor_on_zone, TUMOUR_COLOR, "tumour"),
+                rp.Overlay(result.zone, ZONE_COLOR, "ablation zone")]
+    marker = rp.Marker(thin, f"thinnest point (margin {mam:.1f} mm)", (0.1, 1.0, 0.1))
+    roi = [result.tumor_on_zone, result.zone]
+    background = "CT" if ct is not None else "no CT given: masks on a grey background"
+    out = []
+    for axis in ("axial", "coronal"):
+        out.append(rp.slice_figure(
+            image, overlays, thin, axis, win, markers=[marker], roi=roi, pad_mm=10.0,
+            unit="HU" if ct is not None else None,
+            caption=f"{axis.capitalize()} slice through the thinnest point ({background}): tumour (red outline) and "
+                    f"ablation zone (blue outline); the cross marks where the margin is smallest, {mam:.1f} mm "
+                    f"(negative: tumour outside the zone).", name=f"{name_prefix}_{axis}"))
+    poly, values = margin_surface(result)
+    cmap = rp.margin_colormap(thr)
+    centre = centroid_ras(result.tumor_on_zone)
+    view = rp.view_towards(thin - centre)
+    fig3d = rp.render_3d(
+        [rp.Surface(poly, scalars="margin_mm", colormap=cmap, scalar_title="margin (mm)"),
+         rp.surface_of(result.zone, ZONE_COLOR, 0.18, "ablation zone")],
+        markers=[rp.Marker(thin, "thinnest point", (0.05, 0.05, 0.05))], view=view,
+        caption=f"Tumour surface coloured by its margin to the ablation zone surface (mm; green >= "
+                f"{1.5 * thr:g} mm, yellow = the {thr:g} mm threshold, red 0 mm, dark red: tumour outside the zone), "
+                f"seen from the side of the thinnest point ({view}); the zone is the translucent blue shell. "
+                f"Range shown {cmap[0][0]:g} to {cmap[-1][0]:g} mm; {100.0 * float(np.mean(values < thr)):.0f} % of "
+                f"the surface points lie below {thr:g} mm.", name=f"{name_prefix}_3d")
+    out.append(fig3d)
+    centres = 0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:])
+    out.append(rp.histogram_figure(centres, np.asarray(m.histogram_edges_mm, float), "signed margin, tumour surface "
+                                   "to zone surface (mm)", weights=m.histogram_area_percent,
+                                   ylabel="tumour surface (%)", vline=thr, vline_label=f"threshold {thr:g} mm",
+                                   caption="Share of the tumour surface area per margin bin (mm); the dashed line is "
+                                           "the threshold.", name=f"{name_prefix}_histogram"))
+    return out
+
+
+def metrics(result) -> list[tuple]:
+    from imagio.report import metrics_from_rows
+
+    return [r for r in metrics_from_rows(result.table_rows()) if r[0] != "Verdict"]
+
+
+def tables(result) -> list:
+    from imagio.report import Table
+
+    m = result.metrics
+    centres = 0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:])
+    return [Table("margin_histogram", [{"margin_mm": round(float(c), 3), "surface_area_percent": round(float(v), 4)}
+                                       for c, v in zip(centres, m.histogram_area_percent, strict=True)],
+                  "Margin histogram (share of the tumour surface per bin)")]
+
+
+def build_report(result, data: dict | None = None, ct=None, inputs: dict | None = None):
+    """The report of ``imagio margin``."""
+    from imagio.report import step_report
+
+    data = data if data is not None else result.to_dict()
+    return step_report(
+        "IMAGIO margin assessment", verdict(data), metrics(result), figures(result, ct), tables(result),
+        notes=[f"Sigma {data['sigma_mm']:g} mm ({data['sigma_source']}).", data["convention"], *data.get("notes", [])],
+        inputs=inputs, subtitle="Minimal ablative margin, coverage and residual tumour of a tumour by an ablation "
+                                "zone")
+
+
+def write_report(out_dir, result, data: dict | None = None, ct=None, inputs: dict | None = None) -> list:
+    """report.html, report.pdf, metrics.csv, margin_histogram.csv into ``out_dir``."""
+    from imagio.report import write_step_report
+
+    return write_step_report(out_dir, build_report(result, data, ct, inputs))
+
+
+def demo_report(ctx) -> None:
+    """The demo's margin part: the verdict line and the pictures, in the margin step's section."""
+    result = ctx.case.results.get("margin")
+    data = ctx.summary.get("margin", {})
+    if result is None:
+        ctx.report.add_verdict(f"Margin: {data.get('verdict', 'no result')}", "info")
+        return
+    text, level = verdict(result.to_dict())
+    ctx.report.add_verdict(f"Margin: {text}", level)
+    section = ctx.step_section("margin")
+    section.figures += [f for f in figures(result, ctx.case.ct) if f is not None]
+    section.tables += tables(result)
