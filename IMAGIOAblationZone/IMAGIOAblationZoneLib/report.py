@@ -36,7 +36,9 @@ def plan_verdict(d: dict, device: str = "") -> tuple[str, str]:
         if d.get("bioheat_verified") is False:
             return text + f"; the bioheat check covers only {_f(d.get('bioheat_coverage_percent'), '.1f', ' %')}", "warn"
         return text, "ok"
-    return f"Plan NOT feasible: {d.get('reason', 'no reason given')} (best found: {n} probe(s){dev} {cover}{mam})", "bad"
+    reason = str(d.get("reason") or "no reason given")
+    best = "" if "best" in reason.lower() else f" (best found: {n} probe(s){dev} {cover}{mam})"
+    return f"Plan NOT feasible: {reason}{best}", "bad"
 
 
 def zone_verdict(m: dict, margin_mm: float | None = None) -> tuple[str, str]:

@@ -49,6 +49,17 @@ def metrics(result, scope_mm: float | None = None) -> list[tuple]:
     return rows
 
 
+def _nearest_voxel_ras(mask, point_ras) -> np.ndarray:
+    """RAS centre of the mask voxel nearest to ``point_ras`` (the point itself when the mask is empty)."""
+    from imagio.geometry import ijk_to_ras
+
+    kji = np.argwhere(_arr(mask) > 0)
+    if len(kji) == 0:
+        return np.asarray(point_ras, float)
+    ras = ijk_to_ras(mask, kji[:, ::-1].astype(float))
+    return ras[int(np.argmin(np.linalg.norm(ras - np.asarray(point_ras, float), axis=1)))]
+
+
 def _arr(img):
     import SimpleITK as sitk
 
@@ -62,6 +73,8 @@ def figures(result, ct=None, lesion=None, name_prefix: str = "lungnav") -> list:
     route_pts = np.asarray(r.route_points_ras, float)
     target = np.asarray(r.target_ras, float)
     exit_pt = np.asarray(r.exit_point_ras, float)
+    # the gap runs to the lesion's surface (its nearest voxel), not to its centre
+    gap_end = _nearest_voxel_ras(lesion, exit_pt) if lesion is not None else target
     image = ct if ct is not None else rp.blank_like(result.airway_mask)
     win = rp.WINDOWS["lung"] if ct is not None else (0.0, 1000.0)
     overlays = [rp.Overlay(result.airway_mask, AIRWAY_COLOR, "airway", fill_opacity=0.25)]
@@ -69,7 +82,7 @@ def figures(result, ct=None, lesion=None, name_prefix: str = "lungnav") -> list:
         overlays.append(rp.Overlay(lesion, LESION_COLOR, "target lesion"))
     markers = [rp.Marker(exit_pt, "exit point", (0.1, 1.0, 0.1)), rp.Marker(target, "target", (1.0, 0.2, 1.0))]
     route_line = rp.Polyline(route_pts, "bronchoscopic route", ROUTE_COLOR, 2.2)
-    gap_line = rp.Polyline(np.vstack([exit_pt, target]), "gap to the target", (1.0, 0.2, 1.0), 1.6)
+    gap_line = rp.Polyline(np.vstack([exit_pt, gap_end]), "gap to the target", (1.0, 0.2, 1.0), 1.6)
     background = "" if ct is not None else " (no CT given: masks on a grey background)"
     # the coronal plane that holds most of the route's last part: through the exit point
     out = [rp.slice_figure(
@@ -82,14 +95,15 @@ def figures(result, ct=None, lesion=None, name_prefix: str = "lungnav") -> list:
             image, overlays, target, "axial", win, markers=markers, polylines=[route_line, gap_line],
             roi=[target[None], exit_pt[None]] + ([lesion] if lesion is not None else []), pad_mm=20.0,
             unit="HU" if ct is not None else None,
-            caption=f"Axial slice through the target{background}: exit point (green), target (magenta) and the "
-                    f"{r.gap_to_target_mm:.1f} mm gap through the parenchyma (magenta line).",
+            caption=f"Axial slice through the target{background}: exit point (green), target (magenta cross: the "
+                    f"lesion's centre) and the {r.gap_to_target_mm:.1f} mm gap through the parenchyma to the lesion's "
+                    "surface (magenta line).",
             name=f"{name_prefix}_axial")]
     surfaces = [rp.surface_of(result.airway_mask, AIRWAY_COLOR, 0.3, "airway tree")]
     if lesion is not None:
         surfaces.append(rp.surface_of(lesion, LESION_COLOR, 1.0, "target lesion"))
     out.append(rp.render_3d(surfaces, polylines=[rp.Polyline(route_pts, "route", ROUTE_COLOR, 2.4),
-                                                 rp.Polyline(np.vstack([exit_pt, target]), "gap", (1.0, 0.2, 1.0), 1.0)],
+                                                 rp.Polyline(np.vstack([exit_pt, gap_end]), "gap", (1.0, 0.2, 1.0), 1.0)],
                             markers=[rp.Marker(target, "target", (1.0, 0.2, 1.0)),
                                      rp.Marker(exit_pt, "exit point", (0.1, 0.8, 0.1))], view="anterior",
                             caption="The airway tree (translucent blue) with the bronchoscopic route (yellow) to the "
