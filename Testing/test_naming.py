@@ -108,3 +108,15 @@ def test_site_from_ct_alone_on_a_synthetic_lung():
     seg = io.Segment("lesion", mask)
     assert naming.lesion_site(seg, [], ct)[0] == "lung"
     assert naming.lesion_site(seg, [], sitk.GetImageFromArray(np.full_like(arr, 40)))[0] == "soft_tissue"
+
+
+def test_terminology_survives_writing_and_reading(tmp_path):
+    """A terminology tag read from a .seg.nrrd goes through the scene and `write_segmentation` unchanged, so
+    `convert` and the demo keep what a user coded in Slicer."""
+    tag = ("TerminologyEntry:Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^"
+           "Morphologically Abnormal Structure~SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~^^~^^|")
+    mask = sitk.Image([6, 6, 6], sitk.sitkUInt8)
+    mask[2, 3, 3] = 1
+    io.write_segmentation(tmp_path / "a.seg.nrrd", [io.Segment("Segment_1", mask, (1, 0, 0), tags={"terminology": tag})])
+    back = io.read_segmentation(tmp_path / "a.seg.nrrd")[0]
+    assert naming.terminology_of(back).type.meaning == "Mass" and naming.role_of(back) == "lesion"

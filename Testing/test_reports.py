@@ -159,3 +159,17 @@ def test_3d_picture_colours_by_margin_and_faces_the_patient():
     assert len(g_cols) > 200 and len(r_cols) > 200
     assert g_cols.mean() < r_cols.mean() - 50  # patient right (R > 0, margin > 0) on the picture's left
     assert reddish[:, int(w * 0.85):].any() and greenish[:, int(w * 0.85):].any()  # the colour bar
+
+
+def test_without_matplotlib_the_report_says_what_is_missing(tmp_path, monkeypatch):
+    """As inside Slicer (no matplotlib): HTML with plain pictures and a note, no PDF, no traceback."""
+    monkeypatch.setattr(rp, "_have_matplotlib", lambda: False)
+    ct = g.make_image((30, 30, 10), (1.0, 1.0, 2.0), (15.0, 15.0, -10.0), g.CT_AXES_RAS, sitk.sitkInt16)
+    fig = rp.slice_figure(ct, [rp.Overlay(_ball(ct, g.ijk_to_ras(ct, (14.5, 14.5, 4.5)), 4.0), (1, 0, 0), "t")])
+    assert fig.png[:8] == b"\x89PNG\r\n\x1a\n"
+    r = rp.Report("No matplotlib")
+    r.set_verdict("ok", "ok")
+    r.add_section("S", [("a", 1.0, "mm")], figures=[fig, rp.histogram_figure([1.0, 2.0], 2, "x (mm)")])
+    names = {f.name for f in r.write(tmp_path)}
+    assert names == {"report.html", "metrics.csv"}
+    assert "matplotlib is not installed" in (tmp_path / "report.html").read_text()

@@ -474,25 +474,8 @@ def export_dicom_nodes(segmentation_node, ct_volume_node, ct_files, out_dir, seg
     datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
     ks, notes = _slice_indices(image, datasets)
     ct = CTSeries(image, datasets, ks, files, notes)
-    segments = segments_from_segmentation_node(segmentation_node, ct_volume_node, segment_ids)
-    seg_obj = segmentation_node.GetSegmentation()
-    for s in segments:
-        sid = seg_obj.GetSegmentIdBySegmentName(s.name)
-        segment = seg_obj.GetSegment(sid) if sid else None
-        entry = _segment_terminology(segment) if segment is not None else ""
-        if entry:
-            s.tags = {"terminology": f"TerminologyEntry:{entry}|"}
+    segments = segments_from_segmentation_node(segmentation_node, ct_volume_node, segment_ids)  # with their tags
     return export_dicom(None, segments, out_dir, margin, plan, route, ct=ct, validate=validate)
-
-
-def _segment_terminology(segment) -> str:
-    """The ``TerminologyEntry`` tag of a vtkSegment ('' when it has none)."""
-    if hasattr(segment, "GetTerminology"):
-        return str(segment.GetTerminology() or "")
-    import vtk
-
-    value = vtk.reference("")
-    return str(value) if segment.GetTag("TerminologyEntry", value) else ""
 
 
 # ============================================================================================ validation

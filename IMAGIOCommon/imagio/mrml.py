@@ -93,11 +93,29 @@ def segmentation_node_from_segments(scene, segments: list[Segment], name: str, r
     seg = node.GetSegmentation()
     for s in segments:
         sid = seg.AddEmptySegment("", s.name, list(s.color))
+        _set_tags(seg.GetSegment(sid), s.tags)
         if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                 _oriented_image(s.mask), node, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
             raise ImagioError(f"Could not store segment '{s.name}'")
     seg.CollapseBinaryLabelmaps(False)
     return node
+
+
+def _set_tags(segment, tags: dict | None) -> None:
+    """Slicer segment tags from a Segment's ``tags`` (its ``terminology`` string is a .seg.nrrd Tags value)."""
+    text = (tags or {}).get("terminology")
+    for item in str(text or "").split("|"):
+        key, sep, value = item.partition(":")
+        if sep and key.strip():
+            segment.SetTag(key.strip(), value)
+
+
+def _get_tags(segment) -> dict:
+    """The terminology of a Slicer segment as a Segment's ``tags`` ({} when it has none)."""
+    value = vtk.reference("")
+    if segment.GetTag("TerminologyEntry", value) and str(value):
+        return {"terminology": f"TerminologyEntry:{value}|"}
+    return {}
 
 
 def segments_from_segmentation_node(node, reference_node=None, segment_ids=None) -> list[Segment]:
@@ -136,7 +154,7 @@ def segments_from_segmentation_node(node, reference_node=None, segment_ids=None)
                 raise ImagioError(f"Segment '{segment.GetName()}' could not be exported as a labelmap")
             img = image_from_volume_node(lm)
             mask = sitk.Cast(img > 0, sitk.sitkUInt8)
-            out.append(Segment(segment.GetName(), mask, tuple(segment.GetColor()), n + 1))
+            out.append(Segment(segment.GetName(), mask, tuple(segment.GetColor()), n + 1, _get_tags(segment)))
         finally:
             scene.RemoveNode(lm)
     return out

@@ -824,6 +824,11 @@ class Report:
         """``<stem>.html``, ``<stem>.pdf`` (when matplotlib is there), ``metrics.csv`` and one CSV per table."""
         out = Path(out_dir)
         files = []
+        if not _have_matplotlib():
+            note = ("matplotlib is not installed here: the pictures lack their labels (orientation letters, scale bar, "
+                    "legend) and no PDF was written (pip install matplotlib)")
+            if note not in self.notes:
+                self.notes.append(note)
         if csv_tables:
             files += self.write_csv(out)
         files.append(self.write_html(out / f"{stem}.html", csv_files=[f.name for f in files]))
