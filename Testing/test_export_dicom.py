@@ -103,7 +103,7 @@ def test_export_lung1_rtstruct_with_margin_and_route(tmp_path):
     r = run_imagio("export-dicom", "--ct", ct_dir, "--seg", rt, "--margin", tmp_path / "margin.json",
                    "--route", tmp_path / "route.json", "--out", out)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "seg.dcm", "sr.dcm"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["export.json", "seg.dcm", "sr.dcm"]
     ct = io.read_image(ct_dir)
     inputs = {s.name: s.voxel_count() for s in io.read_segmentation(rt, reference=ct)}
     assert set(inputs) == {"GTV-1", "Lung-Left", "Lung-Right", "Spinal-Cord"}
