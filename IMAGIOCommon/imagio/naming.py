@@ -339,8 +339,8 @@ def lesion_site(lesion, segments=(), ct=None) -> tuple[str, str]:
     arr = full[box]
     crop = sitk.GetImageFromArray(arr.astype(np.uint8))
     crop.SetSpacing(lesion.mask.GetSpacing())
-    dist = sitk.GetArrayViewFromImage(sitk.SignedMaurerDistanceMap(
-        crop, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+    dmap = sitk.SignedMaurerDistanceMap(crop, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    dist = sitk.GetArrayFromImage(dmap)
     shell = (dist > 0) & (dist <= SHELL_MM)
     n_shell = max(int(shell.sum()), 1)
     others = [s for s in _values(segments) if s is not lesion and same_grid(s.mask, lesion.mask)]
