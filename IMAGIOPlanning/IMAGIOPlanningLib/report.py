@@ -88,6 +88,7 @@ def write_report(out_dir, result, segments, ct, seed_ras=None, inputs: dict | No
 
     rep = step_report("IMAGIO lesion segmentation", verdict(result), metrics(result),
                       figures(ct, segments, seed_ras), [segment_table(result)], inputs=inputs,
+                      warnings=list(getattr(result, "warnings", []) or []),
                       subtitle="Lesion segmentation with an ONNX model or from one seed point",
                       notes=["Correct the segmentation in Slicer's Segment Editor (segment.mrb) before using it."])
     return write_step_report(out_dir, rep)
