@@ -224,6 +224,19 @@ def _plane_reference(image: sitk.Image, point_ras, axis: str, width_px: int = 51
     return _plane_image(origin, u, v, w, pix, nu, nv)
 
 
+def _near_plane(image: sitk.Image, plane: sitk.Image, pad: int = 2) -> sitk.Image:
+    """The part of ``image`` around a one-slice ``plane`` grid (what resampling onto it reads), geometry kept."""
+    n = np.array(plane.GetSize()) - 1
+    corners = [plane.TransformIndexToPhysicalPoint([int(a), int(b), 0]) for a in (0, n[0]) for b in (0, n[1])]
+    idx = np.array([image.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    size = np.array(image.GetSize())
+    lo = np.clip(np.floor(idx.min(axis=0)).astype(int) - pad, 0, size - 1)
+    hi = np.clip(np.ceil(idx.max(axis=0)).astype(int) + pad + 1, lo + 1, size)
+    if np.all(lo == 0) and np.all(hi == size):
+        return image
+    return sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
 def _default_point(image: sitk.Image, overlays) -> np.ndarray:
     from .geometry import centroid_ras, ijk_to_ras
 
@@ -268,15 +281,15 @@ def slice_figure(image: sitk.Image, overlays=(), point_ras=None, axis: str = "ax
         roi = [ov.mask for ov in overlays] + [m.point_ras for m in markers]
     origin, u, v, w, pix, nu, nv, p = _plane_geometry(image, point_ras, axis, roi, pad_mm, min_fov_mm, size_px)
     ref = _plane_image(origin, u, v, w, pix, nu, nv)
-    grey = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), ref, sitk.Transform(),
-                                                sitk.sitkLinear, -1024.0))[0]
+    grey = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(_near_plane(image, ref), sitk.sitkFloat32), ref,
+                                                sitk.Transform(), sitk.sitkLinear, -1024.0))[0]
     c, wd = float(window[0]), float(window[1])
     g = np.clip((grey - (c - wd / 2)) / wd, 0, 1)
     rgb = np.repeat(g[..., None], 3, axis=2)
     masks = []
     for ov in overlays:
-        m = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(ov.mask, sitk.sitkUInt8), ref, sitk.Transform(),
-                                                 sitk.sitkNearestNeighbor, 0))[0] > 0
+        m = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(_near_plane(ov.mask, ref), sitk.sitkUInt8), ref,
+                                                 sitk.Transform(), sitk.sitkNearestNeighbor, 0))[0] > 0
         masks.append(m)
         if m.any() and ov.fill_opacity > 0:
             col = np.asarray(ov.color, float)
@@ -460,18 +473,30 @@ def view_towards(direction_ras) -> str:
     return max(VIEWS, key=lambda v: float(np.dot(VIEWS[v], d)))
 
 
+def crop_to_mask(mask: sitk.Image, pad: int = 2) -> sitk.Image | None:
+    """The mask cut to its bounding box (+ ``pad`` voxels), geometry kept (None when it is empty)."""
+    kji = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)
+    if len(kji) == 0:
+        return None
+    size = np.array(mask.GetSize())
+    lo = np.maximum(kji.min(axis=0)[::-1] - pad, 0)
+    hi = np.minimum(kji.max(axis=0)[::-1] + pad + 1, size)
+    return sitk.RegionOfInterest(mask, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
 def surface_of(mask: sitk.Image, color=(0.9, 0.9, 0.9), opacity: float = 1.0, label: str = "") -> Surface | None:
-    """A :class:`Surface` of a mask (None when the mask is empty)."""
+    """A :class:`Surface` of a mask (None when the mask is empty); computed on the mask's bounding box."""
     from .mrml import mask_to_surface_ras
 
-    if not np.any(sitk.GetArrayViewFromImage(mask)):
+    small = crop_to_mask(mask)
+    if small is None:
         return None
-    return Surface(mask_to_surface_ras(mask), tuple(color), opacity, label)
+    return Surface(mask_to_surface_ras(small), tuple(color), opacity, label)
 
 
 def blank_like(mask: sitk.Image) -> sitk.Image:
     """A flat grey image on a mask's grid, to draw masks on when no CT is given."""
-    img = sitk.Image(mask.GetSize(), sitk.sitkFloat32)
+    img = sitk.Image(mask.GetSize(), sitk.sitkUInt8)
     img.CopyInformation(mask)
     return img
 

@@ -25,8 +25,9 @@ def margin_surface(result):
 
     from imagio.geometry import ras_to_ijk
     from imagio.mrml import mask_to_surface_ras
+    from imagio.report import crop_to_mask
 
-    poly = mask_to_surface_ras(result.tumor_on_zone, smoothing=True)
+    poly = mask_to_surface_ras(crop_to_mask(result.tumor_on_zone), smoothing=True)  # the same surface, on its box
     pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
     values = result.metrics.field.sample_ijk(ras_to_ijk(result.zone, pts)) if len(pts) else np.zeros(0)
     arr = numpy_support.numpy_to_vtk(values.astype(np.float32), deep=True)
