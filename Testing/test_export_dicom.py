@@ -187,7 +187,7 @@ def test_bad_inputs_fail_cleanly(tmp_path):
         (("--ct", ct_dir, "--seg", rt, "--margin", tmp_path / "nowhere.json"), "does not exist"),
         (("--ct", ct_dir, "--seg", rt, "--margin", tmp_path / "bad.json"), "not a JSON"),
         (("--ct", ct_dir, "--seg", rt, "--route", tmp_path / "list.json"), "JSON object"),
-        (("--ct", ct_dir, "--seg", data_path("chest-lung1-001/mask_rtstruct/1-1.dcm")), "another image"),
+        (("--ct", ct_dir, "--seg", data_path("chest-lung1-001/mask_rtstruct/1-1.dcm")), "another"),
     ]
     for args, needle in cases:
         r = run_imagio("export-dicom", *args, "--out", out)
