@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from imagio.cli_utils import parse_point, staged_output, write_json
+from imagio.cli_utils import number, parse_point, staged_output, write_json
 from imagio.errors import ImagioError
 from imagio.progress import Progress, terminal_progress
 
@@ -33,7 +33,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--scope-diameter-mm", type=float, default=4.2,
                    help="outer diameter of the bronchoscope in mm (default 4.2)")
     p.add_argument("--start", help="optional start point R,A,S in mm (default: the top of the trachea)")
-    p.add_argument("--max-gap-mm", type=float, default=60.0,
+    p.add_argument("--max-gap-mm", type=number(min=0, max=500, unit="mm", min_inclusive=False), default=60.0,
                    help="refuse targets farther than this from any airway, in mm (default 60)")
     p.add_argument("--airway-model", help="optional model card (.json) of an ONNX airway model that refines the "
                    "segmentation of --ct (IMAGIOPlanning's engine; its additions pass the same leak control)")

@@ -63,8 +63,6 @@ def test_bad_argument_is_refused(tmp_path, attack, name, argv, needle):
 
 MODULE_ROWS = [
     pytest.param(["lungnav", "--airway", "{airway}", "--target", "100,0,0", "--max-gap-mm", "-1"], "--max-gap-mm",
-                 marks=pytest.mark.xfail(strict=True, reason="owner: lungnav - refuse a negative --max-gap-mm as an "
-                                                            "input (today refused only by the distance check)"),
                  id="--max-gap-mm -1"),
 ]
 
