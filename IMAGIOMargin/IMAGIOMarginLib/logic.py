@@ -87,6 +87,28 @@ class MarginResult:
             "runtime_s": round(self.runtime_s, 3),
         }
 
+    @property
+    def warnings(self) -> list[str]:
+        """What a user must read with the numbers (imagio.result.StepResult)."""
+        return self.notes + self.metrics.notes
+
+    def summary_text(self) -> str:
+        """The verdict, then the headline figures with their units (terminal and Slicer panel)."""
+        m, u = self.metrics, self.uncertainty
+        ci = u.margin_ci_mm
+        lines = [self.verdict_text,
+                 f"minimal margin {m.minimal_margin_mm:.2f} mm (95% interval {ci[0]:.2f} to {ci[1]:.2f} mm, "
+                 f"sigma {u.sigma_mm:g} mm: {self.sigma_source}); "
+                 f"P(margin >= {self.threshold_mm:g} mm) = {100 * u.p_margin_ge_threshold:.1f} %",
+                 f"coverage {m.coverage_percent:.2f} %, residual tumour {m.residual_tumor_ml:.3f} ml"]
+        lines += [f"note: {n}" for n in self.warnings]
+        return "\n".join(lines)
+
+    def add_to_scene(self, scene, reference_node=None, name: str | None = None) -> dict:
+        """The MRML outputs (new nodes), by role (imagio.result.StepResult)."""
+        nodes = make_nodes(scene, self, name or "Margin")
+        return {k: getattr(nodes, k) for k in MarginNodes.__dataclass_fields__}
+
     def table_rows(self) -> list[dict]:
         """(metric, value, unit) rows for a table node or a report."""
         m, u = self.metrics, self.uncertainty
@@ -162,6 +184,133 @@ def _verdict(mam: float, threshold: float, residual_ml: float, ci) -> tuple[str,
     return verdict, text, confident
 
 
+@dataclass
+class MarginInputs:
+    """The checked inputs of one assessment (step 1 of :meth:`MarginLogic.assess`)."""
+
+    tumor: sitk.Image  # uint8 0/1, pre-treatment grid
+    zone: sitk.Image  # uint8 0/1, post-treatment grid
+    pre_ct: sitk.Image | None
+    post_ct: sitk.Image | None
+    register_mode: str
+    threshold_mm: float
+    sigma_mm: float | None
+    n_samples: int
+    seed: int
+    organ: sitk.Image | None = None
+
+
+def check_inputs(tumor, zone, pre_ct, post_ct, register_mode: str, threshold_mm: float, sigma_mm: float | None,
+                 n_samples: int, seed: int, organ=None) -> MarginInputs:
+    """Step 1: options and masks checked (binary, non-empty; CTs present where a registration needs them)."""
+    if register_mode not in MODES:
+        raise ImagioError(f"Unknown registration mode '{register_mode}'", f"Use one of: {', '.join(MODES)}")
+    if threshold_mm is None or not np.isfinite(threshold_mm) or threshold_mm < 0:
+        raise ImagioError(f"Margin threshold {threshold_mm} mm is not valid", "Give a threshold of 0 mm or more")
+    if sigma_mm is not None and (not np.isfinite(sigma_mm) or sigma_mm < 0):
+        raise ImagioError(f"Sigma {sigma_mm} mm is not valid", "Give a registration uncertainty of 0 mm or more")
+    if n_samples < 20:
+        raise ImagioError(f"{n_samples} uncertainty samples are too few", "Use at least 20 (default 400)")
+    if register_mode == "none":  # compute_margin checks the masks (binary, non-empty) on the common grid
+        tumor_m, zone_m = _as_mask(tumor, "tumour"), _as_mask(zone, "ablation zone")
+        if tumor_m.GetPixelID() != zone_m.GetPixelID() or tumor_m.GetPixelID() != sitk.sitkUInt8:
+            tumor_m, zone_m = _mask_of(tumor_m, "tumour"), _mask_of(zone_m, "ablation zone")
+        if pre_ct is not None and post_ct is not None and not bounds_overlap(pre_ct, post_ct):
+            raise ImagioError("The pre- and post-treatment CTs do not overlap in space: they are in different "
+                              "frames", "Use --register rigid or deformable")
+        organ_m = None
+    else:
+        tumor_m, zone_m = _mask_of(tumor, "tumour"), _mask_of(zone, "ablation zone")
+        if pre_ct is None or post_ct is None:
+            raise ImagioError(f"Registration '{register_mode}' needs the pre- and post-treatment CTs",
+                              "Give both CTs, or use registration 'none' for masks already in one frame")
+        if not same_grid(tumor_m, pre_ct) and not bounds_overlap(tumor_m, pre_ct):
+            raise ImagioError("The tumour mask lies outside the pre-treatment CT",
+                              "Give the tumour segmented on the pre-treatment CT")
+        if not same_grid(zone_m, post_ct) and not bounds_overlap(zone_m, post_ct):
+            raise ImagioError("The ablation-zone mask lies outside the post-treatment CT",
+                              "Give the zone segmented on the post-treatment CT")
+        organ_m = _mask_of(organ, "organ") if organ is not None else None
+    return MarginInputs(tumor_m, zone_m, pre_ct, post_ct, register_mode, float(threshold_mm),
+                        None if sigma_mm is None else float(sigma_mm), int(n_samples), int(seed), organ_m)
+
+
+def register_step(inp: MarginInputs, landmarks_pre_ras=None, landmarks_post_ras=None,
+                  progress=None) -> RegistrationResult | None:
+    """Step 2: the pre- to post-treatment registration (None for mode "none")."""
+    if inp.register_mode == "none":
+        return None
+    return register(inp.pre_ct, inp.post_ct, inp.register_mode, inp.tumor, inp.zone, landmarks_pre_ras,
+                    landmarks_post_ras, seed=inp.seed, progress=progress, organ_post=inp.organ)
+
+
+def align_tumor(inp: MarginInputs, reg: RegistrationResult | None) -> tuple[sitk.Image, list[str]]:
+    """Step 3: the tumour on the zone's grid (moved by the registration); refuses a tumour the zone image misses."""
+    notes: list[str] = []
+    tumor_m, zone_m = inp.tumor, inp.zone
+    tumor_z = bring_tumor_to_zone(tumor_m, zone_m, reg)
+    if reg is not None or not same_grid(tumor_m, zone_m):
+        before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))
+        after = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_z))) * float(np.prod(tumor_z.GetSpacing()))
+        if before == 0:
+            raise ImagioError("The tumour segmentation is empty", "Choose a tumour segment that contains voxels")
+        if after == 0:
+            raise ImagioError("The tumour falls outside the ablation-zone image after alignment",
+                              "Check that the masks belong to the same patient and the registration")
+        if after < 0.9 * before:
+            raise ImagioError(f"Only {100 * after / before:.0f} % of the tumour volume lies inside the "
+                              "ablation-zone image",
+                              "Give an ablation-zone segmentation whose image covers the whole tumour")
+        if abs(after - before) > 0.05 * before:
+            notes.append(f"Resampling the tumour onto the zone grid changed its volume by "
+                         f"{100 * (after - before) / before:+.1f} %")
+    return tumor_z, notes
+
+
+def measure(tumor_z: sitk.Image, zone: sitk.Image, threshold_mm: float, progress=None) -> tuple[MarginMetrics,
+                                                                                             list[str]]:
+    """Step 4: the margin metrics (:func:`.metrics.compute_margin`) and what a user must know about them."""
+    metrics = compute_margin(tumor_z, zone, threshold_mm, progress=progress)
+    notes = []
+    if metrics.coverage_percent == 0.0:
+        notes.append("The ablation zone does not touch the tumour: check the registration and the segments")
+    return metrics, notes
+
+
+def choose_sigma(sigma_mm: float | None, reg: RegistrationResult | None) -> tuple[float, str]:
+    """Step 5a: the registration uncertainty (mm per axis) and where it comes from."""
+    if sigma_mm is not None:
+        return float(sigma_mm), "given by the user"
+    if reg is not None and reg.error_estimate_mm is not None:
+        return float(reg.error_estimate_mm), "landmark registration error (RMS)"
+    return DEFAULT_SIGMA_MM, "default: published mean registration error 1.6 mm, used per axis"
+
+
+def estimate_uncertainty(metrics: MarginMetrics, threshold_mm: float, sigma: float, n_samples: int,
+                         seed: int) -> tuple[MarginUncertainty, list[str]]:
+    """Step 5b: interval of the margin and P(margin >= threshold) (:mod:`.uncertainty`)."""
+    unc = margin_uncertainty(metrics, threshold_mm, sigma, n_samples=n_samples, seed=seed)
+    notes = []
+    if metrics.minimal_margin_mm > unc.margin_ci_mm[1]:
+        notes.append(f"The measured margin lies above its 95% interval: a misregistration of {sigma:g} mm in any "
+                     "direction thins the thinnest side, so the measured value is the best case")
+    return unc, notes
+
+
+def decide(metrics: MarginMetrics, unc: MarginUncertainty, threshold_mm: float, sigma: float,
+           reg: RegistrationResult | None) -> tuple[str, str, bool, bool, list[str]]:
+    """Step 6: verdict, its text, whether the interval is clear of the threshold, the registration flag."""
+    verdict, text, confident = _verdict(metrics.minimal_margin_mm, threshold_mm, metrics.residual_tumor_ml,
+                                        unc.margin_ci_mm)
+    reg_err = reg.error_estimate_mm if (reg is not None and reg.error_estimate_mm is not None) else sigma
+    flag = bool(reg_err >= 0.5 * abs(metrics.minimal_margin_mm))
+    notes = []
+    if flag:
+        notes.append(f"Registration error ({reg_err:.1f} mm) is comparable to the margin "
+                     f"({metrics.minimal_margin_mm:.1f} mm): read the margin with its interval")
+    return verdict, text, confident, flag, notes
+
+
 class MarginLogic:
     """Margin assessment working on ``scene`` (a vtkMRMLScene)."""
 
@@ -179,83 +328,27 @@ class MarginLogic:
         ``tumor``/``zone``: :class:`imagio.io.Segment` or binary SimpleITK images.
         ``register_mode``: "none" (masks share a frame), "rigid" or "deformable" (needs both CTs).
         ``organ``: optional organ segment/mask on the post-treatment CT that restricts the registration.
+
+        The named steps, each a module-level function: :func:`check_inputs`, :func:`register_step`,
+        :func:`align_tumor`, :func:`measure`, :func:`choose_sigma`, :func:`estimate_uncertainty`, :func:`decide`.
         """
         t0 = time.perf_counter()
         progress = ensure(progress)
-        if register_mode not in MODES:
-            raise ImagioError(f"Unknown registration mode '{register_mode}'", f"Use one of: {', '.join(MODES)}")
-        if threshold_mm is None or not np.isfinite(threshold_mm) or threshold_mm < 0:
-            raise ImagioError(f"Margin threshold {threshold_mm} mm is not valid", "Give a threshold of 0 mm or more")
-        if sigma_mm is not None and (not np.isfinite(sigma_mm) or sigma_mm < 0):
-            raise ImagioError(f"Sigma {sigma_mm} mm is not valid", "Give a registration uncertainty of 0 mm or more")
-        if n_samples < 20:
-            raise ImagioError(f"{n_samples} uncertainty samples are too few", "Use at least 20 (default 400)")
-        if register_mode == "none":  # compute_margin checks the masks (binary, non-empty) on the common grid
-            tumor_m, zone_m = _as_mask(tumor, "tumour"), _as_mask(zone, "ablation zone")
-            if tumor_m.GetPixelID() != zone_m.GetPixelID() or tumor_m.GetPixelID() != sitk.sitkUInt8:
-                tumor_m, zone_m = _mask_of(tumor_m, "tumour"), _mask_of(zone_m, "ablation zone")
-        else:
-            tumor_m, zone_m = _mask_of(tumor, "tumour"), _mask_of(zone, "ablation zone")
-        notes: list[str] = []
-        reg = None
-        if register_mode == "none":
-            if pre_ct is not None and post_ct is not None and not bounds_overlap(pre_ct, post_ct):
-                raise ImagioError("The pre- and post-treatment CTs do not overlap in space: they are in different "
-                                  "frames", "Use --register rigid or deformable")
-        else:
-            if pre_ct is None or post_ct is None:
-                raise ImagioError(f"Registration '{register_mode}' needs the pre- and post-treatment CTs",
-                                  "Give both CTs, or use registration 'none' for masks already in one frame")
-            if not same_grid(tumor_m, pre_ct):
-                if not bounds_overlap(tumor_m, pre_ct):
-                    raise ImagioError("The tumour mask lies outside the pre-treatment CT",
-                                      "Give the tumour segmented on the pre-treatment CT")
-            if not same_grid(zone_m, post_ct) and not bounds_overlap(zone_m, post_ct):
-                raise ImagioError("The ablation-zone mask lies outside the post-treatment CT",
-                                  "Give the zone segmented on the post-treatment CT")
-            organ_m = _mask_of(organ, "organ") if organ is not None else None
-            reg = register(pre_ct, post_ct, register_mode, tumor_m, zone_m, landmarks_pre_ras, landmarks_post_ras,
-                           seed=seed, progress=progress.sub(0.0, 0.6), organ_post=organ_m)
-        tumor_z = bring_tumor_to_zone(tumor_m, zone_m, reg)
-        if reg is not None or not same_grid(tumor_m, zone_m):
-            before = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_m))) * float(np.prod(tumor_m.GetSpacing()))
-            after = float(np.count_nonzero(sitk.GetArrayViewFromImage(tumor_z))) * float(np.prod(tumor_z.GetSpacing()))
-            if before == 0:
-                raise ImagioError("The tumour segmentation is empty", "Choose a tumour segment that contains voxels")
-            if after == 0:
-                raise ImagioError("The tumour falls outside the ablation-zone image after alignment",
-                                  "Check that the masks belong to the same patient and the registration")
-            if after < 0.9 * before:
-                raise ImagioError(f"Only {100 * after / before:.0f} % of the tumour volume lies inside the "
-                                  "ablation-zone image",
-                                  "Give an ablation-zone segmentation whose image covers the whole tumour")
-            if abs(after - before) > 0.05 * before:
-                notes.append(f"Resampling the tumour onto the zone grid changed its volume by "
-                             f"{100 * (after - before) / before:+.1f} %")
-        metrics = compute_margin(tumor_z, zone_m, threshold_mm, progress=progress.sub(0.6, 0.9))
-        if metrics.coverage_percent == 0.0:
-            notes.append("The ablation zone does not touch the tumour: check the registration and the segments")
-        if sigma_mm is not None:
-            sigma, source = float(sigma_mm), "given by the user"
-        elif reg is not None and reg.error_estimate_mm is not None:
-            sigma, source = float(reg.error_estimate_mm), "landmark registration error (RMS)"
-        else:
-            sigma, source = DEFAULT_SIGMA_MM, "default: published mean registration error 1.6 mm, used per axis"
+        inp = check_inputs(tumor, zone, pre_ct, post_ct, register_mode, threshold_mm, sigma_mm, n_samples, seed,
+                           organ)
+        reg = register_step(inp, landmarks_pre_ras, landmarks_post_ras, progress=progress.sub(0.0, 0.6))
+        tumor_z, notes = align_tumor(inp, reg)
+        metrics, more = measure(tumor_z, inp.zone, inp.threshold_mm, progress=progress.sub(0.6, 0.9))
+        notes += more
+        sigma, source = choose_sigma(inp.sigma_mm, reg)
         progress.update(0.92, "Uncertainty")
-        unc = margin_uncertainty(metrics, threshold_mm, sigma, n_samples=n_samples, seed=seed)
-        if metrics.minimal_margin_mm > unc.margin_ci_mm[1]:
-            notes.append(f"The measured margin lies above its 95% interval: a misregistration of {sigma:g} mm in any "
-                         "direction thins the thinnest side, so the measured value is the best case")
-        verdict, text, confident = _verdict(metrics.minimal_margin_mm, threshold_mm, metrics.residual_tumor_ml,
-                                            unc.margin_ci_mm)
-        reg_err = reg.error_estimate_mm if (reg is not None and reg.error_estimate_mm is not None) else sigma
-        flag = bool(reg_err >= 0.5 * abs(metrics.minimal_margin_mm))
-        if flag:
-            notes.append(f"Registration error ({reg_err:.1f} mm) is comparable to the margin "
-                         f"({metrics.minimal_margin_mm:.1f} mm): read the margin with its interval")
+        unc, more = estimate_uncertainty(metrics, inp.threshold_mm, sigma, inp.n_samples, inp.seed)
+        notes += more
+        verdict, text, confident, flag, more = decide(metrics, unc, inp.threshold_mm, sigma, reg)
+        notes += more
         progress.update(1.0, "Margin assessment done")
-        return MarginResult(metrics, unc, reg, float(threshold_mm), source, verdict, text, confident, flag,
-                            tumor_z, zone_m, time.perf_counter() - t0, notes)
+        return MarginResult(metrics, unc, reg, inp.threshold_mm, source, verdict, text, confident, flag,
+                            tumor_z, inp.zone, time.perf_counter() - t0, notes)
 
     def assess_nodes(self, tumor_segmentation_node, tumor_segment_id: str, zone_segmentation_node,
                      zone_segment_id: str, pre_ct_node=None, post_ct_node=None, **kwargs) -> MarginResult:
@@ -277,56 +370,60 @@ class MarginLogic:
         return self.assess(tumor, zone, pre, post, **kwargs)
 
     def add_to_scene(self, result: MarginResult, name: str = "Margin", add_segmentation: bool = True) -> MarginNodes:
-        """New MRML nodes for ``result`` (never modifies existing nodes)."""
-        import slicer
-        from vtk.util import numpy_support
+        """New MRML nodes for ``result`` in this Logic's scene (never modifies existing nodes)."""
+        return make_nodes(self.scene, result, name, add_segmentation)
 
-        from imagio.geometry import ras_to_ijk
-        from imagio.mrml import add_color_map, add_fiducials, add_model, add_table, mask_to_surface_ras
 
-        scene = self.scene
-        m = result.metrics
-        thr = result.threshold_mm
-        poly = mask_to_surface_ras(result.tumor_on_zone, smoothing=True)
-        pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
-        # the smoothed surface lies within a voxel of the box surface: sample the field there
-        values = m.field.sample_ijk(ras_to_ijk(result.zone, pts)) if len(pts) else np.zeros(0)
-        arr = numpy_support.numpy_to_vtk(values.astype(np.float32), deep=True)
-        arr.SetName("margin_mm")
-        poly.GetPointData().AddArray(arr)
-        poly.GetPointData().SetActiveScalars("margin_mm")
-        top = max(2.0 * thr, 10.0)
-        color = add_color_map(scene, f"{name} colour map (mm)", [
-            (-top, 0.5, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.5 * thr, 1.0, 0.55, 0.0), (thr, 1.0, 1.0, 0.0),
-            (1.5 * thr, 0.4, 0.85, 0.2), (top, 0.0, 0.6, 0.2)])
-        model = add_model(scene, f"{name} tumour surface (margin mm)", poly, scalars="margin_mm", color_node=color,
-                          scalar_range=(-top, top))
-        thinnest = add_fiducials(scene, f"{name} thinnest point", [m.thinnest_point_ras],
-                                 labels=[f"MAM {m.minimal_margin_mm:.1f} mm"])
-        table = add_table(scene, f"{name} metrics", result.table_rows())
-        centers = 0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:])
-        hist_table = add_table(scene, f"{name} margin histogram",
-                               [{"margin_mm": float(c), "surface_area_percent": float(v)}
-                                for c, v in zip(centers, m.histogram_area_percent, strict=True)])
-        series = slicer.vtkMRMLPlotSeriesNode()
-        series.SetName(scene.GenerateUniqueName(f"{name} margin histogram"))
-        scene.AddNode(series)
-        series.SetAndObserveTableNodeID(hist_table.GetID())
-        series.SetXColumnName("margin_mm")
-        series.SetYColumnName("surface_area_percent")
-        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
-        chart = slicer.vtkMRMLPlotChartNode()
-        chart.SetName(scene.GenerateUniqueName(f"{name} margin histogram chart"))
-        scene.AddNode(chart)
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        chart.SetTitle("Tumour surface margin")
-        chart.SetXAxisTitle("signed margin (mm)")
-        chart.SetYAxisTitle("tumour surface (%)")
-        seg_node = None
-        if add_segmentation:
-            from imagio.mrml import segmentation_node_from_segments
+def make_nodes(scene, result: MarginResult, name: str = "Margin", add_segmentation: bool = True) -> MarginNodes:
+    """New MRML nodes for ``result`` in ``scene`` (never modifies existing nodes)."""
+    import slicer
+    from vtk.util import numpy_support
 
-            seg_node = segmentation_node_from_segments(scene, [
-                Segment("tumour (on zone grid)", result.tumor_on_zone, (0.9, 0.2, 0.2), 1),
-                Segment("ablation zone", result.zone, (0.2, 0.6, 0.9), 2)], f"{name} masks")
-        return MarginNodes(model, color, thinnest, table, hist_table, chart, seg_node)
+    from imagio.geometry import ras_to_ijk
+    from imagio.mrml import add_color_map, add_fiducials, add_model, add_table, mask_to_surface_ras
+
+    m = result.metrics
+    thr = result.threshold_mm
+    poly = mask_to_surface_ras(result.tumor_on_zone, smoothing=True)
+    pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
+    # the smoothed surface lies within a voxel of the box surface: sample the field there
+    values = m.field.sample_ijk(ras_to_ijk(result.zone, pts)) if len(pts) else np.zeros(0)
+    arr = numpy_support.numpy_to_vtk(values.astype(np.float32), deep=True)
+    arr.SetName("margin_mm")
+    poly.GetPointData().AddArray(arr)
+    poly.GetPointData().SetActiveScalars("margin_mm")
+    top = max(2.0 * thr, 10.0)
+    color = add_color_map(scene, f"{name} colour map (mm)", [
+        (-top, 0.5, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.5 * thr, 1.0, 0.55, 0.0), (thr, 1.0, 1.0, 0.0),
+        (1.5 * thr, 0.4, 0.85, 0.2), (top, 0.0, 0.6, 0.2)])
+    model = add_model(scene, f"{name} tumour surface (margin mm)", poly, scalars="margin_mm", color_node=color,
+                      scalar_range=(-top, top))
+    thinnest = add_fiducials(scene, f"{name} thinnest point", [m.thinnest_point_ras],
+                             labels=[f"MAM {m.minimal_margin_mm:.1f} mm"])
+    table = add_table(scene, f"{name} metrics", result.table_rows())
+    centers = 0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:])
+    hist_table = add_table(scene, f"{name} margin histogram",
+                           [{"margin_mm": float(c), "surface_area_percent": float(v)}
+                            for c, v in zip(centers, m.histogram_area_percent, strict=True)])
+    series = slicer.vtkMRMLPlotSeriesNode()
+    series.SetName(scene.GenerateUniqueName(f"{name} margin histogram"))
+    scene.AddNode(series)
+    series.SetAndObserveTableNodeID(hist_table.GetID())
+    series.SetXColumnName("margin_mm")
+    series.SetYColumnName("surface_area_percent")
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+    chart = slicer.vtkMRMLPlotChartNode()
+    chart.SetName(scene.GenerateUniqueName(f"{name} margin histogram chart"))
+    scene.AddNode(chart)
+    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart.SetTitle("Tumour surface margin")
+    chart.SetXAxisTitle("signed margin (mm)")
+    chart.SetYAxisTitle("tumour surface (%)")
+    seg_node = None
+    if add_segmentation:
+        from imagio.mrml import segmentation_node_from_segments
+
+        seg_node = segmentation_node_from_segments(scene, [
+            Segment("tumour (on zone grid)", result.tumor_on_zone, (0.9, 0.2, 0.2), 1),
+            Segment("ablation zone", result.zone, (0.2, 0.6, 0.9), 2)], f"{name} masks")
+    return MarginNodes(model, color, thinnest, table, hist_table, chart, seg_node)

@@ -262,3 +262,31 @@ def like(arr, ref):
     img = sitk.GetImageFromArray(arr)
     img.CopyInformation(ref)
     return img
+
+
+def test_assess_is_named_steps_with_one_typed_result(pair):
+    """assess = check_inputs -> register_step -> align_tumor -> measure -> sigma -> uncertainty -> decide."""
+    from imagio.result import StepResult
+    from IMAGIOMarginLib import logic as lg
+
+    tumor, zone = pair
+    inp = lg.check_inputs(tumor, zone, None, None, "none", 5.0, 1.6, 50, 3)
+    assert lg.register_step(inp) is None
+    tumor_z, notes = lg.align_tumor(inp, None)
+    assert notes == [] and lg.same_grid(tumor_z, zone)
+    metrics, _ = lg.measure(tumor_z, inp.zone, 5.0)
+    sigma, source = lg.choose_sigma(None, None)
+    assert sigma == lg.DEFAULT_SIGMA_MM and "default" in source
+    unc, _ = lg.estimate_uncertainty(metrics, 5.0, 1.6, 50, 3)
+    verdict, text, confident, flag, _ = lg.decide(metrics, unc, 5.0, 1.6, None)
+    res = MarginLogic(new_scene()).assess(tumor, zone, sigma_mm=1.6, n_samples=50, seed=3)
+    assert isinstance(res, StepResult)
+    # the steps run one by one give what assess gives
+    assert res.metrics.minimal_margin_mm == metrics.minimal_margin_mm
+    assert res.uncertainty.margin_ci_mm == unc.margin_ci_mm and res.verdict == verdict == "insufficient"
+    summary = res.summary_text()
+    assert summary.splitlines()[0] == res.verdict_text and " mm" in summary and " %" in summary
+    scene = new_scene()
+    nodes = res.add_to_scene(scene)
+    assert set(nodes) >= {"model", "thinnest", "table"} and scene.GetNodeByID(nodes["table"].GetID()) is not None
+    assert res.warnings == res.to_dict()["notes"]
