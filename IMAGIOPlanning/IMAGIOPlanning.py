@@ -210,7 +210,7 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
 
 
 class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
-    """Thin adapter: Slicer's scene and parameter node over IMAGIOPlanningLib.logic.PlanningLogic."""
+    """Thin adapter: Slicer's scene and parameter node over IMAGIOPlanningLib.logic.ModuleSession."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -218,40 +218,23 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return IMAGIOPlanningParameterNode(super().getParameterNode())
 
-    def _lib(self):
-        from IMAGIOPlanningLib.logic import PlanningLogic
+    def _session(self):
+        from IMAGIOPlanningLib.logic import ModuleSession
 
-        return PlanningLogic(slicer.mrmlScene)
+        return ModuleSession(slicer.mrmlScene, python_executable=self.pythonExecutable())
 
     def describeCard(self, cardPath) -> str:
-        from imagio.errors import ImagioError
-        from imagio.model_card import load_card
-
-        try:
-            card = load_card(cardPath)
-        except ImagioError as e:
-            return str(e)
-        use = "not for clinical use" if not card.clinical_use else "see its card for clinical use"
-        lines = [f"{card.name}: {', '.join(lab.name for lab in card.labels[1:])} ({use})"]
-        lines += [f"Intended use: {line}" for line in card.intended.lines()[:4]]
-        return "\n".join(lines)
+        return self._session().describe_card(cardPath)
 
     def segmentFromSeed(self, ctNode, pointRas, kind: str, radiusMm=None, progressCallback=None, acceptLarge=False):
-        from imagio.progress import Progress
-
         logging.info("IMAGIOPlanning: seeded %s segmentation", kind)
-        return self._lib().segment_from_seed_nodes(ctNode, pointRas, kind, radiusMm, accept_large=acceptLarge,
-                                                   progress=Progress(progressCallback))
+        return self._session().segment_from_seed(ctNode, pointRas, kind, radiusMm, progressCallback, acceptLarge)
 
     def segmentWithModel(self, ctNode, cardPath, mirroring=False, largestComponent=False, progressCallback=None,
                          force=False):
         """Run the model in this process (blocking); the widget uses startModelSegmentation instead."""
-        from imagio.engine import Mirroring
-        from imagio.progress import Progress
-
-        return self._lib().segment_with_model_nodes(ctNode, str(cardPath), mirroring=Mirroring.coerce(mirroring),
-                                                    largest_component=largestComponent, force=force,
-                                                    progress=Progress(progressCallback))
+        return self._session().segment_with_model(ctNode, cardPath, mirroring, largestComponent, progressCallback,
+                                                  force)
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -259,29 +242,11 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
         return shutil.which("PythonSlicer") or sys.executable
 
     def startModelSegmentation(self, ctNode, cardPath, mirroring=False, largestComponent=False, force=False):
-        """Start the background job; refuses (in the GUI) a bad card or a CT outside the card's intended use
-        unless ``force``, whose warnings the job then carries to :meth:`loadModelResult`."""
-        from imagio.model_card import load_card
-        from imagio.mrml import image_from_volume_node
-        from IMAGIOPlanningLib.background import BackgroundJob
-        from IMAGIOPlanningLib.logic import intended_use_warnings
-
-        card = load_card(cardPath)  # fail early, in the GUI, on a bad card
-        ct = image_from_volume_node(ctNode)
-        warnings = intended_use_warnings(card, ct, force)
-        job = BackgroundJob(ct, card.path, mirroring=mirroring, largest_component=largestComponent,
-                            python_executable=self.pythonExecutable())
-        job.warnings = warnings
-        return job
+        """Start the background job (refuses a bad card, or a CT outside its intended use unless ``force``)."""
+        return self._session().start_model_segmentation(ctNode, cardPath, mirroring, largestComponent, force)
 
     def loadModelResult(self, ctNode, job, cardPath):
-        from imagio.model_card import load_card
-
-        info = job.result()
-        return self._lib().result_from_labels_nodes(ctNode, job.labels(), load_card(cardPath),
-                                                    info.get("runtime_s", 0.0), info.get("execution_provider"),
-                                                    details={"windows": info.get("windows")},
-                                                    warnings=getattr(job, "warnings", []))
+        return self._session().load_model_result(ctNode, job, cardPath)
 
 
 class IMAGIOPlanningTest(ScriptedLoadableModuleTest):

@@ -236,3 +236,62 @@ def _require_image(ct) -> None:
     if not isinstance(ct, sitk.Image):
         raise ImagioError(f"Expected a SimpleITK image, got {type(ct).__name__}",
                           "Use the *_nodes methods for MRML volume nodes")
+
+
+class ModuleSession:
+    """What the Slicer module's Logic does, on a given scene (no Qt, no global scene): describe a card for the
+    panel, seeded segmentation, and the model run in a background process (start it, load its result).
+
+    ``IMAGIOPlanning.IMAGIOPlanningLogic`` is a thin adapter over this class on ``slicer.mrmlScene``."""
+
+    def __init__(self, scene, python_executable: str | None = None):
+        self.logic = PlanningLogic(scene)
+        self.scene = self.logic.scene
+        self.python_executable = python_executable
+
+    @staticmethod
+    def describe_card(card_path) -> str:
+        """The card's name, labels and intended use in a few lines, or the reason it cannot be read."""
+        try:
+            card = load_card(card_path)
+        except ImagioError as e:
+            return str(e)
+        use = "not for clinical use" if not card.clinical_use else "see its card for clinical use"
+        lines = [f"{card.name}: {', '.join(lab.name for lab in card.labels[1:])} ({use})"]
+        lines += [f"Intended use: {line}" for line in card.intended.lines()[:4]]
+        return "\n".join(lines)
+
+    def segment_from_seed(self, ct_node, point_ras, kind: str, radius_mm=None, progress_callback=None,
+                          accept_large: bool = False) -> PlanningResult:
+        return self.logic.segment_from_seed_nodes(ct_node, point_ras, kind, radius_mm, accept_large=accept_large,
+                                                  progress=Progress(progress_callback))
+
+    def segment_with_model(self, ct_node, card_path, mirroring=False, largest_component: bool = False,
+                           progress_callback=None, force: bool = False) -> PlanningResult:
+        """Run the model in this process (blocking)."""
+        from imagio.engine import Mirroring
+
+        return self.logic.segment_with_model_nodes(ct_node, str(card_path), mirroring=Mirroring.coerce(mirroring),
+                                                   largest_component=largest_component, force=force,
+                                                   progress=Progress(progress_callback))
+
+    def start_model_segmentation(self, ct_node, card_path, mirroring=False, largest_component: bool = False,
+                                 force: bool = False):
+        """Start the background job; refuses a bad card or a CT outside the card's intended use unless ``force``,
+        whose warnings the job then carries to :meth:`load_model_result`."""
+        from .background import BackgroundJob
+
+        card = load_card(card_path)  # fail early, before a process starts, on a bad card
+        ct = self.logic._ct_image(ct_node)
+        warnings = intended_use_warnings(card, ct, force)
+        job = BackgroundJob(ct, card.path, mirroring=mirroring, largest_component=largest_component,
+                            python_executable=self.python_executable)
+        job.warnings = warnings
+        return job
+
+    def load_model_result(self, ct_node, job, card_path) -> PlanningResult:
+        info = job.result()
+        return self.logic.result_from_labels_nodes(ct_node, job.labels(), load_card(card_path),
+                                                   info.get("runtime_s", 0.0), info.get("execution_provider"),
+                                                   details={"windows": info.get("windows")},
+                                                   warnings=getattr(job, "warnings", []))
