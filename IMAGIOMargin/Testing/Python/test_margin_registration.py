@@ -5,9 +5,9 @@ changed-appearance 'ablation zone' (a 16 mm ball around the moved nodule, -150 H
 (consensus of the LIDC readers) is the tumour on the pre-treatment CT; the ball is the zone on the
 post-treatment CT. Truth: the nodule moved by the known transform.
 
-Measured here (see the report): tumour centroid error without registration 5.6 mm, rigid 0.7 mm,
-deformable (tumour kept rigid, metric restricted to an 'organ' ball) 0.19-0.49 mm over six runs (the
-multi-threaded metric is not bit-reproducible); the thresholds below are set from those measurements.
+Measured here: tumour centroid error without registration 5.61 mm, deformable (tumour kept rigid, metric
+restricted to an 'organ' ball) 0.74 mm, bit-identical across runs and ITK thread settings (fixed sampling
+seed, single-threaded metric). The bound is the issue's 1 mm tumour-centroid tolerance (issue 10).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_deformable_recovers_the_tumour_and_its_margin(case):
     print(f"tumour centroid error: none {err_none:.2f} mm, deformable {err:.2f} mm; MAM {res.metrics.minimal_margin_mm:.2f}"
           f" mm vs {truth.minimal_margin_mm:.2f} mm on the truly moved tumour; quality {q}")
     assert err_none > 4.0
-    assert err < 0.8
+    assert err <= 1.0  # issue 10: the tumour centroid recovered to 1 mm
     # the margin seen through the registration matches the margin of the truly moved tumour
     assert abs(res.metrics.minimal_margin_mm - truth.minimal_margin_mm) < 1.0
     assert q["ncc_after"] > q["ncc_before"] + 0.2
