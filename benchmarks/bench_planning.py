@@ -186,6 +186,19 @@ def compare(a: sitk.Image, b: sitk.Image, classes) -> dict:
             "voxels_per_class_nnunet": {str(c): int((y == c).sum()) for c in classes}}
 
 
+def _digest(model_dir: Path, folds, ct: sitk.Image) -> str:
+    """Cache key of one nnU-Net prediction: the checkpoints, plans and dataset files, and the CT's voxels and grid
+    (a retrained model or another crop must never reuse a stale prediction)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for rel in ["plans.json", "dataset.json", *[f"fold_{f}/checkpoint_final.pth" for f in folds]]:
+        h.update((model_dir / rel).read_bytes())
+    h.update(sitk.GetArrayViewFromImage(ct).tobytes())
+    h.update(repr((ct.GetSpacing(), ct.GetOrigin(), ct.GetDirection())).encode())
+    return h.hexdigest()[:12]
+
+
 def tie_margin(res, ref: sitk.Image, card) -> dict:
     """Where the labels differ: IMAGIO's own margin between its two most likely classes there (probability)."""
     ours = sitk.GetArrayViewFromImage(res.labels)
@@ -227,7 +240,7 @@ def part_matrix(models, cases, tmp, cache: Path, threads: int) -> list[dict]:
         pred = None
         for cname, cpath in cases.items():
             ct = sitk.ReadImage(str(cpath))
-            key = cache / f"{mname}__{cpath.stem}__{'-'.join(m['folds'])}.nrrd"
+            key = cache / f"{mname}__{cpath.stem}__{'-'.join(m['folds'])}__{_digest(m['dir'], m['folds'], ct)}.nrrd"
             if not key.exists():
                 pred = pred or nnunet_predictor(m["dir"], m["folds"], False, threads)
                 t0 = time.perf_counter()

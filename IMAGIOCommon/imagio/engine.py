@@ -75,6 +75,12 @@ BACKENDS = ("openvino", "onnxruntime")
 CPU_PROVIDERS = ("CPUExecutionProvider", "OpenVINO CPU")
 #: nnU-Net pads the image by this many voxels of edge before the cubic spline filter (scipy.ndimage.zoom, mode nearest)
 SPLINE_PAD = 12
+#: The most sliding windows (per fold, before mirroring) a run may need; a run needing more is refused before it
+#: starts. Real nnU-Net models need tens to a few thousand (the benchmark's 48 x 64 x 64 patch on a 512 x 512 x 300
+#: CT: 1,152); 20,000 windows of a small 32^3 model with mirroring already take tens of minutes on a CPU.
+#: ``$IMAGIO_MAX_WINDOWS`` raises or lowers it.
+MAX_WINDOWS = 20_000
+MAX_WINDOWS_ENV = "IMAGIO_MAX_WINDOWS"
 
 
 class Mirroring(enum.Enum):
@@ -171,6 +177,44 @@ def separate_axis(current_spacing, new_spacing, threshold: float = 3.0, force: b
     if axes is None or len(axes) != 1:
         return None
     return axes[0]
+
+
+def window_count(model_shape, patch, overlap: float) -> int:
+    """Sliding windows nnU-Net runs on a ``model_shape`` grid (padded to the patch) with this patch and overlap."""
+    padded = [max(int(n), int(k)) for n, k in zip(model_shape, patch, strict=True)]
+    steps = compute_steps(padded, [int(k) for k in patch], 1.0 - float(overlap))
+    return int(np.prod([len(s) for s in steps]))
+
+
+def max_windows() -> int:
+    """The window bound: ``$IMAGIO_MAX_WINDOWS`` when set (a whole number >= 1), else :data:`MAX_WINDOWS`."""
+    raw = os.environ.get(MAX_WINDOWS_ENV, "").strip()
+    if not raw:
+        return MAX_WINDOWS
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ImagioError(f"${MAX_WINDOWS_ENV} must be a whole number at least 1, got {raw!r}",
+                          f"Unset it (the default bound is {MAX_WINDOWS:,} windows) or give e.g. 50000")
+    return value
+
+
+def require_window_count(model_shape, card: ModelCard) -> int:
+    """Refuse, before anything runs, a CT on which the card's sliding window needs more than :func:`max_windows`."""
+    n = window_count(model_shape, card.patch_size_kji, card.overlap)
+    bound = max_windows()
+    if n > bound:
+        shape = " x ".join(str(int(v)) for v in model_shape)
+        patch = " x ".join(str(int(v)) for v in card.patch_size_kji)
+        spacing = " x ".join(f"{v:g}" for v in card.target_spacing_kji_mm)
+        raise ImagioError(
+            f"Model '{card.name}' would need {n:,} sliding windows of {patch} voxels on this CT ({shape} voxels at "
+            f"the model spacing {spacing} mm, overlap {card.overlap:g}), more than the {bound:,} windows allowed",
+            f"Crop the CT to the region of interest, or use a card with nnU-Net's overlap 0.5 and a larger patch "
+            f"(${MAX_WINDOWS_ENV} raises the bound)")
+    return n
 
 
 # ----------------------------------------------------------------------------- resampling (scikit-image / scipy semantics)
@@ -515,6 +559,7 @@ def preprocess(images, card: ModelCard, progress: Progress | None = None) -> Pre
     if min(model_shape) < 1:
         raise ImagioError(f"The image ({cropped_shape} voxels) is too small for the model spacing {list(target)} mm",
                           "Give a larger image")
+    require_window_count(model_shape, card)  # before normalising or resampling anything
     mask = None
     if any(n.get("use_mask_for_norm") for n in card.normalization):
         mask = _nonzero_mask([ch[crop] for ch in chans])

@@ -147,6 +147,73 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, m
     assert not out.exists()
 
 
+def _bad_model(kind, d, models):
+    if kind == "channels":  # the network takes 2 channels, its card says 1
+        models.pointwise(d / "m.onnx", channels=2)
+        return models.card(d, "m.onnx", channels=1)
+    if kind == "patch":  # a fixed 32^3 input, the card says 16 x 24 x 24
+        models.pointwise(d / "m.onnx", spatial=(32, 32, 32))
+        return models.card(d, "m.onnx", patch=(16, 24, 24))
+    if kind == "not-onnx":  # a pickle-like blob named .onnx: never unpickled, refused as not ONNX
+        (d / "m.onnx").write_bytes(b"\x80\x04\x95" + b"not a model " * 40)
+        return models.card(d, "m.onnx")
+    # windows: overlap 0.9 with a 4 x 4 x 4 patch at 0.5 mm on the 78 x 72 x 62 mm CT: 300,000+ windows
+    models.pointwise(d / "m.onnx")
+    return models.card(d, "m.onnx", patch=(4, 4, 4), spacing=(0.5, 0.5, 0.5), overlap=0.9)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("channels", "expects 2 input channels but its card says 1"),
+    ("patch", "has a fixed input size [32, 32, 32] that differs from the card's patch_size_kji [16, 24, 24]"),
+    ("not-onnx", "m.onnx is not a valid ONNX model or is truncated"),
+    ("windows", "sliding windows of 4 x 4 x 4 voxels on this CT"),
+])
+def test_cli_bad_model_one_line_exit_2_nothing_written(tmp_path, capsys, models, kind, message):
+    """A card that lies about its network, a file that is not ONNX, a run of unbounded length: one line, exit 2."""
+    ct, _ = two_class_ct()
+    ct_path = _write(tmp_path, ct)
+    (tmp_path / "model").mkdir()
+    card = _bad_model(kind, tmp_path / "model", models)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()}
+    out = tmp_path / "never"
+    assert main(["segment", "--ct", str(ct_path), "--model", str(card), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("imagio: error: ") and message in err[0], err
+    assert not out.exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before
+
+
+def test_window_bound_is_stated_and_counted_as_nnunet_tiles():
+    from imagio.engine import MAX_WINDOWS, window_count
+
+    # nnU-Net's tiles: (100 - 48) / 24 -> 4 positions, 48 -> 1, (60 - 48) / 24 -> 2: 8 windows
+    assert window_count((100, 48, 60), (48, 48, 48), 0.5) == 8
+    assert window_count((10, 10, 10), (48, 48, 48), 0.5) == 1  # padded to the patch
+    # the benchmark's 48 x 64 x 64 model on a 512 x 512 x 300 CT (200 x 400 x 400 at 1.5 x 1 x 1 mm): 8 x 12 x 12
+    assert window_count((200, 400, 400), (48, 64, 64), 0.5) == 1152 < MAX_WINDOWS
+    # the attack: overlap 0.9 (a step of 32 x (1 - 0.9) = 3.1999... voxels), 0.5 mm, 32^3 on 120 x 120 x 100 mm:
+    # ceil(168 / 3.2) + 1 = 54 and ceil(208 / 3.1999...) + 1 = 67 positions per axis
+    assert window_count((200, 240, 240), (32, 32, 32), 0.9) == 54 * 67 * 67 > MAX_WINDOWS
+
+
+def test_window_bound_can_be_moved_by_the_environment(tmp_path, models, monkeypatch):
+    from imagio.engine import OnnxSegmenter
+
+    ct, _ = two_class_ct()
+    models.pointwise(tmp_path / "m.onnx")
+    card = models.card(tmp_path, "m.onnx", spacing=(2.2, 1.5, 1.4), patch=(8, 16, 16))
+    seg = OnnxSegmenter(card)
+    n = seg.predict(ct).windows
+    monkeypatch.setenv("IMAGIO_MAX_WINDOWS", str(n - 1))
+    with pytest.raises(ImagioError, match=f"would need {n:,} sliding windows .* more than the {n - 1:,} windows"):
+        seg.predict(ct)
+    monkeypatch.setenv("IMAGIO_MAX_WINDOWS", str(n))
+    assert seg.predict(ct).windows == n
+    monkeypatch.setenv("IMAGIO_MAX_WINDOWS", "many")
+    with pytest.raises(ImagioError, match="IMAGIO_MAX_WINDOWS must be a whole number"):
+        seg.predict(ct)
+
+
 def test_cli_models_lists_shipped_and_env(tmp_path, models, monkeypatch, capsys):
     models.pointwise(tmp_path / "extra.onnx")
     models.card(tmp_path, "extra.onnx", name="my-extra-model")
