@@ -47,3 +47,43 @@ def oblique_image(size=(40, 36, 30), spacing=(0.7, 0.9, 2.5), origin_ras=(-12.3,
 
     return make_image(size, spacing, origin_ras, rotation_matrix(axis, angle_deg),
                       pixel if pixel is not None else sitk.sitkUInt8)
+
+
+# ---------------------------------------------------------------------------------------------- background-job tests
+def job_scale(image, factor: float, steps: int = 3, delay_s: float = 0.0, progress=None):
+    """A job for the tests of :mod:`imagio.jobs`: ``image * factor`` (a SimpleITK image), reporting ``steps`` steps."""
+    import time
+
+    import SimpleITK as sitk
+
+    for i in range(steps):
+        if progress is not None:
+            progress.update(i / steps, f"Step {i + 1} of {steps}")
+        time.sleep(delay_s)
+    import sys
+
+    gui = sorted(m for m in sys.modules if m.split(".")[0] in ("slicer", "vtk", "vtkmodules", "qt", "ctk"))
+    return {"image": sitk.Cast(image, sitk.sitkFloat32) * float(factor), "steps": steps, "gui_modules": gui}
+
+
+def job_spawn_and_wait(pid_file: str, progress=None):
+    """A job that starts a grandchild process, writes both process ids to ``pid_file`` and waits (until cancelled)."""
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(pid_file).write_text(f"{os.getpid()} {child.pid}")
+    while True:
+        if progress is not None:
+            progress.update(0.5, "Waiting")
+        time.sleep(0.05)
+
+
+def job_refuse(what: str, progress=None):
+    """A job that fails with the user error ``what`` (an ImagioError) after reporting once."""
+    from imagio.errors import ImagioError
+
+    if progress is not None:
+        progress.update(0.25, "Checking")
+    raise ImagioError(what, "Give another input")
