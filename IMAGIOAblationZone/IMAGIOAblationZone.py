@@ -39,7 +39,7 @@ class IMAGIOAblationZone(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "IMAGIO Ablation Zone"
-        self.parent.categories = ["IMAGIO"]
+        self.parent.categories = ["IGT.IMAGIO"]
         self.parent.dependencies = ["IMAGIOCommon"]
         self.parent.contributors = ["IMAGIO developers (imagio-slicer project)"]
         self.parent.helpText = (

@@ -38,7 +38,7 @@ class IMAGIOCommon(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "IMAGIO Common"
-        self.parent.categories = ["IMAGIO"]
+        self.parent.categories = ["IGT.IMAGIO"]
         self.parent.dependencies = []
         self.parent.contributors = ["IMAGIO developers (imagio-slicer project)"]
         self.parent.helpText = (

@@ -26,7 +26,7 @@ class IMAGIOLungNav(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "IMAGIO Lung Navigation"
-        self.parent.categories = ["IMAGIO"]
+        self.parent.categories = ["IGT.IMAGIO"]
         self.parent.dependencies = ["IMAGIOCommon"]
         self.parent.contributors = ["IMAGIO developers (imagio-slicer project)"]
         self.parent.helpText = (

@@ -27,9 +27,9 @@ class IMAGIOMargin(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "IMAGIO Margin"
-        self.parent.categories = ["IMAGIO"]
+        self.parent.categories = ["IGT.IMAGIO"]
         self.parent.dependencies = ["IMAGIOCommon"]
-        self.parent.contributors = ["IMAGIO developers"]
+        self.parent.contributors = ["IMAGIO developers (imagio-slicer project)"]
         self.parent.helpText = (
             "Post-ablation margin assessment. Choose the tumour (segmented on the pre-treatment CT) and the ablation "
             "zone (segmented on the post-treatment CT); register the CTs (none, rigid, or deformable with the tumour "

@@ -38,9 +38,9 @@ class IMAGIOPlanning(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "IMAGIO Planning"
-        self.parent.categories = ["IMAGIO"]
+        self.parent.categories = ["IGT.IMAGIO"]
         self.parent.dependencies = ["IMAGIOCommon"]
-        self.parent.contributors = ["IMAGIO developers"]
+        self.parent.contributors = ["IMAGIO developers (imagio-slicer project)"]
         self.parent.helpText = (
             "Lesion segmentation for interventional planning. <b>Model</b>: runs an nnU-Net-class 3D model "
             "exported to ONNX (<code>imagio export-onnx</code>) on ONNX Runtime, without PyTorch, in a background "
@@ -49,7 +49,7 @@ class IMAGIOPlanning(ScriptedLoadableModule):
             "demonstration trained on synthetic data and is not for clinical use. <b>Seed</b>: one point inside "
             "a lung nodule, liver tumour or soft-tissue mass (optional radius in mm) and no model. Volumes are "
             "reported in ml. Results are new segmentations you can correct in the Segment Editor. "
-            "See <a href='https://github.com/imagio/imagio'>the IMAGIO documentation</a>."
+            "See <a href='https://github.com/imagio-slicer/SlicerIMAGIO'>the documentation</a>."
         )
         self.parent.acknowledgementText = "Uses ONNX Runtime, SimpleITK and Slicer's MRML. Not for clinical use."
 

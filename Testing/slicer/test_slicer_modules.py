@@ -47,7 +47,7 @@ def test_module_class_instantiates(slicer_app, name):
     slicer_app.load_module(name)
     parent = getattr(slicer.modules, name.lower())
     assert parent.title.startswith("IMAGIO")
-    assert parent.categories == ["IMAGIO"]
+    assert parent.categories == ["IGT.IMAGIO"]  # test_extension_metadata.py: under the extension category
     assert "<a href=" in parent.helpText
     assert name in slicer.selfTests
     if name != "IMAGIOCommon":
@@ -58,13 +58,7 @@ def test_module_class_instantiates(slicer_app, name):
 CONTRIBUTOR = re.compile(r"^[^()]+ \([^()]+\)$")
 
 
-@pytest.mark.parametrize("name", [
-    "IMAGIOCommon",
-    pytest.param("IMAGIOPlanning", marks=known_defect("planning", "contributors not 'Name (Organization)'")),
-    "IMAGIOAblationZone",
-    "IMAGIOLungNav",
-    pytest.param("IMAGIOMargin", marks=known_defect("margin", "contributors not 'Name (Organization)'")),
-])
+@pytest.mark.parametrize("name", MODULES)
 def test_contributors_are_name_and_organization(slicer_app, name):
     slicer_app.load_module(name)
     contributors = getattr(slicer.modules, name.lower()).contributors

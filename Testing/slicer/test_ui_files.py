@@ -44,10 +44,7 @@ def _cells(ui):
     return {k: v for k, v in by_cell.items() if len(v) > 1}
 
 
-@pytest.mark.parametrize("ui", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="planning: seedPlaceWidget at row 0 column 2 of "
-                                            "seedFormLayout lands in seedSelector's field cell (BOARD request)"))
-    if p.name == "IMAGIOPlanning.ui" else p for p in UI_FILES], ids=lambda p: p.name)
+@pytest.mark.parametrize("ui", UI_FILES, ids=lambda p: p.name)
 def test_no_two_items_share_a_layout_cell(ui):
     shared = _cells(ui)
     assert not shared, f"{ui.name}: items placed in the same cell: {shared}"
