@@ -6,6 +6,8 @@ inference runs in a separate process (IMAGIOPlanningLib/worker.py, started with 
 Slicer never freezes; Apply turns into Cancel while it runs.
 """
 
+import importlib
+import importlib.util
 import logging
 import pathlib
 import shutil
@@ -33,6 +35,9 @@ from imagio.slicer_widget import ParameterNodeWidgetMixin
 
 KINDS = ["lung-nodule", "liver-tumor", "soft-tissue"]
 
+#: what the model needs inside Slicer and Slicer does not bundle (installed only with the user's consent)
+REQUIREMENTS = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+
 
 class IMAGIOPlanning(ScriptedLoadableModule):
     def __init__(self, parent):
@@ -52,6 +57,48 @@ class IMAGIOPlanning(ScriptedLoadableModule):
             "See <a href='https://github.com/imagio-slicer/SlicerIMAGIO'>the documentation</a>."
         )
         self.parent.acknowledgementText = "Uses ONNX Runtime, SimpleITK and Slicer's MRML. Not for clinical use."
+
+
+def onnxRuntimeAvailable() -> bool:
+    importlib.invalidate_caches()
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def requiredPackages(path=REQUIREMENTS) -> list:
+    """The requirement lines of a requirements.txt (no comments, no pip options)."""
+    lines = (line.split("#")[0].strip() for line in pathlib.Path(path).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def offerOnnxRuntime(requirementsPath=REQUIREMENTS):
+    """``(ready, message)``: ONNX Runtime importable, after installing ``requirementsPath`` if the user agrees.
+
+    Asks first (nothing is installed without a yes, and nothing in testing mode); installs with
+    ``slicer.packaging.pip_ensure`` on Slicer 5.12 and later, ``slicer.util.pip_install`` on 5.10 and 5.11.
+    Only the packages of ``requirementsPath`` (ONNX Runtime), never slicer-core or imagio."""
+    if onnxRuntimeAvailable():
+        return True, ""
+    packages = requiredPackages(requirementsPath)
+    if slicer.app.testingEnabled():
+        return False, "ONNX Runtime is not installed, and nothing is installed in testing mode; the model cannot run."
+    question = ("The model runs on ONNX Runtime, which this Slicer does not include yet.\n\n"
+                f"Install {', '.join(packages)} from the Python Package Index (pypi.org) into Slicer's Python now? "
+                "Nothing else is installed. Seeded segmentation works without it.")
+    if not slicer.util.confirmOkCancelDisplay(question, windowTitle="IMAGIO Planning: install ONNX Runtime"):
+        return False, ("ONNX Runtime is not installed, so the model cannot run; nothing was installed. "
+                       "Click Apply again to install it, or use the Seed method.")
+    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        if (slicer.app.majorVersion, slicer.app.minorVersion) >= (5, 12):
+            packaging = importlib.import_module("slicer.packaging")  # 5.12+
+            packaging.pip_ensure(packages, prompt_install=False, requester="IMAGIO Planning")
+        else:
+            slicer.util.pip_install(["-r", str(requirementsPath)])
+    finally:
+        slicer.app.restoreOverrideCursor()
+    if not onnxRuntimeAvailable():
+        return False, "ONNX Runtime was installed but cannot be imported; see the Python console, or restart Slicer."
+    return True, "ONNX Runtime installed."
 
 
 def _defaultCardPath() -> pathlib.Path:
@@ -83,6 +130,7 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
         self._jobCt = None
         self._jobCard = None
         self._timer = None
+        self._cardNote = ""
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -107,14 +155,21 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
         super().onSceneStartClose(caller, event)
 
     def initializeParameterNode(self) -> None:
-        super().initializeParameterNode()
-        p = self._parameterNode
+        """Defaults first, then the GUI: a saved card path that no longer exists (a moved file, or the path
+        of an earlier install) falls back to the shipped card, with a note saying so."""
+        p = self.logic.getParameterNode()
         if not p.ctVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
                 p.ctVolume = first
-        if not p.modelCardPath or str(p.modelCardPath) in ("", "."):
+        saved = p.modelCardPath
+        if not saved or str(saved) in ("", "."):
             p.modelCardPath = _defaultCardPath()
+        elif not pathlib.Path(saved).exists() and pathlib.Path(saved) != _defaultCardPath():
+            self._cardNote = (f"The saved model card {saved} no longer exists (moved, or IMAGIO was reinstalled); "
+                              "the shipped card is selected instead.")
+            p.modelCardPath = _defaultCardPath()
+        self.setParameterNode(p)
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
@@ -126,9 +181,12 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
         if self._job is not None:
             return  # Apply is Cancel while a job runs
         if useModel:
-            self.ui.modelInfoLabel.text = self.logic.describeCard(p.modelCardPath)
-            ok = bool(p.ctVolume and p.modelCardPath and pathlib.Path(p.modelCardPath).is_file())
-            tip = "Run the model in a background process" if ok else "Select a CT and a model card"
+            cardOk, text = self.logic.describeCard(p.modelCardPath)
+            if self._cardNote and pathlib.Path(p.modelCardPath) != _defaultCardPath():
+                self._cardNote = ""  # the user chose another card
+            self.ui.modelInfoLabel.text = "\n".join(t for t in (self._cardNote, text) if t)
+            ok = bool(p.ctVolume and cardOk)
+            tip = "Run the model in a background process" if ok else "Select a CT and a usable model card"
         else:
             self.ui.seedPlaceWidget.setCurrentNode(p.seedPoints)
             ok = bool(p.ctVolume and p.seedPoints)
@@ -157,6 +215,12 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
                 result = self.logic.segmentFromSeed(p.ctVolume, point, p.lesionKind, radius, self._onProgress,
                                                     acceptLarge=p.acceptLarge)
                 self._showResult(result)
+            return
+        ready = False
+        with slicer.util.tryWithErrorDisplay("Could not install ONNX Runtime."):
+            ready, message = offerOnnxRuntime()
+            self.ui.resultLabel.text = message
+        if not ready:
             return
         with slicer.util.tryWithErrorDisplay("Could not start the model.", waitCursor=True):
             self._job = self.logic.startModelSegmentation(p.ctVolume, p.modelCardPath, p.mirroring,
@@ -223,7 +287,8 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
 
         return ModuleSession(slicer.mrmlScene, python_executable=self.pythonExecutable())
 
-    def describeCard(self, cardPath) -> str:
+    def describeCard(self, cardPath) -> tuple:
+        """``(usable, text)`` for the panel; never raises."""
         return self._session().describe_card(cardPath)
 
     def segmentFromSeed(self, ctNode, pointRas, kind: str, radiusMm=None, progressCallback=None, acceptLarge=False):
@@ -281,6 +346,9 @@ class IMAGIOPlanningTest(ScriptedLoadableModuleTest):
     def test_model_in_background(self):
         import time
 
+        if not onnxRuntimeAvailable():  # Slicer does not bundle it; a test never installs packages
+            self.delayDisplay("ONNX Runtime is not installed: the background model test is not run")
+            return
         self.delayDisplay("Shipped model in a background process")
         ph, ct = self._phantom()
         logic = IMAGIOPlanningLogic()

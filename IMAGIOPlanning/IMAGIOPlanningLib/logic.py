@@ -250,16 +250,23 @@ class ModuleSession:
         self.python_executable = python_executable
 
     @staticmethod
-    def describe_card(card_path) -> str:
-        """The card's name, labels and intended use in a few lines, or the reason it cannot be read."""
+    def describe_card(card_path) -> tuple[bool, str]:
+        """``(usable, text)``: the card's name, labels and intended use in a few lines, or why it cannot be used.
+
+        Never raises (the panel calls it from the parameter node's observer): no path, a folder, a file that
+        is not a card, not UTF-8 or not JSON, or a card that fails its schema, are all a reason shown."""
+        if card_path is None or str(card_path).strip() in ("", "."):
+            return False, "No model card selected. Choose the model card (.json) beside the .onnx file."
         try:
             card = load_card(card_path)
         except ImagioError as e:
-            return str(e)
+            return False, str(e)
+        except (OSError, ValueError, TypeError) as e:  # e.g. a folder holding a binary *.json
+            return False, f"Model card {card_path} cannot be read ({e}). Choose the model card (.json) itself"
         use = "not for clinical use" if not card.clinical_use else "see its card for clinical use"
         lines = [f"{card.name}: {', '.join(lab.name for lab in card.labels[1:])} ({use})"]
         lines += [f"Intended use: {line}" for line in card.intended.lines()[:4]]
-        return "\n".join(lines)
+        return True, "\n".join(lines)
 
     def segment_from_seed(self, ct_node, point_ras, kind: str, radius_mm=None, progress_callback=None,
                           accept_large: bool = False) -> PlanningResult:
