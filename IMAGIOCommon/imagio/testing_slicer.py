@@ -1428,8 +1428,13 @@ class SlicerHarness:
 
     def start(self) -> SlicerHarness:
         fw = framework_dir()
-        if not (fw / "ScriptedLoadableModule.py").is_file():
-            raise FileNotFoundError(f"Slicer 5.10's framework files are not in {fw} (set IMAGIO_SLICER_PYTHON)")
+        if not (fw / "ScriptedLoadableModule.py").is_file():  # as imagio.testing.data_path: skip, fail in CI
+            import pytest
+
+            msg = f"Slicer 5.10's framework files are not in {fw} (set IMAGIO_SLICER_PYTHON)"
+            if os.environ.get("CI"):
+                pytest.fail(msg + "; CI requires them")
+            pytest.skip(msg)
         existing = getattr(slicer, "app", None)
         if existing is not None and not isinstance(existing, SlicerApp):
             raise RuntimeError("Inside the Slicer application: the test harness must not replace it")

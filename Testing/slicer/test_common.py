@@ -3,6 +3,7 @@
 import ast
 import inspect
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,17 @@ def test_phantom_is_registered_as_sample_data_and_loads(slicer_app):
              for i in range(truth.GetSegmentation().GetNumberOfSegments())}
     assert {"lung_nodule", "liver_tumor", "airway_lumen", "hepatic_vessels"} <= names
     assert composite.GetBackgroundVolumeID() == ct.GetID()  # shown in the slice views
+
+
+@pytest.mark.parametrize("ci", ["", "1"])
+def test_missing_framework_files_skip_here_and_fail_in_ci(tmp_path, monkeypatch, ci):
+    """As for real data: CI can never pass by skipping the Slicer-side tests."""
+    monkeypatch.setenv("IMAGIO_SLICER_PYTHON", str(tmp_path))
+    if ci:
+        monkeypatch.setenv("CI", ci)
+    else:
+        monkeypatch.delenv("CI", raising=False)
+    expected = pytest.fail.Exception if ci else pytest.skip.Exception
+    with pytest.raises(expected, match="framework files are not in"):
+        SlicerHarness().start()
+    assert not getattr(sys.modules.get("qt"), "IMAGIO_STANDIN", False)  # nothing was installed
