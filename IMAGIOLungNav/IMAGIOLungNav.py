@@ -1,7 +1,9 @@
 """IMAGIOLungNav: from a chest CT to a bronchoscopic route to a peripheral lung lesion.
 
 The algorithms live in IMAGIOLungNavLib (no Qt; they run on any vtkMRMLScene). This file holds the
-Slicer module, its typed parameter node, the widget, a thin Logic adapter and the self-test.
+Slicer module, its typed parameter node, the widget, a thin Logic adapter and the self-test. Airway
+segmentation and routing run in a background process (imagio.jobs, started with Slicer's Python), so
+Slicer never freezes; Apply turns into Cancel while it runs.
 """
 
 import logging
@@ -19,7 +21,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import ParameterNodeWidgetMixin
+from imagio.slicer_widget import JobWidgetMixin
 
 
 class IMAGIOLungNav(ScriptedLoadableModule):
@@ -49,12 +51,11 @@ class IMAGIOLungNavParameterNode:
     scopeDiameterMm: Annotated[float, WithinRange(0.5, 12.0)] = 4.2
 
 
-class IMAGIOLungNavWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOLungNavWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._progress = None  # set while a route is being planned; Apply then works as Cancel
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -63,58 +64,40 @@ class IMAGIOLungNavWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOLungNavLogic()
+        self.setupJobs(self.ui.progressBar, self.ui.resultLabel)
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        ParameterNodeWidgetMixin.initializeParameterNode(self)
+        JobWidgetMixin.initializeParameterNode(self)
         if not self._parameterNode.ctVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
                 self._parameterNode.ctVolume = first
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
+        if self.jobRunning:
+            return  # Apply is Cancel while the route is planned
         p = self._parameterNode
         ok = bool(p and (p.ctVolume or p.airwaySegmentation) and (p.targetPoints or p.lesionSegmentation))
         self.ui.applyButton.enabled = ok
         self.ui.applyButton.toolTip = "Plan the route" if ok else "Select a CT (or an airway) and a target or lesion"
 
-    def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(100 * fraction)
-        self.ui.progressBar.setFormat(f"{message} (%p%)")
-        slicer.app.processEvents()
-
     def onApplyButton(self) -> None:
-        if self._progress is not None:  # running: the button is "Cancel"
-            self._progress.cancel()
+        if self.jobRunning:  # the button is "Cancel"
+            self.cancelJob()
             return
-        from imagio.errors import Cancelled
-        from imagio.progress import Progress
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Route planning failed.", waitCursor=True):
+            job = self.logic.startRoute(p.ctVolume, p.airwaySegmentation, p.targetPoints, p.lesionSegmentation,
+                                        p.scopeDiameterMm)
+            self.startJob(job, self.onRouteDone, button=self.ui.applyButton, what="Route planning failed")
 
-        self._progress = Progress(self._onProgress)  # _onProgress keeps the GUI responsive (processEvents)
-        applyText = self.ui.applyButton.text
-        self.ui.applyButton.text = "Cancel"
-        try:
-            with slicer.util.tryWithErrorDisplay("Route planning failed."):
-                p = self._parameterNode
-                try:
-                    result = self.logic.process(p.ctVolume, p.airwaySegmentation, p.targetPoints,
-                                                p.lesionSegmentation, p.scopeDiameterMm, progress=self._progress)
-                except Cancelled:
-                    self.ui.resultLabel.text = "Cancelled: no route was added to the scene."
-                    return
-                r = result.route
-                fits = "fits" if r.reachable else "does not fit"
-                self.ui.resultLabel.text = (
-                    f"Route {r.path_length_mm:.1f} mm through {' > '.join(r.branch_names)}; exit at generation "
-                    f"{r.generation}, gap to target {r.gap_to_target_mm:.1f} mm. Narrowest lumen "
-                    f"{r.min_lumen_diameter_mm:.1f} mm: the {p.scopeDiameterMm:.1f} mm scope {fits} all the way "
-                    f"(it reaches to {r.scope_stop_to_target_mm:.1f} mm of the target). Largest turn "
-                    f"{r.max_turn_angle_deg:.0f} deg. Bronchus sign: {'yes' if r.bronchus_sign else 'no'}.")
-        finally:
-            self._progress = None
-            self.ui.applyButton.text = applyText
+    def onRouteDone(self, result) -> None:
+        """The background job's LungNavResult: its nodes go into the scene, its summary into the panel."""
+        self.logic.addResult(result, self._parameterNode.ctVolume)
+        self.ui.resultLabel.text = result.summary_text()
 
 
 class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
@@ -126,17 +109,26 @@ class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return IMAGIOLungNavParameterNode(super().getParameterNode())
 
-    def process(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2, progressCallback=None,
-                progress=None):
-        """Plan the route; ``progress`` (an imagio Progress) reports and cancels, else ``progressCallback``."""
-        from imagio.progress import Progress
+    def _lib(self):
         from IMAGIOLungNavLib.logic import LungNavLogic
 
+        return LungNavLogic(slicer.mrmlScene)
+
+    def process(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2, progress=None):
+        """Plan the route in this process (blocking: scripts and the self-test); new nodes in the scene."""
         logging.info("IMAGIOLungNav: planning a route")
-        logic = LungNavLogic(slicer.mrmlScene)
-        return logic.run_nodes(ct_node=ctNode, airway_node=airwayNode, target_node=targetNode,
-                               lesion_node=lesionNode, scope_diameter_mm=scopeDiameterMm,
-                               progress=progress if progress is not None else Progress(progressCallback))
+        return self._lib().run_nodes(ct_node=ctNode, airway_node=airwayNode, target_node=targetNode,
+                                     lesion_node=lesionNode, scope_diameter_mm=scopeDiameterMm, progress=progress)
+
+    def startRoute(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2):
+        """The same as a background job (imagio.jobs.Job with Slicer's PythonSlicer; airway segmentation and
+        routing run in the child, this process only reads the nodes and later adds the result's)."""
+        return self._lib().start_nodes(ct_node=ctNode, airway_node=airwayNode, target_node=targetNode,
+                                       lesion_node=lesionNode, scope_diameter_mm=scopeDiameterMm)
+
+    def addResult(self, result, ctNode=None) -> dict:
+        """The new nodes of a finished job's LungNavResult."""
+        return self._lib().add_nodes(result, reference_node=ctNode)
 
 
 class IMAGIOLungNavTest(ScriptedLoadableModuleTest):

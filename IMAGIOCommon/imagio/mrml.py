@@ -142,6 +142,7 @@ def segments_from_segmentation_node(node, reference_node=None, segment_ids=None)
         n = all_ids.index(sid)
         segment = seg.GetSegment(sid)
         lm = slicer.vtkMRMLLabelMapVolumeNode()
+        existing = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         scene.AddNode(lm)
         try:
             ids = vtk.vtkStringArray()
@@ -156,8 +157,18 @@ def segments_from_segmentation_node(node, reference_node=None, segment_ids=None)
             mask = sitk.Cast(img > 0, sitk.sitkUInt8)
             out.append(Segment(segment.GetName(), mask, tuple(segment.GetColor()), n + 1, _get_tags(segment)))
         finally:
-            scene.RemoveNode(lm)
+            _remove_temporary(scene, lm, existing)
     return out
+
+
+def _remove_temporary(scene, labelmap, existing: set) -> None:
+    """Remove a temporary labelmap with the display and colour nodes the export made for it (not older ones)."""
+    display = labelmap.GetDisplayNode()
+    color = display.GetColorNode() if display is not None else None
+    scene.RemoveNode(labelmap)
+    for node in (display, color):
+        if node is not None and node.GetID() not in existing and scene.GetNodeByID(node.GetID()) is node:
+            scene.RemoveNode(node)
 
 
 def _markups(scene, cls, name, points_ras, labels=None):

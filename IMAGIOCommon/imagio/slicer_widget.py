@@ -11,8 +11,24 @@ sets ``self.logic`` (whose ``getParameterNode()`` returns the typed parameter
 node) and ``self.ui``, calls ``self.observeSceneClose()`` and
 ``self.initializeParameterNode()`` at the end of ``setup()``, and overrides
 ``onParameterNodeModified`` to update its GUI state.
+
+A widget whose steps can take more than a second derives from ``JobWidgetMixin`` (which includes the
+parameter-node lifecycle) and runs them as background jobs (:mod:`imagio.jobs`)::
+
+    class IMAGIOXWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+        def onApplyButton(self):
+            if self.jobRunning:
+                self.cancelJob()
+                return
+            self.startJob(self.logic.startX(...), self.onXDone, button=self.ui.applyButton, what="X failed")
+
+While the job runs its button reads "Cancel", the progress bar follows the job, and the status label
+says what runs; on success ``onDone(result)`` adds the outputs to the scene; on failure the job's
+one-line error is shown (status label and error display) and nothing is added; cancel ends the job's
+whole process group and adds nothing. Polling is a QTimer: no ``processEvents()`` anywhere.
 """
 
+import qt
 import slicer
 import vtk
 
@@ -60,3 +76,104 @@ class ParameterNodeWidgetMixin:
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         """Update the GUI state (enabled buttons, info labels) from the parameter node."""
+
+
+class JobWidgetMixin(ParameterNodeWidgetMixin):
+    """Apply -> Cancel, progress and the error display for background jobs (one at a time per widget)."""
+
+    JOB_POLL_MS = 200
+    _job = None
+    _jobTimer = None
+    _jobOnDone = None
+    _jobButton = None
+    _jobButtonText = ""
+    _jobButtonTip = ""
+    _jobWhat = ""
+
+    def setupJobs(self, progressBar, statusLabel) -> None:
+        """Call in ``setup()``: the progress bar and label that every job of this widget reports to."""
+        self._jobProgressBar = progressBar
+        self._jobStatusLabel = statusLabel
+        self._jobTimer = qt.QTimer()
+        self._jobTimer.setInterval(self.JOB_POLL_MS)
+        self._jobTimer.connect("timeout()", self.pollJob)
+
+    @property
+    def jobRunning(self) -> bool:
+        return self._job is not None
+
+    def startJob(self, job, onDone, button, what: str, runningText: str = "Running in a background process; "
+                 "Slicer stays usable.") -> None:
+        """Watch ``job`` (an :class:`imagio.jobs.Job`, already started); ``onDone(result)`` once it is done."""
+        if self._job is not None:
+            job.cleanup()
+            raise RuntimeError("A background job is already running in this module")
+        self._job, self._jobOnDone, self._jobWhat = job, onDone, what
+        self._jobButton = button
+        self._jobButtonText, self._jobButtonTip = button.text, button.toolTip
+        button.text = "Cancel"
+        button.toolTip = "Stop the background process (nothing is added to the scene)"
+        button.enabled = True
+        self._showJobProgress(0.0, "Starting")
+        self._jobStatusLabel.text = runningText
+        self._jobTimer.start()
+        self.onJobStateChanged()
+
+    def pollJob(self) -> None:
+        """The timer's slot: follow the job's progress; on its end, add its result or show its error."""
+        job = self._job
+        if job is None:
+            self._jobTimer.stop()
+            return
+        status = job.poll()
+        self._showJobProgress(status.fraction, status.message)
+        if status.state == "running":
+            return
+        onDone, what = self._jobOnDone, self._jobWhat
+        self._endJob()
+        try:
+            if status.state == "done":
+                with slicer.util.tryWithErrorDisplay(f"{what}: the result could not be added to the scene."):
+                    onDone(job.result())
+            elif status.state == "failed":
+                self._jobStatusLabel.text = f"{what}: {status.message}"
+                slicer.util.errorDisplay(f"{what}: {status.message}", windowTitle=getattr(self, "moduleName", None))
+        finally:
+            job.cleanup()
+            self.onJobStateChanged()
+
+    def cancelJob(self) -> None:
+        """End the running job (its whole process group); nothing is added to the scene."""
+        job = self._job
+        if job is None:
+            return
+        self._endJob()
+        job.cleanup()
+        self._showJobProgress(0.0, "Cancelled")
+        self._jobStatusLabel.text = "Cancelled: nothing was added to the scene."
+        self.onJobStateChanged()
+
+    def onJobStateChanged(self) -> None:
+        """A job started or ended: by default the GUI state is recomputed from the parameter node."""
+        if self._parameterNode is not None:
+            self.onParameterNodeModified()
+
+    def _endJob(self) -> None:
+        self._jobTimer.stop()
+        self._job = None
+        if self._jobButton is not None:
+            self._jobButton.text = self._jobButtonText
+            self._jobButton.toolTip = self._jobButtonTip
+        self._jobButton = None
+
+    def _showJobProgress(self, fraction: float, message: str) -> None:
+        self._jobProgressBar.value = int(round(100 * fraction))
+        self._jobProgressBar.setFormat(f"{message} (%p%)")
+
+    def cleanup(self) -> None:
+        self.cancelJob()
+        super().cleanup()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelJob()  # its result belongs to the scene being closed
+        super().onSceneStartClose(caller, event)

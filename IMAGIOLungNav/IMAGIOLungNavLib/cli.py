@@ -78,9 +78,7 @@ def run_cli(args) -> int:
             ct_node = None
         logic.add_nodes(result, reference_node=ct_node)
         write_json(stage / "route.json", result.route.contract_dict())
-        details = result.summary()
-        details["branches"] = result.branch_rows()
-        write_json(stage / "details.json", details)
+        write_json(stage / "details.json", result.to_dict())
         save_mrb(logic.scene, stage / "route.mrb")
         from .report import write_report  # report.html, report.pdf, metrics.csv (imagio.report)
         write_report(stage, result, ct, lesion, args.scope_diameter_mm,

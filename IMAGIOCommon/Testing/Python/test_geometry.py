@@ -71,7 +71,14 @@ def test_segmentation_roundtrip_oblique(tmp_path):
     scene = new_scene()
     vol = mrml.volume_node_from_image(scene, ref, "ref")
     node = mrml.segmentation_node_from_segments(scene, segs, "seg", vol)
+    scene.GetSubjectHierarchyNode()  # the singleton Slicer's scene always has
+
+    def node_ids():
+        return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+    before = node_ids()
     again = mrml.segments_from_segmentation_node(node, vol)
+    assert node_ids() == before  # reading a segment leaves no labelmap, display or colour node behind
     assert np.array_equal(again[0].array(), arr > 0)
     assert np.allclose(g.centroid_ras(again[1].mask), g.centroid_ras(segs[1].mask), atol=1e-4)
     only = mrml.segments_from_segmentation_node(node, vol, segment_ids=["Vessel"])

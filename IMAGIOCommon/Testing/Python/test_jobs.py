@@ -152,3 +152,17 @@ def test_cancel_ends_the_whole_process_group(tmp_path):
             job.result()
     finally:
         job.cleanup()
+
+
+#: Every module that holds a job function (what the Slicer widgets run in the background).
+JOB_MODULES = ["imagio.jobs", "imagio.testing", "IMAGIOPlanningLib.worker", "IMAGIOLungNavLib.compute"]
+
+
+def test_job_modules_import_no_slicer_vtk_or_qt():
+    """A job's child starts with Slicer's plain Python: its modules must load without Slicer, VTK or Qt."""
+    import subprocess
+
+    code = ("import sys\nfor m in ('slicer', 'vtk', 'vtkmodules', 'qt', 'ctk'): sys.modules[m] = None\n"
+            f"import importlib\nfor m in {JOB_MODULES!r}: importlib.import_module(m)\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -1,0 +1,100 @@
+"""The LungNav widget on Slicer 5.10's own framework (imagio.testing_slicer): routing runs as a background job.
+
+Apply starts a real child process (imagio.jobs, with the PythonSlicer the harness puts on PATH), the
+button turns into Cancel, the progress bar follows the job, nothing calls processEvents(); the route's
+nodes arrive only when the job is done. Cancel ends the process group and adds nothing; a failure shows
+its one-line message and leaves the scene as it was. Three child processes in all.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagio.io import Segment
+from imagio.testing_slicer import SlicerHarness
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _lungnav_synth import CARINA, CHILD_LEN, RIGHT_DIR  # noqa: E402
+
+
+@pytest.fixture
+def module(y_mask):
+    with SlicerHarness(testing=False) as h:
+        h.show_main_window()  # message boxes are recorded, not only logged
+        h.load_module("IMAGIOCommon")
+        import slicer
+
+        from imagio.mrml import add_fiducials, segmentation_node_from_segments
+
+        widget = h.create_widget("IMAGIOLungNav")
+        slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(slicer.mrmlScene)  # Slicer's singleton, as in the app
+        airway = segmentation_node_from_segments(slicer.mrmlScene, [Segment("airway", y_mask)], "Airway")
+        target = add_fiducials(slicer.mrmlScene, "Target", [CARINA + RIGHT_DIR * (CHILD_LEN + 6.0)])
+        p = widget._parameterNode
+        p.ctVolume, p.airwaySegmentation, p.targetPoints, p.scopeDiameterMm = None, airway, target, 2.0
+        yield {"h": h, "slicer": slicer, "widget": widget, "p": p, "target": target}
+
+
+def _node_ids(scene) -> set:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def test_apply_runs_the_route_in_a_child_process_and_adds_its_nodes(module):
+    h, slicer, widget = module["h"], module["slicer"], module["widget"]
+    ui = widget.ui
+    before = _node_ids(slicer.mrmlScene)
+    calls = slicer.app.processEventsCalls
+    label = ui.applyButton.text
+    assert ui.applyButton.enabled
+    widget._jobTimer.setInterval(20)  # poll often: the child's progress file changes every 0.1 s at most
+    ui.applyButton.click()
+    job = widget._job
+    assert job is not None and ui.applyButton.text == "Cancel" and ui.applyButton.enabled
+    assert job.process.pid and job.process.poll() is None  # a real child process
+    assert _node_ids(slicer.mrmlScene) == before  # nothing until the job is done
+    seen = set()
+    assert h.run_event_loop(until=lambda: (seen.add(ui.progressBar.value), not widget.jobRunning)[1], timeout_s=180)
+    assert slicer.app.processEventsCalls == calls  # the computation never re-entered the event loop
+    assert any(0 < v < 100 for v in seen)  # progress arrived from the child while it ran
+    assert ui.applyButton.text == label and ui.progressBar.value == 100
+    added = {slicer.mrmlScene.GetNodeByID(i).GetName() for i in _node_ids(slicer.mrmlScene) - before}
+    assert {"Bronchoscopic route", "Airway centerlines", "Airway branches", "Exit point"} <= added
+    curve = slicer.mrmlScene.GetFirstNodeByName("Bronchoscopic route")
+    end = np.array(curve.GetNthControlPointPositionWorld(curve.GetNumberOfControlPoints() - 1))
+    tip = CARINA + RIGHT_DIR * CHILD_LEN  # the analytic Y's right bronchus ends here: the route must too
+    assert np.linalg.norm(end - tip) < 5.0
+    assert "Route" in ui.resultLabel.text and " mm" in ui.resultLabel.text
+    assert not job.work.exists()  # the job's folder is gone
+
+
+def test_cancel_ends_the_process_group_and_adds_nothing(module):
+    h, slicer, widget = module["h"], module["slicer"], module["widget"]
+    before = _node_ids(slicer.mrmlScene)
+    label = widget.ui.applyButton.text
+    widget.ui.applyButton.click()
+    job = widget._job
+    widget.ui.applyButton.click()  # "Cancel"
+    assert job.process.poll() is not None and not widget.jobRunning
+    assert widget.ui.applyButton.text == label and "Cancelled" in widget.ui.resultLabel.text
+    h.run_event_loop(timeout_s=0.5)
+    assert _node_ids(slicer.mrmlScene) == before and h.active_timers == 0
+    assert not job.work.exists()
+
+
+def test_a_failed_route_shows_one_line_and_leaves_the_scene(module):
+    h, slicer, widget, target = module["h"], module["slicer"], module["widget"], module["target"]
+    target.SetNthControlPointPosition(0, *(CARINA + np.array([0.0, 95.0, 0.0])))  # 95 mm from every airway
+    before = _node_ids(slicer.mrmlScene)
+    import qt
+
+    h.answer_dialogs(qt.QMessageBox.Ok)
+    widget.ui.applyButton.click()
+    assert h.run_event_loop(until=lambda: not widget.jobRunning, timeout_s=180)
+    assert _node_ids(slicer.mrmlScene) == before
+    errors = [d["text"] for d in h.dialogs if "Route planning failed" in d["text"]]
+    assert len(errors) == 1 and "\n" not in errors[0] and "mm from the nearest airway" in errors[0]
+    assert "Traceback" not in errors[0]
+    assert widget.ui.resultLabel.text == errors[0] and widget.ui.applyButton.text != "Cancel"
