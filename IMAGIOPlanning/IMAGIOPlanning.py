@@ -330,8 +330,9 @@ class IMAGIOPlanningTest(ScriptedLoadableModuleTest):
         from imagio.mrml import volume_node_from_image
         from imagio.phantom import make_phantom
 
-        ph = make_phantom(0)
-        return ph, volume_node_from_image(slicer.mrmlScene, ph.ct, "CT")
+        if getattr(self, "_ph", None) is None:  # made once for both tests (neither changes it): ~5 s of CPU
+            self._ph = make_phantom(0)
+        return self._ph, volume_node_from_image(slicer.mrmlScene, self._ph.ct, "CT")
 
     def test_seeded_lung_nodule(self):
         self.delayDisplay("Seeded lung nodule on the phantom")

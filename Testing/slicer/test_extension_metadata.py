@@ -84,6 +84,14 @@ def test_catalog_entry_follows_the_current_schema():
     assert b"\r" not in (ROOT / "IMAGIO.json").read_bytes()  # the Index's LF-only rule
 
 
+def test_catalog_entry_dependencies_match_cmake():
+    """The Index's checklist: the description file agrees with the top-level CMakeLists.txt (dependencies)."""
+    depends = _cmake_var("EXTENSION_DEPENDS")
+    assert _entry()["build_dependencies"] == ([] if depends == "NA" else depends.split())
+    modules = re.findall(r"^add_subdirectory\((\w+)\)", _cmake(), re.MULTILINE)
+    assert tuple(modules) == MODULES  # every module is built, IMAGIOCommon first
+
+
 def test_names_match_the_index_rules():
     project = re.search(r"project\s*\(\s*([^\s)]+)", _cmake(), re.IGNORECASE).group(1)
     assert (ROOT / f"{project}.json").is_file()  # the description file is named after the project

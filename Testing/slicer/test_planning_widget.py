@@ -185,3 +185,15 @@ def test_a_saved_card_path_that_exists_is_kept(slicer_app, tmp_path):
     widget = slicer_app.create_widget("IMAGIOPlanning")
     assert Path(widget._parameterNode.modelCardPath) == tmp_path / SHIPPED_CARD.name
     assert "no longer exists" not in widget.ui.modelInfoLabel.text
+
+
+def test_self_test_does_not_run_the_model_without_onnxruntime(slicer_app, no_onnxruntime, caplog):
+    """The extension build servers' Slicer has no onnxruntime: the model part says so instead of failing."""
+    import logging
+
+    planning = slicer_app.import_module("IMAGIOPlanning")
+    test = planning.IMAGIOPlanningTest()
+    with caplog.at_level(logging.INFO):
+        test.test_model_in_background()
+    assert "ONNX Runtime is not installed: the background model test is not run" in caplog.text
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
