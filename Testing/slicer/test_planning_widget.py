@@ -136,7 +136,7 @@ def _bad_cards(tmp_path: Path) -> dict:
     no_labels = tmp_path / "no_labels.json"
     no_labels.write_text(json.dumps(card))
     card = json.loads(SHIPPED_CARD.read_text())
-    card["labels"] = [{"value": 0}]
+    card["labels"][1] = {k: v for k, v in card["labels"][1].items() if k != "name"}
     bad_label = tmp_path / "bad_label.json"
     bad_label.write_text(json.dumps(card))
     return {"a folder with a binary .json": (binary, "cannot be read"), "not JSON": (not_json, "not readable JSON"),
