@@ -3,6 +3,7 @@
 Needs the optional extras (torch + nnunetv2 per the README, openvino) and the real data (IMAGIO_DATA).
 
     python benchmarks/bench_planning.py --models DIR --out bench_planning.json [--part matrix|speed|large|all]
+    python benchmarks/bench_planning.py --markdown bench_planning.json     # the README's tables
 
 ``--models`` holds nnU-Net v2 trained-model folders made by
 IMAGIOPlanning/Training/make_matrix_models.py (``iso`` with two folds, ``aniso``
@@ -111,14 +112,53 @@ def nnunet_labels(pred, ct: sitk.Image) -> sitk.Image:
     return out
 
 
+def _time_nnunet_steps(pred) -> dict:
+    """Time nnU-Net's own steps without changing them: timers around ``predict_logits_from_preprocessed_data``
+    (sliding window, folds, mirroring), the network's forward passes (hooks) and the module-level
+    ``convert_predicted_logits_to_segmentation_with_correct_shape`` that ``predict_single_npy_array`` calls."""
+    import nnunetv2.inference.predict_from_raw_data as pfr
+
+    t = {"sliding_window_s": 0.0, "network_s": 0.0, "logits_to_labels_s": 0.0}
+    logits_fn, convert_fn = pred.predict_logits_from_preprocessed_data, pfr.convert_predicted_logits_to_segmentation_with_correct_shape
+
+    def logits(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return logits_fn(*a, **k)
+        finally:
+            t["sliding_window_s"] += time.perf_counter() - t0
+
+    def convert(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return convert_fn(*a, **k)
+        finally:
+            t["logits_to_labels_s"] += time.perf_counter() - t0
+
+    started = []
+    pred.network.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+
+    def after(*_):
+        t["network_s"] += time.perf_counter() - started.pop()
+    pred.network.register_forward_hook(after)
+    pred.predict_logits_from_preprocessed_data = logits
+    pfr.convert_predicted_logits_to_segmentation_with_correct_shape = convert
+    return t
+
+
 def run_nnunet(model_dir: str, ct_path: str, out_path: str, mirroring: bool, threads: int, folds: str) -> dict:
     pred = nnunet_predictor(Path(model_dir), folds.split(","), mirroring, threads)
+    steps = _time_nnunet_steps(pred)
     ct = sitk.ReadImage(ct_path)
     t0 = time.perf_counter()
     out = nnunet_labels(pred, ct)
     dt = time.perf_counter() - t0
     sitk.WriteImage(out, out_path, True)
-    return {"predict_s": dt, "peak_rss_mb": _peak_mb()}
+    timings = {"preprocess_s": dt - steps["sliding_window_s"] - steps["logits_to_labels_s"],
+               "network_s": steps["network_s"],
+               "window_aggregation_s": steps["sliding_window_s"] - steps["network_s"],
+               "logits_to_labels_s": steps["logits_to_labels_s"]}
+    return {"predict_s": dt, "peak_rss_mb": _peak_mb(), "timings_s": timings}
 
 
 def _child(kind: str, *args) -> dict:
@@ -232,6 +272,7 @@ def export_all(models: Path, tmp: Path) -> dict[str, dict]:
 
 def part_matrix(models, cases, tmp, cache: Path, threads: int) -> list[dict]:
     from imagio.engine import OnnxSegmenter
+    from imagio.model_card import check_intended_use
 
     cache.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -249,6 +290,7 @@ def part_matrix(models, cases, tmp, cache: Path, threads: int) -> list[dict]:
             ref = sitk.ReadImage(str(key))
             res = seg.predict(ct, mirroring=False, probabilities=True)
             row = {"model": mname, "folds": m["folds"], "region_based": bool(seg.card.regions_class_order),
+                   "outside_intended_use": check_intended_use(seg.card, ct),
                    "model_spacing_kji_mm": seg.card.target_spacing_kji_mm, "case": cname,
                    "image_spacing_kji_mm": [round(v, 4) for v in ct.GetSpacing()[::-1]], "backend": seg.provider,
                    **compare(res.labels, ref, m["classes"]), **tie_margin(res, ref, seg.card)}
@@ -288,7 +330,59 @@ def part_speed(model, ct_path: Path, tmp: Path, mirroring: bool, threads: int, r
     return row
 
 
+def markdown(results: dict) -> str:
+    """The README's tables from one run's JSON (``--markdown FILE``)."""
+    out = [f"Run of {results.get('date', '?')}: peer {results.get('peer')}, {results.get('threads')} threads, "
+           f"versions {', '.join(f'{k} {v}' for k, v in results.get('versions', {}).items())}.", ""]
+    if results.get("matrix"):
+        out += ["| model (spacing k x j x i mm, folds) | CT (spacing k x j x i mm) | voxels differing | "
+                "Dice per class | nnU-Net voxels per class | outside the card's intended use |",
+                "|---|---|---|---|---|---|"]
+        for r in results["matrix"]:
+            sp = " x ".join(f"{v:g}" for v in r["model_spacing_kji_mm"])
+            isp = " x ".join(f"{v:g}" for v in r["image_spacing_kji_mm"])
+            kind = ", region-based" if r["region_based"] else ""
+            dice = ", ".join(f"{v:.5f}" for v in r["dice_per_class"].values())
+            counts = ", ".join(str(v) for v in r["voxels_per_class_nnunet"].values())
+            ood = "; ".join(r.get("outside_intended_use") or []) or "-"
+            out.append(f"| {r['model']} ({sp}, fold {'+'.join(r['folds'])}{kind}) | {r['case'].split(' (')[0]} "
+                       f"({isp}) | {r['voxels_differing']} of {r['voxels']} | {dice} | {counts} | {ood} |")
+        out.append("")
+    rows = list(results.get("speed") or []) + ([results["large"]] if results.get("large") else [])
+    if rows:
+        out += ["| case | nnU-Net process s (best / median) | IMAGIO OpenVINO s | IMAGIO onnxruntime s | "
+                "time ratio nnU-Net / OpenVINO (best, median) | / onnxruntime | peak MB nnU-Net / OpenVINO / "
+                "onnxruntime | memory ratio OpenVINO / nnU-Net | Dice OpenVINO vs nnU-Net |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            nn, ov, ort = r["nnunet"], r["openvino"], r["onnxruntime"]
+
+            def t(x):
+                return f"{x['process_s_best']:.1f} / {x['process_s_median']:.1f}"
+            out.append(
+                f"| {r['case']} ({r['repeats']} runs) | {t(nn)} | {t(ov)} | {t(ort)} | "
+                f"{r['time_ratio_nnunet_over_openvino']:.2f}, {r['time_ratio_median_nnunet_over_openvino']:.2f} | "
+                f"{r['time_ratio_nnunet_over_onnxruntime']:.2f}, {r['time_ratio_median_nnunet_over_onnxruntime']:.2f} | "
+                f"{nn['peak_rss_mb']:.0f} / {ov['peak_rss_mb']:.0f} / {ort['peak_rss_mb']:.0f} | "
+                f"{r['memory_ratio_openvino_over_nnunet']:.2f} | "
+                f"{', '.join(f'{v:.5f}' for v in ov['dice_per_class'].values())} |")
+        out += ["", "Where the time goes (seconds inside the prediction of the fastest run; the rest of the process "
+                "time is start-up, imports, model loading, reading and writing):", "",
+                "| case | predictor | predict s | preprocess s | network s | window aggregation s | "
+                "logits to labels s |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            for k in ("nnunet", "openvino", "onnxruntime"):
+                ts = r[k].get("timings_s_of_best") or {}
+                cells = " | ".join(f"{ts.get(n, float('nan')):.1f}" for n in
+                                   ("preprocess_s", "network_s", "window_aggregation_s", "logits_to_labels_s"))
+                out.append(f"| {r['case'].split(' (')[0]} | {k} | {r[k]['predict_s_best']:.1f} | {cells} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--markdown":
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())), end="")
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, required=True, help="folder of nnU-Net model folders (make_matrix_models)")
     ap.add_argument("--out", type=Path, default=Path("bench_planning.json"))
