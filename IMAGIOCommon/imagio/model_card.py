@@ -441,12 +441,17 @@ def load_card(path_or_dir) -> ModelCard:
 
 
 def _is_card(path: Path) -> bool:
+    """Whether a folder entry looks like a model card: a regular file whose start names the card key (read as
+    bytes: a binary or non-UTF-8 .json beside the card is skipped, never a UnicodeDecodeError; a named pipe is never
+    opened, which would block)."""
     try:
-        with open(path, encoding="utf-8") as f:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as f:
             head = f.read(4096)
     except OSError:
         return False
-    return f'"{CARD_KEY}"' in head
+    return f'"{CARD_KEY}"'.encode() in head
 
 
 def model_dirs() -> list[Path]:

@@ -183,6 +183,22 @@ def test_cli_bad_model_one_line_exit_2_nothing_written(tmp_path, capsys, models,
     assert {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()} == before
 
 
+def test_card_folder_scan_skips_binary_and_pipe_json(tmp_path, models):
+    """A folder with the card, a binary weights.json and a named pipe *.json: the card is found, nothing blocks."""
+    import os
+
+    from imagio.model_card import load_card
+
+    models.pointwise(tmp_path / "m.onnx")
+    models.card(tmp_path, "m.onnx", name="the-card")
+    (tmp_path / "weights.json").write_bytes(bytes(range(256)) * 8)  # not UTF-8
+    os.mkfifo(tmp_path / "pipe.json")
+    assert load_card(tmp_path).name == "the-card"
+    (tmp_path / "m.json").unlink()
+    with pytest.raises(ImagioError, match="must hold exactly one model card, found none"):
+        load_card(tmp_path)
+
+
 def test_window_bound_is_stated_and_counted_as_nnunet_tiles():
     from imagio.engine import MAX_WINDOWS, window_count
 
