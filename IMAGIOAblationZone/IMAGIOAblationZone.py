@@ -2,7 +2,9 @@
 
 The algorithms live in ``IMAGIOAblationZoneLib`` (no Qt); this file is the
 Slicer front end: module description, typed parameter node, widget and a thin
-logic adapter over ``IMAGIOAblationZoneLib.logic.AblationZoneLogic``.
+logic adapter over ``IMAGIOAblationZoneLib.logic.AblationZoneLogic``. Probe
+planning and the bioheat zone run in a background process (imagio.jobs), so
+Slicer never freezes; their button turns into Cancel while they run.
 """
 
 import logging
@@ -25,7 +27,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import ParameterNodeWidgetMixin
+from imagio.slicer_widget import JobWidgetMixin
 from IMAGIOAblationZoneLib.devices import TISSUE_CHOICES, load_library
 
 #: Device ids of the bundled library (the combo box choices): every device, also those whose settings are all
@@ -81,7 +83,7 @@ class IMAGIOAblationZoneParameterNode:
     resultsTable: vtkMRMLTableNode
 
 
-class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -96,6 +98,7 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOAblationZoneLogic()  # the combo boxes are filled from the Choice annotations
+        self.setupJobs(self.ui.progressBar, self.ui.statusLabel)
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.planButton.connect("clicked(bool)", self.onPlanButton)
@@ -107,23 +110,24 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
 
     def onSceneStartClose(self, caller, event) -> None:
         self.observeProbe(None)  # remove the observer from the closing scene's line (it must not survive it)
-        ParameterNodeWidgetMixin.onSceneStartClose(self, caller, event)
+        JobWidgetMixin.onSceneStartClose(self, caller, event)
         self._zoneModel = None
         if self.logic:
             self.logic.forgetScene()
 
     def initializeParameterNode(self) -> None:
-        ParameterNodeWidgetMixin.initializeParameterNode(self)
+        JobWidgetMixin.initializeParameterNode(self)
         p = self._parameterNode
         if not p.referenceVolume:
             p.referenceVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
+        running = self._jobButton if self.jobRunning else None  # only the running step's button (Cancel) is active
         ready = bool(p and p.probeLine and (p.referenceVolume or p.segmentation))
-        self.ui.applyButton.enabled = ready
-        self.ui.planButton.enabled = bool(p and p.segmentation)
-        self.ui.replanButton.enabled = bool(p and p.segmentation)
+        self.ui.applyButton.enabled = ready if running is None else running is self.ui.applyButton
+        self.ui.planButton.enabled = bool(p and p.segmentation) if running is None else running is self.ui.planButton
+        self.ui.replanButton.enabled = bool(p and p.segmentation) and running is None
         self.observeProbe(p.probeLine if p else None)
         self.updateSettingInfo()
 
@@ -139,7 +143,7 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
 
     def onProbeMoved(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        if not p or not p.liveUpdate or p.model != "table" or caller.GetNumberOfControlPoints() < 2:
+        if not p or not p.liveUpdate or p.model != "table" or caller.GetNumberOfControlPoints() < 2 or self.jobRunning:
             return
         try:
             self._zoneModel = self.logic.computeZone(p, self._zoneModel, live=True)
@@ -158,16 +162,36 @@ class IMAGIOAblationZoneWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleW
         self.ui.warningsLabel.text = "\n".join(f"Warning: {w}" for w in self.logic.lastWarnings)
 
     def onApplyButton(self) -> None:
+        if self.jobRunning:  # the button is "Cancel"
+            self.cancelJob()
+            return
+        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Failed to compute the ablation zone.", waitCursor=True):
-            self._zoneModel = self.logic.computeZone(self._parameterNode, self._zoneModel, live=False)
+            if p.model == "bioheat":  # a simulation of seconds to minutes: in the background
+                self.startJob(self.logic.startBioheat(p), self.onZoneDone, button=self.ui.applyButton,
+                              what="Bioheat zone failed")
+                return
+            self._zoneModel = self.logic.computeZone(p, self._zoneModel, live=False)  # the table zone: milliseconds
             self.showResult()
-            self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+            self.ui.resultsTableView.setMRMLTableNode(p.resultsTable)
+
+    def onZoneDone(self, result) -> None:
+        self._zoneModel = self.logic.applyZone(self._parameterNode, result, self._zoneModel)
+        self.showResult()
+        self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
 
     def onPlanButton(self) -> None:
+        if self.jobRunning:  # the button is "Cancel"
+            self.cancelJob()
+            return
         with slicer.util.tryWithErrorDisplay("Failed to plan the probes.", waitCursor=True):
-            self.logic.planProbes(self._parameterNode)
-            self.showResult()
-            self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+            self.startJob(self.logic.startPlan(self._parameterNode), self.onPlanDone, button=self.ui.planButton,
+                          what="Probe planning failed")
+
+    def onPlanDone(self, plan) -> None:
+        self.logic.applyPlan(self._parameterNode, plan)
+        self.showResult()
+        self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
 
     def onReplanButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Failed to re-plan from the placed probes.", waitCursor=True):
@@ -212,6 +236,24 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         plan = self.impl.plan_probes(p)
         logging.info(self.lastSummary)
         return plan
+
+    def startPlan(self, p):
+        """planProbes as a background job (imagio.jobs.Job, Slicer's PythonSlicer); then applyPlan."""
+        return self.impl.start_plan(p)
+
+    def applyPlan(self, p, plan):
+        """The planned zone, probe lines and table of a finished plan job."""
+        self.impl.apply_plan(p, plan)
+        logging.info(self.lastSummary)
+        return plan
+
+    def startBioheat(self, p):
+        """The bioheat zone of the probe line as a background job; then applyZone."""
+        return self.impl.start_bioheat(p)
+
+    def applyZone(self, p, result, modelNode=None):
+        """The zone segment, model and table of a finished bioheat job."""
+        return self.impl.apply_zone(p, result, modelNode)
 
     def replanFromLines(self, p, lineNodes):
         """Re-plan from the probes as placed (markups lines) at the chosen setting (returns the ReplanResult)."""

@@ -15,12 +15,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import SimpleITK as sitk
-import vtk
 
 from imagio import geometry
 from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
-from imagio.scene import get_scene
 
 from . import bioheat as bh
 from .devices import TISSUE_CHOICES, Device, ZoneSetting, get_device, load_library, scaled, setting_warnings
@@ -29,8 +27,12 @@ from .planner import plan_ablation
 from .results import TUMOR_COLOR, ZONE_COLOR, PlanResult, Probe, ReplanResult, ZoneResult
 from .zone import EllipsoidZone, crop, mask_box, probe_axis, sub_grid, union_box
 
-__all__ = ["AblationZoneLogic", "ZoneContext", "ZoneResult", "PlanResult", "ReplanResult", "Probe", "TUMOR_COLOR",
+__all__ = ["AblationZoneLogic", "ZoneImageLogic", "ZoneContext", "ZoneResult", "PlanResult", "ReplanResult", "Probe", "TUMOR_COLOR",
            "ZONE_COLOR", "resolve_tissue", "body_from_ct", "check_number", "segmentation_stamp", "write_zone_segment", "ModuleSession"]
+
+#: The job functions the Slicer widget runs in a background process (imagio.jobs; IMAGIOAblationZoneLib.jobs).
+PLAN_JOB = "IMAGIOAblationZoneLib.jobs.plan"
+BIOHEAT_JOB = "IMAGIOAblationZoneLib.jobs.bioheat_zone"
 
 TISSUE_WORDS = {"liver": ("liver", "hepat"), "lung": ("lung", "pulmon", "bronch"), "kidney": ("kidney", "renal"),
                 "bone": ("bone", "osse", "vertebr", "skelet"), "soft-tissue": ("soft tissue", "soft-tissue", "sarcoma",
@@ -127,11 +129,11 @@ def default_grid_around(tip_ras, entry_ras, setting: ZoneSetting, spacing_mm: fl
                                direction_ras=geometry.CT_AXES_RAS)
 
 
-class AblationZoneLogic:
-    """Scene-level logic of IMAGIOAblationZone."""
+class ZoneImageLogic:
+    """The image-level operations of IMAGIOAblationZone (no scene, no Slicer, no VTK): what a background job runs."""
 
-    def __init__(self, scene=None, library_path=None):
-        self.scene = get_scene(scene)
+    def __init__(self, library_path=None):
+        self.library_path = library_path
         self.library = load_library(library_path)
 
     # ------------------------------------------------------------------ devices
@@ -486,39 +488,6 @@ class AblationZoneLogic:
             details={**out.details, "tissue_from": ctx.tissue_how, "allow_unsourced": bool(allow_unsourced)},
             bioheat=bio)
 
-    def plan_nodes(self, reference_node, segmentation_node, tumor_segment: str, device_id: str,
-                   avoid_segments=(), heat_sink_segments=(), **options) -> PlanResult:
-        """``plan`` from MRML nodes: the tumour and avoid structures are segments of ``segmentation_node`` (IDs or
-        names), on ``reference_node``'s grid (the CT, whose body outline gives the skin) or the tumour's."""
-        import slicer
-
-        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
-
-        temp = None
-        if reference_node is None:  # no CT: the grid holding every segment, through a temporary labelmap node
-            temp = slicer.vtkMRMLLabelMapVolumeNode()
-            segmentation_node.GetScene().AddNode(temp)
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(segmentation_node, temp):
-                segmentation_node.GetScene().RemoveNode(temp)
-                raise ImagioError("The segmentation could not be exported", "Give a reference volume (the CT)")
-        ref = reference_node if reference_node is not None else temp
-        try:
-            seg = segments_from_segmentation_node(segmentation_node, ref, [tumor_segment])[0]
-            grid = image_from_volume_node(reference_node) if reference_node is not None else seg.mask
-            avoid = {s.name: s.mask for s in segments_from_segmentation_node(segmentation_node, ref, list(avoid_segments))
-                     } if avoid_segments else {}
-            sinks = None
-            if heat_sink_segments:
-                ms = segments_from_segmentation_node(segmentation_node, ref, list(heat_sink_segments))
-                sinks = np.any([s.array() for s in ms], axis=0)
-        finally:
-            if temp is not None:
-                segmentation_node.GetScene().RemoveNode(temp)
-        body = body_from_ct(grid) if reference_node is not None else None
-        terminology = _segment_terminology(segmentation_node, tumor_segment)
-        return self.plan(grid, seg.mask, device_id, avoid=avoid, body=body, heat_sinks=sinks, tumor_name=seg.name,
-                         terminology=terminology, **options)
-
     # ------------------------------------------------------------------ re-planning
     def replan(self, grid: sitk.Image, tumor: sitk.Image | np.ndarray, placed: list[tuple], device_id: str,
                power_w: float, time_s: float, margin_mm: float = 5.0,
@@ -648,6 +617,55 @@ class AblationZoneLogic:
                 return zt, trial
         return z, new
 
+
+class AblationZoneLogic(ZoneImageLogic):
+    """Scene-level logic of IMAGIOAblationZone: the image-level operations plus MRML nodes in and out."""
+
+    def __init__(self, scene=None, library_path=None):
+        from imagio.scene import get_scene  # MRML (Slicer): only for the scene-level class
+
+        super().__init__(library_path)
+        self.scene = get_scene(scene)
+
+    def plan_nodes(self, reference_node, segmentation_node, tumor_segment: str, device_id: str,
+                   avoid_segments=(), heat_sink_segments=(), **options) -> PlanResult:
+        """``plan`` from MRML nodes: the tumour and avoid structures are segments of ``segmentation_node`` (IDs or
+        names), on ``reference_node``'s grid (the CT, whose body outline gives the skin) or the tumour's."""
+        return self.plan(**self.plan_inputs_nodes(reference_node, segmentation_node, tumor_segment, device_id,
+                                                  avoid_segments, heat_sink_segments), **options)
+
+    def plan_inputs_nodes(self, reference_node, segmentation_node, tumor_segment: str, device_id: str,
+                          avoid_segments=(), heat_sink_segments=()) -> dict:
+        """The image-level arguments of :meth:`plan` read from the nodes (also what a background job gets)."""
+        import slicer
+
+        from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
+
+        temp = None
+        if reference_node is None:  # no CT: the grid holding every segment, through a temporary labelmap node
+            temp = slicer.vtkMRMLLabelMapVolumeNode()
+            segmentation_node.GetScene().AddNode(temp)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(segmentation_node, temp):
+                segmentation_node.GetScene().RemoveNode(temp)
+                raise ImagioError("The segmentation could not be exported", "Give a reference volume (the CT)")
+        ref = reference_node if reference_node is not None else temp
+        try:
+            seg = segments_from_segmentation_node(segmentation_node, ref, [tumor_segment])[0]
+            grid = image_from_volume_node(reference_node) if reference_node is not None else seg.mask
+            avoid = {s.name: s.mask for s in segments_from_segmentation_node(segmentation_node, ref, list(avoid_segments))
+                     } if avoid_segments else {}
+            sinks = None
+            if heat_sink_segments:
+                ms = segments_from_segmentation_node(segmentation_node, ref, list(heat_sink_segments))
+                sinks = np.any([s.array() for s in ms], axis=0)
+        finally:
+            if temp is not None:
+                segmentation_node.GetScene().RemoveNode(temp)
+        body = body_from_ct(grid) if reference_node is not None else None
+        terminology = _segment_terminology(segmentation_node, tumor_segment)
+        return {"grid": grid, "tumor": seg.mask, "device_id": device_id, "avoid": avoid, "body": body,
+                "heat_sinks": sinks, "tumor_name": seg.name, "terminology": terminology}
+
     # ------------------------------------------------------------------ scene
     def probe_from_line(self, line_node) -> tuple[np.ndarray, np.ndarray]:
         """(tip, entry) RAS from a markups line: point 0 = entry, point 1 = tip."""
@@ -660,7 +678,8 @@ class AblationZoneLogic:
 
     def update_zone_nodes(self, result: ZoneResult, segmentation_node=None, model_node=None, name: str = "Ablation zone"):
         """Show ``result`` as a segment and a model; reuse the given nodes (live update) or make new ones."""
-        import slicer
+        import slicer  # MRML and VTK only in the node-side code: image-level jobs run without them
+        import vtk
 
         from imagio.mrml import add_model, mask_to_surface_ras
         from imagio.scene import ensure_converters
@@ -795,17 +814,36 @@ class ModuleSession:
     # ------------------------------------------------------------------ operations
     def compute_zone(self, p, model_node=None, live: bool = False):
         """Zone of the probe line with the chosen model; writes the zone segment, model and results table."""
+        if p.model == "bioheat" and not live:
+            result = self.logic.bioheat_zone(**self.bioheat_request(p))
+        else:
+            self._output_segmentation(p)
+            ctx = self.context(p)
+            tip, entry = self.logic.probe_from_line(p.probeLine)
+            result = self.logic.table_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, p.allowUnsourced)
+        return self.apply_zone(p, result, model_node, live)
+
+    def bioheat_request(self, p) -> dict:
+        """The image-level arguments of ``bioheat_zone`` for the parameter node (the probe line, the context)."""
+        self._output_segmentation(p)
+        ctx = self.context(p)
+        tip, entry = self.logic.probe_from_line(p.probeLine)
+        vessels = np.any([ctx.others[n] for n in self._vessels], axis=0) if self._vessels else None
+        return {"ctx": ctx, "tip_ras": tip, "entry_ras": entry, "device_id": p.deviceId, "power_w": p.powerW,
+                "time_s": p.timeS, "vessels": vessels, "allow_unsourced": p.allowUnsourced}
+
+    def start_bioheat(self, p, python: str | None = None):
+        """The bioheat zone as a background job (imagio.jobs); give its result to :meth:`apply_zone`."""
+        from imagio.jobs import Job
+
+        return Job(BIOHEAT_JOB, {"library_path": self.logic.library_path, **self.bioheat_request(p)}, python=python,
+                   prefix="imagio-ablation-bioheat-")
+
+    def apply_zone(self, p, result, model_node=None, live: bool = False):
+        """The zone's outputs: the zone segment and model, and (not live) a results table."""
         from imagio.mrml import add_table
 
         target = self._output_segmentation(p)
-        ctx = self.context(p)
-        tip, entry = self.logic.probe_from_line(p.probeLine)
-        if p.model == "bioheat" and not live:
-            vessels = np.any([ctx.others[n] for n in self._vessels], axis=0) if self._vessels else None
-            result = self.logic.bioheat_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, vessels=vessels,
-                                             allow_unsourced=p.allowUnsourced)
-        else:
-            result = self.logic.table_zone(ctx, tip, entry, p.deviceId, p.powerW, p.timeS, p.allowUnsourced)
         seg, model = self.logic.update_zone_nodes(result, target, model_node)
         if not p.zoneSegmentation:
             p.zoneSegmentation = seg
@@ -816,17 +854,32 @@ class ModuleSession:
 
     def plan_probes(self, p):
         """Plan probes; the planned zone into the chosen zone segmentation (or a new one), lines, a table."""
-        from imagio.mrml import add_line, add_table
+        return self.apply_plan(p, self.logic.plan(**self.plan_request(p)))
 
+    def plan_request(self, p) -> dict:
+        """The image-level arguments of ``plan`` for the parameter node (checked here, before any job starts)."""
         if not p.segmentation:
             raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
-        target = self._output_segmentation(p)
+        self._output_segmentation(p)
         avoid = [n.strip() for n in (p.avoidSegmentNames or "").split(",") if n.strip()]
         sinks = [n.strip() for n in (p.vesselSegmentNames or "").split(",") if n.strip()] if p.verifyBioheat else []
-        plan = self.logic.plan_nodes(p.referenceVolume, p.segmentation, p.tumorSegmentName, p.deviceId,
-                                     avoid_segments=avoid, heat_sink_segments=sinks, margin_mm=p.marginMm,
-                                     clearance_mm=p.clearanceMm, verify_bioheat=p.verifyBioheat,
-                                     tissue=self._tissue(p), allow_unsourced=p.allowUnsourced)
+        inputs = self.logic.plan_inputs_nodes(p.referenceVolume, p.segmentation, p.tumorSegmentName, p.deviceId,
+                                              avoid_segments=avoid, heat_sink_segments=sinks)
+        return {**inputs, "margin_mm": p.marginMm, "clearance_mm": p.clearanceMm, "verify_bioheat": p.verifyBioheat,
+                "tissue": self._tissue(p), "allow_unsourced": p.allowUnsourced}
+
+    def start_plan(self, p, python: str | None = None):
+        """:meth:`plan_probes` as a background job (imagio.jobs); give its result to :meth:`apply_plan`."""
+        from imagio.jobs import Job
+
+        return Job(PLAN_JOB, {"library_path": self.logic.library_path, **self.plan_request(p)}, python=python,
+                   prefix="imagio-ablation-plan-")
+
+    def apply_plan(self, p, plan):
+        """The plan's outputs: the planned zone (chosen zone segmentation or a new one), probe lines, a table."""
+        from imagio.mrml import add_line, add_table
+
+        target = self._output_segmentation(p)
         if plan.union_mask is not None and plan.probes:
             p.zoneSegmentation = write_zone_segment(self.scene, plan.union_mask, target, "planned_ablation_zone",
                                                     "Planned ablation zone")
@@ -909,13 +962,16 @@ def _segment_terminology(segmentation_node, segment) -> str:
     s = seg.GetSegment(sid) if sid else None
     if s is None:
         return ""
+    import vtk  # node-side only
+
     tag = vtk.reference("")
     return str(tag) if s.GetTag("TerminologyEntry", tag) else ""
 
 
 def _oriented_box(grid: sitk.Image, box, sub: np.ndarray):
     """vtkOrientedImageData of a box of ``grid`` (extent in the grid's index space)."""
-    import slicer
+    import slicer  # node-side only
+    import vtk
     from vtk.util import numpy_support
 
     oi = slicer.vtkOrientedImageData()

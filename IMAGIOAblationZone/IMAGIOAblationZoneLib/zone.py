@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-import vtk
 
 from imagio import geometry
 from imagio.errors import ImagioError
@@ -153,8 +152,10 @@ class EllipsoidZone:
             arr[k0:k1, j0:j1, i0:i1] = sub
         return geometry.copy_geometry(arr, image)
 
-    def polydata_ras(self, resolution: int = 32) -> vtk.vtkPolyData:
-        """Closed surface of the zone in RAS mm (analytic, cheap)."""
+    def polydata_ras(self, resolution: int = 32):
+        """Closed surface of the zone in RAS mm (analytic, cheap): a ``vtkPolyData``."""
+        import vtk  # only where surfaces are made: the background planning process never loads VTK
+
         sphere = vtk.vtkSphereSource()
         sphere.SetRadius(1.0)
         sphere.SetThetaResolution(resolution)

@@ -90,3 +90,50 @@ def test_the_probe_observer_goes_with_the_scene_and_replan_takes_lines(module):
     assert any(obj is module["line"] for obj, *_ in widget.Observations)  # live update follows the probe line
     slicer.mrmlScene.Clear()
     assert not any(obj is module["line"] for obj, *_ in widget.Observations)
+
+
+def _node_ids(scene) -> set:
+    import slicer
+
+    slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)  # Slicer's singleton, there from the start
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def test_plan_probes_runs_in_a_child_process_and_gives_the_in_process_plan(module):
+    """'Plan probes' is a background job (imagio.jobs): a real child process, Cancel while it runs, no
+    processEvents(); its plan equals the plan computed in this process, and only then are its nodes added."""
+    h, slicer, widget, p = module["h"], module["slicer"], module["widget"], module["p"]
+    ui = widget.ui
+    expected = widget.logic.impl.logic.plan(**widget.logic.impl.plan_request(p))  # the same plan, in-process
+    before = _node_ids(slicer.mrmlScene)
+    calls = slicer.app.processEventsCalls
+    ui.planButton.click()
+    job = widget._job
+    assert job is not None and job.process.poll() is None and ui.planButton.text == "Cancel"
+    assert not ui.applyButton.enabled and not ui.replanButton.enabled  # one step at a time
+    assert _node_ids(slicer.mrmlScene) == before
+    assert h.run_event_loop(until=lambda: not widget.jobRunning, timeout_s=180)
+    assert slicer.app.processEventsCalls == calls and ui.planButton.text == "Plan probes"
+    assert ui.applyButton.enabled and ui.replanButton.enabled
+    got = {n.GetName() for n in (slicer.mrmlScene.GetNodeByID(i) for i in _node_ids(slicer.mrmlScene) - before)}
+    assert {f"Planned probe {n + 1}" for n in range(len(expected.probes))} <= got and "Ablation plan" in got
+    assert len(expected.probes) >= 1 and expected.feasible
+    line = slicer.mrmlScene.GetFirstNodeByName("Planned probe 1")
+    tip = np.array(line.GetNthControlPointPositionWorld(1))
+    assert np.allclose(tip, expected.probes[0].tip_ras, atol=1e-6)  # the child's plan is the in-process plan
+    assert "Warning" not in ui.statusLabel.text and "margin" in widget.logic.lastSummary.lower()
+    assert not job.work.exists()
+
+
+def test_cancelling_the_bioheat_zone_adds_nothing_and_ends_the_process(module):
+    h, slicer, widget, p = module["h"], module["slicer"], module["widget"], module["p"]
+    p.model = "bioheat"
+    before = _node_ids(slicer.mrmlScene)
+    widget.ui.applyButton.click()
+    job = widget._job
+    assert job is not None and widget.ui.applyButton.text == "Cancel"
+    widget.ui.applyButton.click()
+    assert job.process.poll() is not None and not widget.jobRunning
+    h.run_event_loop(timeout_s=0.3)
+    assert _node_ids(slicer.mrmlScene) == before and p.zoneSegmentation is None
+    assert widget.ui.applyButton.text == "Compute zone" and "Cancelled" in widget.ui.statusLabel.text

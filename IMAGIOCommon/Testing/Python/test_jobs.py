@@ -155,7 +155,8 @@ def test_cancel_ends_the_whole_process_group(tmp_path):
 
 
 #: Every module that holds a job function (what the Slicer widgets run in the background).
-JOB_MODULES = ["imagio.jobs", "imagio.testing", "IMAGIOPlanningLib.worker", "IMAGIOLungNavLib.compute"]
+JOB_MODULES = ["imagio.jobs", "imagio.testing", "IMAGIOPlanningLib.worker", "IMAGIOLungNavLib.compute",
+               "IMAGIOAblationZoneLib.jobs"]
 
 
 def test_job_modules_import_no_slicer_vtk_or_qt():
