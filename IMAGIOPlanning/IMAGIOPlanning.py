@@ -10,8 +10,6 @@ import importlib
 import importlib.util
 import logging
 import pathlib
-import shutil
-import sys
 from typing import Annotated
 
 import qt
@@ -31,7 +29,8 @@ try:  # the shared core is put on sys.path by the hidden IMAGIOCommon module
 except ImportError:
     pass
 
-from imagio.slicer_widget import ParameterNodeWidgetMixin
+from imagio.jobs import python_executable
+from imagio.slicer_widget import JobWidgetMixin
 
 KINDS = ["lung-nodule", "liver-tumor", "soft-tissue"]
 
@@ -122,15 +121,11 @@ class IMAGIOPlanningParameterNode:
     radiusMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
 
 
-class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOPlanningWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
-        self._job = None
-        self._jobCt = None
-        self._jobCard = None
-        self._timer = None
         self._cardNote = ""
 
     def setup(self) -> None:
@@ -140,20 +135,10 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOPlanningLogic()
-        self._timer = qt.QTimer()
-        self._timer.setInterval(500)
-        self._timer.connect("timeout()", self._pollJob)
+        self.setupJobs(self.ui.progressBar, self.ui.resultLabel)  # model and seed both run in the background
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self._cancelJob()
-        super().cleanup()
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self._cancelJob()
-        super().onSceneStartClose(caller, event)
 
     def initializeParameterNode(self) -> None:
         """Defaults first, then the GUI: a saved card path that no longer exists (a moved file, or the path
@@ -179,7 +164,7 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
         useModel = p.method == "Model"
         self.ui.modelCollapsibleButton.collapsed = not useModel
         self.ui.seedCollapsibleButton.collapsed = useModel
-        if self._job is not None:
+        if self.jobRunning:
             return  # Apply is Cancel while a job runs
         if useModel:
             cardOk, text = self.logic.describeCard(p.modelCardPath)
@@ -195,27 +180,22 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
         self.ui.applyButton.enabled = ok
         self.ui.applyButton.toolTip = tip
 
-    def _onProgress(self, fraction: float, message: str) -> None:
-        self.ui.progressBar.value = int(100 * fraction)
-        self.ui.progressBar.setFormat(f"{message} (%p%)")
-        slicer.app.processEvents()
-
     def onApplyButton(self) -> None:
-        if self._job is not None:
-            self._cancelJob()
-            self.ui.resultLabel.text = "Cancelled; no segmentation was added."
+        if self.jobRunning:  # the button is "Cancel"
+            self.cancelJob()
             return
         p = self._parameterNode
+        ct = p.ctVolume
         if p.method == "Seed":
             with slicer.util.tryWithErrorDisplay("Seeded segmentation failed.", waitCursor=True):
                 if p.seedPoints.GetNumberOfControlPoints() < 1:
                     raise ValueError("Place a seed point inside the lesion first")
                 point = [0.0, 0.0, 0.0]
                 p.seedPoints.GetNthControlPointPositionWorld(0, point)
-                radius = p.radiusMm if p.radiusMm > 0 else None
-                result = self.logic.segmentFromSeed(p.ctVolume, point, p.lesionKind, radius, self._onProgress,
-                                                    acceptLarge=p.acceptLarge)
-                self._showResult(result)
+                radius, kind = (p.radiusMm if p.radiusMm > 0 else None), p.lesionKind
+                job = self.logic.startSeeded(ct, point, kind, radius, acceptLarge=p.acceptLarge)
+                self.startJob(job, lambda seeded: self._showResult(self.logic.loadSeededResult(ct, seeded, kind, radius)),
+                              button=self.ui.applyButton, what="Seeded segmentation failed")
             return
         ready = False
         with slicer.util.tryWithErrorDisplay("Could not install ONNX Runtime."):
@@ -224,48 +204,10 @@ class IMAGIOPlanningWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidge
         if not ready:
             return
         with slicer.util.tryWithErrorDisplay("Could not start the model.", waitCursor=True):
-            self._job = self.logic.startModelSegmentation(p.ctVolume, p.modelCardPath, p.mirroring,
-                                                          p.largestComponent, force=p.force)
-            self._jobCt = p.ctVolume
-            self._jobCard = p.modelCardPath
-            self.ui.applyButton.text = "Cancel"
-            self.ui.applyButton.toolTip = "Stop the background process"
-            self.ui.applyButton.enabled = True
-            self.ui.resultLabel.text = "Running in a background process; Slicer stays usable."
-            self._timer.start()
-
-    def _pollJob(self) -> None:
-        job = self._job
-        if job is None:
-            self._timer.stop()
-            return
-        status = job.poll()
-        self.ui.progressBar.value = int(100 * status.fraction)
-        self.ui.progressBar.setFormat(f"{status.message} (%p%)")
-        if status.state == "running":
-            return
-        self._timer.stop()
-        self._job = None
-        self.ui.applyButton.text = "Apply"
-        try:
-            if status.state == "done":
-                with slicer.util.tryWithErrorDisplay("Could not load the model's result."):
-                    result = self.logic.loadModelResult(self._jobCt, job, self._jobCard)
-                    self._showResult(result)
-            elif status.state == "failed":
-                slicer.util.errorDisplay(f"Model segmentation failed: {status.message}")
-        finally:
-            job.cleanup()
-            self.onParameterNodeModified()
-
-    def _cancelJob(self) -> None:
-        if self._job is not None:
-            self._timer.stop()
-            self._job.cleanup()  # ends the whole process tree
-            self._job = None
-            self.ui.applyButton.text = "Apply"
-            self.ui.progressBar.value = 0
-            self.onParameterNodeModified()
+            card = p.modelCardPath
+            job = self.logic.startModelSegmentation(ct, card, p.mirroring, p.largestComponent, force=p.force)
+            self.startJob(job, lambda _facts: self._showResult(self.logic.loadModelResult(ct, job, card)),
+                          button=self.ui.applyButton, what="Model segmentation failed")
 
     def _showResult(self, result) -> None:
         self.ui.resultLabel.text = result.summary_text() + "\nCorrect it in the Segment Editor if needed."
@@ -304,12 +246,19 @@ class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def pythonExecutable() -> str:
-        """Slicer's own Python launcher (PythonSlicer), so the worker sees the same packages."""
-        return shutil.which("PythonSlicer") or sys.executable
+        """Slicer's own Python launcher (PythonSlicer), so the worker sees the same packages (imagio.jobs)."""
+        return python_executable()
 
     def startModelSegmentation(self, ctNode, cardPath, mirroring=False, largestComponent=False, force=False):
         """Start the background job (refuses a bad card, or a CT outside its intended use unless ``force``)."""
         return self._session().start_model_segmentation(ctNode, cardPath, mirroring, largestComponent, force)
+
+    def startSeeded(self, ctNode, pointRas, kind: str, radiusMm=None, acceptLarge=False):
+        """Seeded segmentation as a background job (imagio.jobs.Job); then loadSeededResult."""
+        return self._session().start_seeded(ctNode, pointRas, kind, radiusMm, acceptLarge)
+
+    def loadSeededResult(self, ctNode, seeded, kind: str, radiusMm=None):
+        return self._session().load_seeded_result(ctNode, seeded, kind, radiusMm)
 
     def loadModelResult(self, ctNode, job, cardPath):
         return self._session().load_model_result(ctNode, job, cardPath)

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 
 from imagio.errors import ImagioError
 from imagio.io import PALETTE, Segment
+from imagio.jobs import Job
 from imagio.model_card import ModelCard, check_intended_use, find_card_by_name, intended_use_refusal, load_card
 from imagio.mrml import image_from_volume_node, segmentation_node_from_segments
 from imagio.progress import Progress, ensure
@@ -197,10 +198,15 @@ class PlanningLogic:
                           accept_large: bool = False, progress: Progress | None = None) -> PlanningResult:
         _require_image(ct)
         res = segment_from_seed(ct, seed_ras, kind, radius_mm, progress, accept_large=accept_large)
+        return self.result_from_seeded(res, kind, radius_mm is not None)
+
+    @staticmethod
+    def result_from_seeded(res, kind: str, radius_given: bool) -> PlanningResult:
+        """The PlanningResult of a :class:`.seeded.SeededResult` (also one from a background job)."""
         seg_name = SEGMENT_NAMES[kind]
         segment = Segment(seg_name, res.mask, SEEDED_COLORS.get(kind, PALETTE[0]), 1)
         details = {"kind": kind, "seed_ras": [float(v) for v in res.seed_ras], "radius_mm": round(res.radius_mm, 2),
-                   "radius_given": radius_mm is not None,
+                   "radius_given": bool(radius_given),
                    "parameters": {k: (round(float(v), 2) if isinstance(v, float) else v) for k, v in res.info.items()}}
         return PlanningResult([segment], describe([segment]), "seeded", res.runtime_s, None, [], details,
                               list(res.warnings), {seg_name: SEEDED_TERMINOLOGY[kind]})
@@ -295,6 +301,19 @@ class ModuleSession:
                             python_executable=self.python_executable)
         job.warnings = warnings
         return job
+
+    def start_seeded(self, ct_node, point_ras, kind: str, radius_mm=None, accept_large: bool = False):
+        """The seeded segmentation as a background job (imagio.jobs; the CT is read from its node here)."""
+        return Job("IMAGIOPlanningLib.worker.seeded",
+                   {"ct": self.logic._ct_image(ct_node), "seed_ras": [float(v) for v in point_ras], "kind": kind,
+                    "radius_mm": radius_mm, "accept_large": bool(accept_large)},
+                   python=self.python_executable, prefix="imagio-seeded-")
+
+    def load_seeded_result(self, ct_node, seeded, kind: str, radius_mm=None) -> PlanningResult:
+        """The finished job's SeededResult as a new segmentation of ``ct_node``."""
+        res = self.logic.result_from_seeded(seeded, kind, radius_mm is not None)
+        res.add_to_scene(self.scene, ct_node, f"{ct_node.GetName()} {SEGMENT_NAMES[kind]}")
+        return res
 
     def load_model_result(self, ct_node, job, card_path) -> PlanningResult:
         info = job.result()

@@ -1,4 +1,5 @@
-"""The model segmentation that runs in a background process: the job function of :class:`.background.BackgroundJob`.
+"""The Planning steps that run in a background process: the model segmentation (the job function of
+:class:`.background.BackgroundJob`) and the seeded segmentation.
 
 It runs through the core's one job path (:mod:`imagio.jobs`: ``python -m imagio.jobs FOLDER``, inside
 Slicer with Slicer's own Python, ``PythonSlicer``), so that Slicer never freezes. It imports no Slicer
@@ -18,3 +19,11 @@ def segment(ct, card: str, mirroring: str = "card", largest_component: bool = Fa
                       progress=progress)
     return {"labels": res.labels, "execution_provider": res.provider, "runtime_s": res.runtime_s,
             "windows": res.windows}
+
+
+def seeded(ct, seed_ras, kind: str = "lung-nodule", radius_mm: float | None = None, accept_large: bool = False,
+           progress=None):
+    """The seeded segmentation (:func:`.seeded.segment_from_seed`) of ``ct`` at ``seed_ras`` (RAS mm)."""
+    from .seeded import segment_from_seed
+
+    return segment_from_seed(ct, seed_ras, kind, radius_mm, progress, accept_large=accept_large)

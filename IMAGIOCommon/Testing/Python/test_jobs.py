@@ -156,7 +156,7 @@ def test_cancel_ends_the_whole_process_group(tmp_path):
 
 #: Every module that holds a job function (what the Slicer widgets run in the background).
 JOB_MODULES = ["imagio.jobs", "imagio.testing", "IMAGIOPlanningLib.worker", "IMAGIOLungNavLib.compute",
-               "IMAGIOAblationZoneLib.jobs"]
+               "IMAGIOPlanningLib.seeded", "IMAGIOAblationZoneLib.jobs"]
 
 
 def test_job_modules_import_no_slicer_vtk_or_qt():
