@@ -24,10 +24,16 @@ selecting their first item, node selectors following the scene); layout, paintin
 dispatch and PythonQt's type conversions are not modelled (Testing/slicer/README.md lists them).
 Timers fire only inside :meth:`SlicerApp.processEvents` or :meth:`SlicerHarness.run_event_loop`, as
 they would in Qt's event loop. ``slicer.app.processEventsCalls`` counts calls made by module code.
+
+Test time: while a harness runs, ``imagio.phantom.make_phantom`` builds each phantom once per process and
+hands out deep copies (it is deterministic per seed; every module's self-test builds the same seed-0
+phantom, about 5 s of CPU each). A copy is independent: changing it changes no later phantom.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -1459,6 +1465,7 @@ class SlicerHarness:
                        "qSlicerScriptedLoadableModule")},
             "path": list(slicer.__path__),
             "env_path": os.environ.get("PATH", ""),
+            "make_phantom": _install_phantom_cache(),
         }
         sys.modules["qt"], sys.modules["ctk"] = QT_MODULE, CTK_MODULE
         if str(fw) not in slicer.__path__:
@@ -1502,6 +1509,9 @@ class SlicerHarness:
                 setattr(slicer, k, v)
         slicer.__path__[:] = self._saved["path"]
         os.environ["PATH"] = self._saved["env_path"]
+        import imagio.phantom
+
+        imagio.phantom.make_phantom = self._saved["make_phantom"]
         self.app = None
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -1594,6 +1604,34 @@ class SlicerHarness:
 
 
 _MISSING = object()
+#: phantoms built while a harness ran, by their arguments (at most a few: each holds about 150 MB)
+_PHANTOMS: dict = {}
+_PHANTOM_CACHE_SIZE = 2
+
+
+def _install_phantom_cache():
+    """Replace ``imagio.phantom.make_phantom`` by a once-per-arguments build handing out deep copies;
+    returns the original (restored by :meth:`SlicerHarness.stop`)."""
+    import imagio.phantom
+
+    original = imagio.phantom.make_phantom
+    original = getattr(original, "__wrapped__", original)
+
+    @functools.wraps(original)
+    def make_phantom(*args, **kwargs):
+        try:
+            key = (args, tuple(sorted(kwargs.items())))
+            hash(key)
+        except TypeError:  # unhashable arguments (lists): no cache
+            return original(*args, **kwargs)
+        if key not in _PHANTOMS:
+            while len(_PHANTOMS) >= _PHANTOM_CACHE_SIZE:
+                _PHANTOMS.pop(next(iter(_PHANTOMS)))
+            _PHANTOMS[key] = original(*args, **kwargs)
+        return copy.deepcopy(_PHANTOMS[key])
+
+    imagio.phantom.make_phantom = make_phantom
+    return original
 
 
 def _load_framework_util(fw: Path) -> types.ModuleType:

@@ -85,3 +85,29 @@ def test_missing_framework_files_skip_here_and_fail_in_ci(tmp_path, monkeypatch,
     with pytest.raises(expected, match="framework files are not in"):
         SlicerHarness().start()
     assert not getattr(sys.modules.get("qt"), "IMAGIO_STANDIN", False)  # nothing was installed
+
+
+def test_the_harness_builds_a_phantom_once_and_hands_out_independent_copies():
+    import numpy as np
+    import SimpleITK as sitk
+
+    import imagio.phantom
+
+    original = imagio.phantom.make_phantom
+    args = {"seed": 3, "spacing": (4.0, 4.0, 5.0), "size": (72, 52, 56)}  # small: 0.5 s
+    fresh = original(**args)
+    with SlicerHarness():
+        from imagio.phantom import make_phantom  # as the module files import it, inside their tests
+
+        a, b = make_phantom(**args), make_phantom(**args)
+        for ph in (a, b):
+            assert np.array_equal(sitk.GetArrayViewFromImage(ph.ct), sitk.GetArrayViewFromImage(fresh.ct))
+            assert ph.ct.GetDirection() == fresh.ct.GetDirection() and ph.ct.GetOrigin() == fresh.ct.GetOrigin()
+            assert set(ph.segments) == set(fresh.segments)
+            assert np.array_equal(ph.segments["liver"].array(), fresh.segments["liver"].array())
+        a.ct[0, 0, 0] = 3000
+        a.segments["liver"].mask[0, 0, 0] = 1
+        c = make_phantom(**args)
+        assert c.ct[0, 0, 0] == fresh.ct[0, 0, 0] and c.segments["liver"].mask[0, 0, 0] == fresh.segments["liver"].mask[0, 0, 0]
+        assert a.ct is not b.ct
+    assert imagio.phantom.make_phantom is original
