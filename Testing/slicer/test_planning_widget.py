@@ -139,7 +139,7 @@ def _bad_cards(tmp_path: Path) -> dict:
     card["labels"][1] = {k: v for k, v in card["labels"][1].items() if k != "name"}
     bad_label = tmp_path / "bad_label.json"
     bad_label.write_text(json.dumps(card))
-    return {"a folder with a binary .json": (binary, "cannot be read"), "not JSON": (not_json, "not readable JSON"),
+    return {"a folder with a binary .json": (binary, "must hold exactly one model card, found none"), "not JSON": (not_json, "not readable JSON"),
             "no labels": (no_labels, "labels"), "a label without a name": (bad_label, "labels"),
             "missing": (tmp_path / "gone.json", "does not exist")}
 
