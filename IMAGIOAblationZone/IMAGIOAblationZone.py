@@ -28,13 +28,12 @@ from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
 from imagio.slicer_widget import JobWidgetMixin
-from IMAGIOAblationZoneLib.devices import TISSUE_CHOICES, load_library
+from IMAGIOAblationZoneLib.devices import load_library
+from IMAGIOAblationZoneLib.options import Tissue, ZoneModel
 
 #: Device ids of the bundled library (the combo box choices): every device, also those whose settings are all
 #: unsourced (they need "Allow unsourced settings").
 DEVICE_IDS = list(load_library())
-#: "auto": the tissue from the tumour segment's terminology or name, else liver (with a warning).
-TISSUE_IDS = ["auto", *TISSUE_CHOICES]
 
 
 class IMAGIOAblationZone(ScriptedLoadableModule):
@@ -69,11 +68,11 @@ class IMAGIOAblationZoneParameterNode:
     vesselSegmentNames: str = "hepatic_vessels"
     avoidSegmentNames: str = "hepatic_vessels,ribs,lungs"
     probeLine: vtkMRMLMarkupsLineNode
-    tissue: Annotated[str, Choice(TISSUE_IDS)] = "auto"
+    tissue: Tissue = Tissue.AUTO
     deviceId: Annotated[str, Choice(DEVICE_IDS)] = "emprint"
     powerW: Annotated[float, WithinRange(0.0, 300.0)] = 100.0
     timeS: Annotated[float, WithinRange(0.0, 3600.0)] = 600.0
-    model: Annotated[str, Choice(["table", "bioheat"])] = "table"
+    model: ZoneModel = ZoneModel.TABLE
     marginMm: Annotated[float, WithinRange(0.0, 30.0)] = 5.0
     clearanceMm: Annotated[float, WithinRange(0.0, 30.0)] = 3.0
     liveUpdate: bool = True
@@ -143,7 +142,7 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
 
     def onProbeMoved(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        if not p or not p.liveUpdate or p.model != "table" or caller.GetNumberOfControlPoints() < 2 or self.jobRunning:
+        if not p or not p.liveUpdate or p.model is not ZoneModel.TABLE or caller.GetNumberOfControlPoints() < 2 or self.jobRunning:
             return
         try:
             self._zoneModel = self.logic.computeZone(p, self._zoneModel, live=True)
@@ -167,7 +166,7 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Failed to compute the ablation zone.", waitCursor=True):
-            if p.model == "bioheat":  # a simulation of seconds to minutes: in the background
+            if p.model is ZoneModel.BIOHEAT:  # a simulation of seconds to minutes: in the background
                 self.startJob(self.logic.startBioheat(p), self.onZoneDone, button=self.ui.applyButton,
                               what="Bioheat zone failed")
                 return

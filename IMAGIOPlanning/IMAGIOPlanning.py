@@ -15,7 +15,7 @@ from typing import Annotated
 import qt
 import slicer
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -31,8 +31,7 @@ except ImportError:
 
 from imagio.jobs import python_executable
 from imagio.slicer_widget import JobWidgetMixin
-
-KINDS = ["lung-nodule", "liver-tumor", "soft-tissue"]
+from IMAGIOPlanningLib.options import LesionKind, Method
 
 #: what the model needs inside Slicer and Slicer does not bundle (installed only with the user's consent)
 REQUIREMENTS = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
@@ -110,14 +109,14 @@ def _defaultCardPath() -> pathlib.Path:
 @parameterNodeWrapper
 class IMAGIOPlanningParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
-    method: Annotated[str, Choice(["Model", "Seed"])] = "Model"
+    method: Method = Method.MODEL
     modelCardPath: pathlib.Path
     mirroring: bool = False
     largestComponent: bool = False
     force: bool = False
     acceptLarge: bool = False
     seedPoints: vtkMRMLMarkupsFiducialNode
-    lesionKind: Annotated[str, Choice(KINDS)] = "lung-nodule"
+    lesionKind: LesionKind = LesionKind.LUNG_NODULE
     radiusMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
 
 
@@ -161,7 +160,7 @@ class IMAGIOPlanningWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
         p = self._parameterNode
         if p is None:
             return
-        useModel = p.method == "Model"
+        useModel = p.method is Method.MODEL
         self.ui.modelCollapsibleButton.collapsed = not useModel
         self.ui.seedCollapsibleButton.collapsed = useModel
         if self.jobRunning:
@@ -186,13 +185,13 @@ class IMAGIOPlanningWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
             return
         p = self._parameterNode
         ct = p.ctVolume
-        if p.method == "Seed":
+        if p.method is Method.SEED:
             with slicer.util.tryWithErrorDisplay("Seeded segmentation failed.", waitCursor=True):
                 if p.seedPoints.GetNumberOfControlPoints() < 1:
                     raise ValueError("Place a seed point inside the lesion first")
                 point = [0.0, 0.0, 0.0]
                 p.seedPoints.GetNthControlPointPositionWorld(0, point)
-                radius, kind = (p.radiusMm if p.radiusMm > 0 else None), p.lesionKind
+                radius, kind = (p.radiusMm if p.radiusMm > 0 else None), p.lesionKind.value
                 job = self.logic.startSeeded(ct, point, kind, radius, acceptLarge=p.acceptLarge)
                 self.startJob(job, lambda seeded: self._showResult(self.logic.loadSeededResult(ct, seeded, kind, radius)),
                               button=self.ui.applyButton, what="Seeded segmentation failed")

@@ -740,7 +740,7 @@ class ModuleSession:
 
     @staticmethod
     def _tissue(p):
-        return None if p.tissue in (None, "", "auto") else p.tissue
+        return None if p.tissue in (None, "", "auto") else str(p.tissue)
 
     def describe_setting(self, device_id: str, power_w: float, time_s: float, allow_unsourced: bool = False) -> str:
         try:

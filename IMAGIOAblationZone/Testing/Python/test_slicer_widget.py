@@ -34,7 +34,9 @@ def module():
         p = widget.logic.getParameterNode()
         p.referenceVolume, p.segmentation, p.probeLine = ct, seg, line
         p.tumorSegmentName, p.avoidSegmentNames, p.vesselSegmentNames = "liver_tumor", "", ""
-        p.deviceId, p.powerW, p.timeS, p.model, p.tissue = "emprint", 100.0, 600.0, "table", "liver"
+        from IMAGIOAblationZoneLib.options import Tissue, ZoneModel
+
+        p.deviceId, p.powerW, p.timeS, p.model, p.tissue = "emprint", 100.0, 600.0, ZoneModel.TABLE, Tissue.LIVER
         yield {"h": h, "slicer": slicer, "widget": widget, "p": p, "grid": grid, "tumor": tumor, "seg": seg,
                "line": line, "add_table": add_table, "centre": centre}
 
@@ -127,7 +129,9 @@ def test_plan_probes_runs_in_a_child_process_and_gives_the_in_process_plan(modul
 
 def test_cancelling_the_bioheat_zone_adds_nothing_and_ends_the_process(module):
     h, slicer, widget, p = module["h"], module["slicer"], module["widget"], module["p"]
-    p.model = "bioheat"
+    from IMAGIOAblationZoneLib.options import ZoneModel
+
+    p.model = ZoneModel.BIOHEAT
     before = _node_ids(slicer.mrmlScene)
     widget.ui.applyButton.click()
     job = widget._job
@@ -137,3 +141,20 @@ def test_cancelling_the_bioheat_zone_adds_nothing_and_ends_the_process(module):
     h.run_event_loop(timeout_s=0.3)
     assert _node_ids(slicer.mrmlScene) == before and p.zoneSegmentation is None
     assert widget.ui.applyButton.text == "Compute zone" and "Cancelled" in widget.ui.statusLabel.text
+
+
+def test_zone_model_and_tissue_are_enums_in_the_parameter_node_and_the_combo_boxes(module):
+    from IMAGIOAblationZoneLib.devices import TISSUE_CHOICES
+    from IMAGIOAblationZoneLib.options import Tissue, ZoneModel
+
+    widget, p = module["widget"], module["p"]
+    combo = widget.ui.modelComboBox
+    assert [combo.itemText(i) for i in range(combo.count)] == ["table", "bioheat"]
+    tissues = widget.ui.tissueComboBox
+    assert [tissues.itemText(i) for i in range(tissues.count)] == ["auto", *TISSUE_CHOICES]
+    combo.currentIndex = 1  # the user picks "bioheat"
+    assert p.model is ZoneModel.BIOHEAT and p.model == "bioheat"  # an Enum that reads as the CLI's word
+    p.tissue = Tissue.KIDNEY
+    assert tissues.currentText == "kidney" and widget.logic.impl._tissue(p) == "kidney"
+    with pytest.raises((TypeError, ValueError)):  # a plain string is not a valid value of the typed field
+        p.model = "bioheat"

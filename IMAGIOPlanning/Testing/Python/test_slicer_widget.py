@@ -25,12 +25,13 @@ def test_seeded_segmentation_runs_in_a_child_process_and_equals_the_in_process_o
         import slicer
 
         from imagio.mrml import add_fiducials, segments_from_segmentation_node, volume_node_from_image
+        from IMAGIOPlanningLib.options import LesionKind, Method
 
         widget = h.create_widget("IMAGIOPlanning")
         ct = volume_node_from_image(slicer.mrmlScene, ct_image, "CT")
         seeds = add_fiducials(slicer.mrmlScene, "Seed", [centre])
         p = widget._parameterNode
-        p.ctVolume, p.method, p.seedPoints, p.lesionKind, p.radiusMm = ct, "Seed", seeds, "lung-nodule", 0.0
+        p.ctVolume, p.method, p.seedPoints, p.lesionKind, p.radiusMm = ct, Method.SEED, seeds, LesionKind.LUNG_NODULE, 0.0
         expected = widget.logic._session().logic.segment_from_seed(ct_image, centre, "lung-nodule")  # in-process
         slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(slicer.mrmlScene)
         segs_before = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems()
