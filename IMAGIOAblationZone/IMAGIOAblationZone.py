@@ -64,9 +64,9 @@ class IMAGIOAblationZone(ScriptedLoadableModule):
 class IMAGIOAblationZoneParameterNode:
     referenceVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
-    tumorSegmentName: str = "liver_tumor"
-    vesselSegmentNames: str = "hepatic_vessels"
-    avoidSegmentNames: str = "hepatic_vessels,ribs,lungs"
+    tumorSegmentID: str = ""            # segments by ID in ``segmentation`` (segment selectors; no name guessing)
+    vesselSegmentIDs: list[str]
+    avoidSegmentIDs: list[str]
     probeLine: vtkMRMLMarkupsLineNode
     tissue: Tissue = Tissue.AUTO
     deviceId: Annotated[str, Choice(DEVICE_IDS)] = "emprint"
@@ -102,6 +102,9 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.planButton.connect("clicked(bool)", self.onPlanButton)
         self.ui.replanButton.connect("clicked(bool)", self.onReplanButton)
+        self.ui.tumorSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentSelectorsChanged)
+        self.ui.vesselSegmentsSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentSelectorsChanged)
+        self.ui.avoidSegmentsSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentSelectorsChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateSettingInfo)
         self.ui.powerSpinBox.connect("valueChanged(double)", self.updateSettingInfo)
         self.ui.timeSpinBox.connect("valueChanged(double)", self.updateSettingInfo)
@@ -122,6 +125,7 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
+        self.updateSegmentSelectors()
         running = self._jobButton if self.jobRunning else None  # only the running step's button (Cancel) is active
         ready = bool(p and p.probeLine and (p.referenceVolume or p.segmentation))
         self.ui.applyButton.enabled = ready if running is None else running is self.ui.applyButton
@@ -129,6 +133,36 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.replanButton.enabled = bool(p and p.segmentation) and running is None
         self.observeProbe(p.probeLine if p else None)
         self.updateSettingInfo()
+
+    _updatingSelectors = False
+
+    def updateSegmentSelectors(self) -> None:
+        """The segment selectors show the parameter node's segmentation and its chosen segment IDs."""
+        p = self._parameterNode
+        if p is None or self._updatingSelectors:
+            return
+        self._updatingSelectors = True
+        try:
+            for selector in (self.ui.tumorSegmentSelector, self.ui.vesselSegmentsSelector, self.ui.avoidSegmentsSelector):
+                selector.setCurrentNode(p.segmentation)
+            self.ui.tumorSegmentSelector.setCurrentSegmentID(p.tumorSegmentID)
+            self.ui.vesselSegmentsSelector.setSelectedSegmentIDs(list(p.vesselSegmentIDs))
+            self.ui.avoidSegmentsSelector.setSelectedSegmentIDs(list(p.avoidSegmentIDs))
+        finally:
+            self._updatingSelectors = False
+        self.onSegmentSelectorsChanged()  # a selector that dropped or picked a segment writes it back
+
+    def onSegmentSelectorsChanged(self, *args) -> None:
+        """The user's choice in a segment selector -> the parameter node's segment IDs."""
+        p = self._parameterNode
+        if p is None or self._updatingSelectors:
+            return
+        chosen = (self.ui.tumorSegmentSelector.currentSegmentID() or "",
+                  list(self.ui.vesselSegmentsSelector.selectedSegmentIDs()),
+                  list(self.ui.avoidSegmentsSelector.selectedSegmentIDs()))
+        if chosen != (p.tumorSegmentID, list(p.vesselSegmentIDs), list(p.avoidSegmentIDs)):
+            with slicer.util.NodeModify(p.parameterNode):
+                p.tumorSegmentID, p.vesselSegmentIDs, p.avoidSegmentIDs = chosen
 
     def observeProbe(self, lineNode) -> None:
         """Watch the probe line so the table zone follows it while it is dragged."""
@@ -285,7 +319,9 @@ class IMAGIOAblationZoneTest(ScriptedLoadableModuleTest):
         p = logic.getParameterNode()
         p.referenceVolume, p.segmentation, p.probeLine = ct, seg, line
         p.deviceId, p.powerW, p.timeS = "emprint", 100.0, 600.0
-        p.tumorSegmentName, p.avoidSegmentNames = "liver_tumor", "hepatic_vessels,ribs,lungs"
+        ids = seg.GetSegmentation().GetSegmentIdBySegmentName
+        p.tumorSegmentID = ids("liver_tumor")
+        p.avoidSegmentIDs = [ids(n) for n in ("hepatic_vessels", "ribs", "lungs")]
         logic.computeZone(p)
         self.assertTrue(p.zoneSegmentation is not None)
         self.assertIn("tumour", logic.lastSummary)

@@ -715,7 +715,7 @@ class ModuleSession:
     """What the Slicer module's Logic does with its parameter node, on a given scene (no Qt, no global scene).
 
     Reads the module's parameter node (any object with its fields: referenceVolume, segmentation,
-    tumorSegmentName, vesselSegmentNames, avoidSegmentNames, probeLine, tissue, deviceId, powerW, timeS, model,
+    tumorSegmentID, vesselSegmentIDs, avoidSegmentIDs, probeLine, tissue, deviceId, powerW, timeS, model,
     marginMm, clearanceMm, verifyBioheat, allowUnsourced, zoneSegmentation, resultsTable) and calls
     ``AblationZoneLogic``. It keeps the tumour/structure context cached on the segments' *content*
     (``segmentation_stamp``: a Segment Editor edit changes a segment's labelmap, not the segmentation node's
@@ -752,43 +752,66 @@ class ModuleSession:
         return (text + (f" ({s.note})" if s.interpolated else " (table setting)")
                 + (f"; source: {source}" if source else "; NO SOURCE") + f"; measured in {s.tissue}")
 
-    def _segments(self, p, names: str) -> dict:
+    @staticmethod
+    def _ids(p, ids, role: str) -> list[str]:
+        """The chosen segment IDs of ``p.segmentation`` (segments are chosen by ID, never guessed from names)."""
+        ids = [i for i in (ids or []) if i]
+        if ids and not p.segmentation:
+            raise ImagioError(f"No segmentation for the {role}", "Choose the segmentation first")
+        seg = p.segmentation.GetSegmentation() if p.segmentation else None
+        gone = [i for i in ids if seg.GetSegment(i) is None]
+        if gone:
+            raise ImagioError(f"The {role} segment(s) {', '.join(gone)} are not in '{p.segmentation.GetName()}'",
+                              f"Choose the {role} again")
+        return ids
+
+    def _tumor_id(self, p) -> str:
+        if not p.segmentation:
+            raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
+        ids = self._ids(p, [p.tumorSegmentID], "tumour")
+        if not ids:
+            raise ImagioError("No tumour segment chosen", "Choose the tumour segment")
+        return ids[0]
+
+    def _segments(self, p, ids) -> dict:
         from imagio.mrml import segments_from_segmentation_node
 
-        wanted = [n.strip().lower() for n in (names or "").split(",") if n.strip()]
-        if not p.segmentation or not wanted:
+        ids = self._ids(p, ids, "structures to avoid")
+        if not ids:
             return {}
-        segs = segments_from_segmentation_node(p.segmentation, p.referenceVolume)
-        return {s.name: s.mask for s in segs if s.name.lower() in wanted}
+        return {s.name: s.mask for s in segments_from_segmentation_node(p.segmentation, p.referenceVolume, ids)}
 
     def context(self, p):
         """The tumour/structure context; rebuilt when the inputs or the segments' content change."""
         from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
 
         key = (p.referenceVolume.GetID() if p.referenceVolume else None, segmentation_stamp(p.segmentation),
-               p.tumorSegmentName, p.vesselSegmentNames, p.marginMm, p.tissue)
+               p.tumorSegmentID, tuple(p.vesselSegmentIDs or ()), p.marginMm, p.tissue)
         if key == self._context_key:
             return self._context
-        tumor, others, terminology = None, {}, ""
-        vessel_names = {n.strip().lower() for n in (p.vesselSegmentNames or "").split(",") if n.strip()}
+        tumor, others, terminology, tumor_name, vessel_names = None, {}, "", "", set()
         if p.segmentation:
-            for s in segments_from_segmentation_node(p.segmentation, p.referenceVolume):
-                if s.name.lower() == (p.tumorSegmentName or "").strip().lower():
-                    tumor = s.mask
+            tumor_id = self._tumor_id(p)
+            vessel_ids = set(self._ids(p, p.vesselSegmentIDs, "vessel"))
+            seg = p.segmentation.GetSegmentation()
+            all_ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+            for sid, s in zip(all_ids, segments_from_segmentation_node(p.segmentation, p.referenceVolume, all_ids),
+                              strict=True):
+                if sid == tumor_id:
+                    tumor, tumor_name = s.mask, s.name
                 else:
                     others[s.name] = s.mask  # every other segment: its fraction inside the zone is reported
-            if tumor is None:
-                raise ImagioError(f"No segment named '{p.tumorSegmentName}'", "Type the tumour segment's name")
-            terminology = _segment_terminology(p.segmentation, p.tumorSegmentName)
+                    if sid in vessel_ids:
+                        vessel_names.add(s.name)
+            terminology = _segment_terminology(p.segmentation, tumor_id)
         if p.referenceVolume:
             grid = image_from_volume_node(p.referenceVolume)
         elif tumor is not None:
             grid = tumor
         else:
             raise ImagioError("No reference volume or segmentation", "Choose the CT or a segmentation")
-        self._context = self.logic.prepare(grid, tumor, others, p.marginMm, self._tissue(p), p.tumorSegmentName or "",
-                                           terminology)
-        self._vessels = [name for name in others if name.lower() in vessel_names]
+        self._context = self.logic.prepare(grid, tumor, others, p.marginMm, self._tissue(p), tumor_name, terminology)
+        self._vessels = [name for name in others if name in vessel_names]
         self._context_key = key
         return self._context
 
@@ -861,9 +884,9 @@ class ModuleSession:
         if not p.segmentation:
             raise ImagioError("No segmentation", "Choose the segmentation with the tumour")
         self._output_segmentation(p)
-        avoid = [n.strip() for n in (p.avoidSegmentNames or "").split(",") if n.strip()]
-        sinks = [n.strip() for n in (p.vesselSegmentNames or "").split(",") if n.strip()] if p.verifyBioheat else []
-        inputs = self.logic.plan_inputs_nodes(p.referenceVolume, p.segmentation, p.tumorSegmentName, p.deviceId,
+        avoid = self._ids(p, p.avoidSegmentIDs, "structures to avoid")
+        sinks = self._ids(p, p.vesselSegmentIDs, "vessel") if p.verifyBioheat else []
+        inputs = self.logic.plan_inputs_nodes(p.referenceVolume, p.segmentation, self._tumor_id(p), p.deviceId,
                                               avoid_segments=avoid, heat_sink_segments=sinks)
         return {**inputs, "margin_mm": p.marginMm, "clearance_mm": p.clearanceMm, "verify_bioheat": p.verifyBioheat,
                 "tissue": self._tissue(p), "allow_unsourced": p.allowUnsourced}
@@ -898,13 +921,14 @@ class ModuleSession:
         if not line_nodes:
             raise ImagioError("No placed probe", "Check the markups lines of the probes as placed")
         placed = [self.logic.probe_from_line(n) for n in line_nodes]
-        tumor = segments_from_segmentation_node(p.segmentation, p.referenceVolume, [p.tumorSegmentName])[0]
+        tumor_id = self._tumor_id(p)
+        tumor = segments_from_segmentation_node(p.segmentation, p.referenceVolume, [tumor_id])[0]
         grid = image_from_volume_node(p.referenceVolume) if p.referenceVolume else tumor.mask
-        avoid = self._segments(p, p.avoidSegmentNames)
+        avoid = self._segments(p, p.avoidSegmentIDs)
         body = body_from_ct(grid) if p.referenceVolume else None
         res = self.logic.replan(grid, tumor.mask, placed, p.deviceId, p.powerW, p.timeS, p.marginMm, avoid, body,
                                 p.clearanceMm, self._tissue(p), tumor.name,
-                                _segment_terminology(p.segmentation, p.tumorSegmentName), p.allowUnsourced)
+                                _segment_terminology(p.segmentation, tumor_id), p.allowUnsourced)
         nodes = res.add_to_scene(self.scene, p.referenceVolume, "Re-plan")
         self._table(p, nodes["table"])
         self._done(res, res.summary_text().split("\n")[0] + " " + res.reason)

@@ -33,7 +33,8 @@ def module():
         line = add_line(slicer.mrmlScene, "Probe", centre - 90 * u, centre + 11.55 * u)
         p = widget.logic.getParameterNode()
         p.referenceVolume, p.segmentation, p.probeLine = ct, seg, line
-        p.tumorSegmentName, p.avoidSegmentNames, p.vesselSegmentNames = "liver_tumor", "", ""
+        p.tumorSegmentID = seg.GetSegmentation().GetSegmentIdBySegmentName("liver_tumor")
+        p.avoidSegmentIDs, p.vesselSegmentIDs = [], []
         from IMAGIOAblationZoneLib.options import Tissue, ZoneModel
 
         p.deviceId, p.powerW, p.timeS, p.model, p.tissue = "emprint", 100.0, 600.0, ZoneModel.TABLE, Tissue.LIVER
@@ -158,3 +159,34 @@ def test_zone_model_and_tissue_are_enums_in_the_parameter_node_and_the_combo_box
     assert tissues.currentText == "kidney" and widget.logic.impl._tissue(p) == "kidney"
     with pytest.raises((TypeError, ValueError)):  # a plain string is not a valid value of the typed field
         p.model = "bioheat"
+
+
+def test_segments_are_chosen_by_id_in_segment_selectors_with_multi_select(module):
+    """The tumour in a single segment selector, vessels and structures to avoid in multi-select ones: IDs in the
+    parameter node both ways; a renamed segment stays chosen (no names are guessed)."""
+    from IMAGIOAblationZoneLib.logic import write_zone_segment
+
+    slicer, widget, p, seg, grid = module["slicer"], module["widget"], module["p"], module["seg"], module["grid"]
+    ui = widget.ui
+    for name, k in (("vessel A", 4), ("vessel B", 8), ("rib", 30)):
+        arr = np.zeros(module["tumor"].shape, np.uint8)
+        arr[k:k + 2, 5:55, 30:34] = 1
+        write_zone_segment(slicer.mrmlScene, geometry.copy_geometry(arr, grid), seg, name)
+    ids = seg.GetSegmentation().GetSegmentIdBySegmentName
+    widget.updateSegmentSelectors()
+    assert ui.tumorSegmentSelector.currentNode() is seg and ui.tumorSegmentSelector.currentSegmentID() == ids("liver_tumor")
+    ui.vesselSegmentsSelector.setSelectedSegmentIDs([ids("vessel A"), ids("vessel B")])  # the user checks two
+    ui.avoidSegmentsSelector.setSelectedSegmentIDs([ids("rib")])
+    assert list(p.vesselSegmentIDs) == [ids("vessel A"), ids("vessel B")] and list(p.avoidSegmentIDs) == [ids("rib")]
+    p.avoidSegmentIDs = [ids("vessel B"), ids("rib")]  # parameter -> selector
+    assert ui.avoidSegmentsSelector.selectedSegmentIDs() == [ids("vessel B"), ids("rib")]
+    seg.GetSegmentation().GetSegment(ids("liver_tumor")).SetName("GTV (renamed)")
+    widget.logic.computeZone(p)
+    ctx = widget.logic.impl.context(p)
+    assert ctx.tumor_count == int(module["tumor"].sum())  # still the tumour, chosen by its ID
+    assert sorted(widget.logic.impl._vessels) == ["vessel A", "vessel B"]
+    p.tumorSegmentID = "no-such-segment"
+    from imagio.errors import ImagioError
+
+    with pytest.raises(ImagioError, match="not in 'Seg'"):
+        widget.logic.impl.plan_request(p)
