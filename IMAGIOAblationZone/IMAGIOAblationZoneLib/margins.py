@@ -220,10 +220,7 @@ def _cell_distance(tumor: np.ndarray, grid: sitk.Image, reach_mm: float) -> np.n
             i = [slice(None)] * 3
             i[ax] = inner
             lat[tuple(e)] |= lat[tuple(i)]
-    img = sitk.GetImageFromArray(lat.astype(np.uint8))
-    img.SetSpacing([float(h) / 2.0 for h in sp[::-1]])
-    dmap = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    dist = sitk.GetArrayViewFromImage(dmap)[1::2, 1::2, 1::2]  # dmap kept alive while the view is read
+    dist = geometry.signed_distance_mm(lat, [float(h) / 2.0 for h in sp[::-1]])[1::2, 1::2, 1::2]
     out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = np.where(sub, 0.0, np.maximum(dist, 0.0))
     return out
 

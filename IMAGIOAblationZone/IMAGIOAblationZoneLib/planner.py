@@ -149,10 +149,7 @@ class PathChecker:
         self.step = step_mm
         self.body = body
         if avoid is not None and avoid.any():
-            img = sitk.GetImageFromArray(avoid.astype(np.uint8))
-            img.SetSpacing(grid.GetSpacing())
-            self.dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
-                img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)).astype(np.float32)
+            self.dist = geometry.signed_distance_mm(avoid, grid.GetSpacing())
         else:
             self.dist = None
         self.max_len = float(np.linalg.norm(self.size * np.array(grid.GetSpacing())))

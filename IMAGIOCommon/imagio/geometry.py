@@ -195,3 +195,22 @@ def rotation_matrix(axis, angle_deg: float) -> np.ndarray:
     t = np.deg2rad(angle_deg)
     k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
     return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * (k @ k)
+
+
+def signed_distance_mm(mask, spacing_xyz=None) -> np.ndarray:
+    """Signed Euclidean distance (mm) from each voxel to the mask's boundary: negative inside, positive outside.
+
+    The one distance transform of IMAGIO (exact: Maurer's algorithm, SimpleITK's ``SignedMaurerDistanceMap`` with
+    the voxel spacing). ``mask``: a SimpleITK image (its spacing), or a [k, j, i] numpy array with ``spacing_xyz``
+    (mm per voxel along i, j, k). Returns a new float32 numpy array [k, j, i] (a copy, never a view of a
+    temporary image).
+    """
+    if isinstance(mask, sitk.Image):
+        img = sitk.Cast(mask != 0, sitk.sitkUInt8)
+    else:
+        if spacing_xyz is None:
+            raise ValueError("a numpy mask needs spacing_xyz")
+        img = sitk.GetImageFromArray((np.asarray(mask) != 0).astype(np.uint8))
+        img.SetSpacing([float(s) for s in spacing_xyz])
+    dmap = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return sitk.GetArrayFromImage(dmap)

@@ -322,7 +322,7 @@ def lesion_site(lesion, segments=(), ct=None) -> tuple[str, str]:
     import numpy as np
     import SimpleITK as sitk
 
-    from .geometry import same_grid
+    from .geometry import same_grid, signed_distance_mm
 
     named = site_from_name(lesion.name)
     if named is not None:
@@ -337,10 +337,7 @@ def lesion_site(lesion, segments=(), ct=None) -> tuple[str, str]:
     hi = np.minimum(kji.max(axis=0) + pad + 1, np.array(full.shape))
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     arr = full[box]
-    crop = sitk.GetImageFromArray(arr.astype(np.uint8))
-    crop.SetSpacing(lesion.mask.GetSpacing())
-    dmap = sitk.SignedMaurerDistanceMap(crop, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    dist = sitk.GetArrayFromImage(dmap)
+    dist = signed_distance_mm(arr, lesion.mask.GetSpacing())
     shell = (dist > 0) & (dist <= SHELL_MM)
     n_shell = max(int(shell.sum()), 1)
     others = [s for s in _values(segments) if s is not lesion and same_grid(s.mask, lesion.mask)]

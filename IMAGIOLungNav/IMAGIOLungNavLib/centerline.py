@@ -244,8 +244,7 @@ def extract_centerlines(mask: sitk.Image, seed_ras=None, progress: Progress | No
     sp = float(np.mean(m.GetSpacing()))
     arr = sitk.GetArrayFromImage(m)
     # distance (mm) from each airway voxel to the nearest non-airway voxel centre
-    dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
-        m == 0, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+    dist = geometry.signed_distance_mm(m == 0)
     dist[arr == 0] = 0.0
     progress.update(0.15, "Finding connected pieces")
     cc = sitk.RelabelComponent(sitk.ConnectedComponent(m, True), sortByObjectSize=True)
@@ -278,8 +277,7 @@ def extract_centerlines(mask: sitk.Image, seed_ras=None, progress: Progress | No
     seeds = [(seed, main, 0.0)]
     faces = [top_kji]
     if n_comp > 1:
-        d_main = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(
-            main_mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+        d_main = geometry.signed_distance_mm(main_mask)
         # voxels of every piece at once (one pass, however many pieces a ragged mask has)
         flat = np.flatnonzero(comp)
         labs = comp.ravel()[flat]

@@ -158,8 +158,7 @@ def compute_route(ct: sitk.Image | None = None, airway: sitk.Image | None = None
 def _check_in_lungs(lungs: sitk.Image, target_ras, lesion: sitk.Image | None,
                     tol_mm: float = LUNG_TOLERANCE_MM) -> None:
     """ImagioError when the target is not in (or within ``tol_mm`` of) the air-filled lungs."""
-    d = sitk.SignedMaurerDistanceMap(lungs, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    darr = sitk.GetArrayViewFromImage(d)
+    darr = geometry.signed_distance_mm(lungs)
     if lesion is not None:
         les = sitk.GetArrayFromImage(on_reference_grid(lesion, lungs, "lesion segmentation")) > 0
         if not np.any(les):

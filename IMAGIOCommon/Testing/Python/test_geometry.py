@@ -120,3 +120,18 @@ def test_label_map_and_bad_inputs(tmp_path):
     far = oblique_image(origin_ras=(900, 900, 900))
     with pytest.raises(ImagioError, match="outside the image"):
         io.on_reference_grid(segs[0].mask, far)
+
+
+def test_signed_distance_is_exact_on_an_anisotropic_grid():
+    """The one distance transform: a slab on 0.7 x 0.9 x 2.5 mm voxels; distances (mm) known exactly."""
+    arr = np.zeros((12, 10, 8), np.uint8)
+    arr[4:8] = 1  # slab of 4 slices along k (2.5 mm each)
+    ref = oblique_image(size=(8, 10, 12), spacing=(0.7, 0.9, 2.5))
+    as_image = g.signed_distance_mm(g.copy_geometry(arr, ref))
+    as_array = g.signed_distance_mm(arr, (0.7, 0.9, 2.5))
+    assert np.array_equal(as_image, as_array) and as_array.dtype == np.float32
+    column = as_array[:, 5, 4]
+    # outside: to the nearest inside voxel centre; inside: 0 on the boundary voxels, minus the distance to them
+    assert np.allclose(column, [10.0, 7.5, 5.0, 2.5, 0.0, -2.5, -2.5, 0.0, 2.5, 5.0, 7.5, 10.0])
+    with pytest.raises(ValueError):
+        g.signed_distance_mm(arr)
