@@ -61,6 +61,9 @@ def run(args) -> int:
                           "Give both CTs, or use --register none for masks already in one frame")
     pre = read_image(args.pre_ct) if args.pre_ct else None
     post = read_image(args.post_ct) if args.post_ct else None
+    if args.accept_registration and args.register == "none":
+        raise ImagioError("--accept-registration only applies to a registration",
+                          "Use it with --register rigid or deformable")
     if args.organ and args.register == "none":
         raise ImagioError("--organ only restricts a registration", "Use it with --register rigid or deformable")
     organ = _pick(args.organ, args.organ_segment, post, "organ") if args.organ else None
@@ -71,7 +74,8 @@ def run(args) -> int:
     result = logic.assess(tumor, zone, pre, post, register_mode=args.register, threshold_mm=args.threshold_mm,
                           sigma_mm=args.sigma_mm, landmarks_pre_ras=_landmarks(args.landmarks_pre),
                           landmarks_post_ras=_landmarks(args.landmarks_post), n_samples=args.samples,
-                          seed=args.seed, progress=Progress(terminal_progress()), organ=organ)
+                          seed=args.seed, progress=Progress(terminal_progress()), organ=organ,
+                          accept_registration=args.accept_registration)
     if post is not None:
         volume_node_from_image(scene, post, "post-treatment CT")
     logic.add_to_scene(result)
@@ -90,6 +94,15 @@ def run(args) -> int:
           f"sigma {data['sigma_mm']:g} mm), coverage {data['coverage_percent']:.2f} %, "
           f"residual tumour {data['residual_tumor_ml']:.3f} ml, "
           f"P(margin >= {data['threshold_mm']:g} mm) = {100 * data['p_margin_ge_threshold']:.1f} %")
+    reg = data["registration"]
+    if reg["mode"] != "none":
+        t, r = reg["translation_mm"], reg["rotation_deg"]
+        print(f"registration ({reg['mode']}): {reg['status']}, similarity (normalised cross-correlation) "
+              f"{reg['similarity_before']:.3f} before, {reg['similarity_after']:.3f} after; translation "
+              f"{t[0]:.2f}, {t[1]:.2f}, {t[2]:.2f} mm (R, A, S), rotation {r[0]:.2f}, {r[1]:.2f}, {r[2]:.2f} deg"
+              + (f"; landmark error {reg['tre_mm']:.2f} mm" if reg.get("tre_mm") is not None else ""))
+        for failure in reg["qc_failures"]:
+            print(f"warning: registration accepted by the user although {failure}")
     print(f"verdict: {data['verdict_text']}")
     for note in data["notes"]:
         print(f"note: {note}")
@@ -114,6 +127,10 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--organ", help="organ segmentation on the post-treatment CT (e.g. the liver): the registration "
                    "only looks inside it")
     p.add_argument("--organ-segment", help="segment name in the organ file (needed when it holds several)")
+    p.add_argument("--accept-registration", action="store_true",
+                   help="use a registration that fails its quality control (similarity worse than none, diverged, "
+                   "or CTs not showing the same anatomy), which is otherwise refused (exit 2); recorded in "
+                   "margin.json as registration.override")
     p.add_argument("--threshold-mm", type=float, default=5.0, help="margin threshold for the verdict (mm, default 5)")
     p.add_argument("--sigma-mm", type=float, default=None,
                    help="registration/segmentation uncertainty per axis (mm; default: landmark error, else 1.6)")

@@ -21,7 +21,7 @@ from imagio.io import Segment
 from imagio.progress import ensure
 
 from .metrics import MarginMetrics, check_binary, compute_margin
-from .registration import MODES, RegistrationResult, bring_tumor_to_zone, register
+from .registration import MODES, RegistrationResult, bring_tumor_to_zone, register, registration_dict
 from .uncertainty import DEFAULT_SIGMA_MM, MarginUncertainty, margin_uncertainty
 
 CONVENTION = ("Surfaces are the 0.5 iso-surfaces of the trilinearly interpolated masks (crossing half-way between "
@@ -49,10 +49,7 @@ class MarginResult:
     def to_dict(self) -> dict:
         """Every metric, JSON-ready, units in the key names (the contract of margin.json)."""
         m, u = self.metrics, self.uncertainty
-        reg = {"mode": self.registration.mode if self.registration else "none"}
-        if self.registration is not None:
-            reg.update(self.registration.quality)
-            reg["error_estimate_mm"] = self.registration.error_estimate_mm
+        reg = registration_dict(self.registration)  # status, method, similarity, rigid parameters, QC, ROI
         return {
             "minimal_margin_mm": round(m.minimal_margin_mm, 3),
             "coverage_percent": round(m.coverage_percent, 3),
@@ -236,12 +233,16 @@ def check_inputs(tumor, zone, pre_ct, post_ct, register_mode: str, threshold_mm:
 
 
 def register_step(inp: MarginInputs, landmarks_pre_ras=None, landmarks_post_ras=None,
-                  progress=None) -> RegistrationResult | None:
-    """Step 2: the pre- to post-treatment registration (None for mode "none")."""
+                  progress=None, accept_registration: bool = False) -> RegistrationResult | None:
+    """Step 2: the pre- to post-treatment registration (None for mode "none").
+
+    A registration failing its quality control is refused (ImagioError) unless ``accept_registration``.
+    """
     if inp.register_mode == "none":
         return None
     return register(inp.pre_ct, inp.post_ct, inp.register_mode, inp.tumor, inp.zone, landmarks_pre_ras,
-                    landmarks_post_ras, seed=inp.seed, progress=progress, organ_post=inp.organ)
+                    landmarks_post_ras, seed=inp.seed, progress=progress, organ_post=inp.organ,
+                    accept=accept_registration)
 
 
 def align_tumor(inp: MarginInputs, reg: RegistrationResult | None) -> tuple[sitk.Image, list[str]]:
@@ -322,12 +323,14 @@ class MarginLogic:
     def assess(self, tumor, zone, pre_ct: sitk.Image | None = None, post_ct: sitk.Image | None = None,
                register_mode: str = "none", threshold_mm: float = 5.0, sigma_mm: float | None = None,
                landmarks_pre_ras=None, landmarks_post_ras=None, n_samples: int = 400, seed: int = 0,
-               progress=None, organ=None) -> MarginResult:
+               progress=None, organ=None, accept_registration: bool = False) -> MarginResult:
         """Assess the margin of ``tumor`` (on the pre-treatment grid) by ``zone`` (post-treatment grid).
 
         ``tumor``/``zone``: :class:`imagio.io.Segment` or binary SimpleITK images.
         ``register_mode``: "none" (masks share a frame), "rigid" or "deformable" (needs both CTs).
         ``organ``: optional organ segment/mask on the post-treatment CT that restricts the registration.
+        ``accept_registration``: use a registration that fails its quality control (similarity worse,
+        diverged, not the same anatomy) instead of refusing it; recorded in ``registration.override``.
 
         The named steps, each a module-level function: :func:`check_inputs`, :func:`register_step`,
         :func:`align_tumor`, :func:`measure`, :func:`choose_sigma`, :func:`estimate_uncertainty`, :func:`decide`.
@@ -336,7 +339,8 @@ class MarginLogic:
         progress = ensure(progress)
         inp = check_inputs(tumor, zone, pre_ct, post_ct, register_mode, threshold_mm, sigma_mm, n_samples, seed,
                            organ)
-        reg = register_step(inp, landmarks_pre_ras, landmarks_post_ras, progress=progress.sub(0.0, 0.6))
+        reg = register_step(inp, landmarks_pre_ras, landmarks_post_ras, progress=progress.sub(0.0, 0.6),
+                            accept_registration=accept_registration)
         tumor_z, notes = align_tumor(inp, reg)
         metrics, more = measure(tumor_z, inp.zone, inp.threshold_mm, progress=progress.sub(0.6, 0.9))
         notes += more
