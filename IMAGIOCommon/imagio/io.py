@@ -216,9 +216,18 @@ def _label_values(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind in "iu" and arr.size:
         lo, hi = int(arr.min()), int(arr.max())
         if hi - lo < 1 << 20:
-            counts = np.bincount((arr.ravel() - lo).astype(np.int64) if lo else arr.ravel(), minlength=hi - lo + 1)
+            # in chunks: bincount casts its input to int64, 8 bytes per voxel (+580 MB for a 512x512x275 mask)
+            flat = arr.reshape(-1)
+            counts = np.zeros(hi - lo + 1, np.int64)
+            for start in range(0, flat.size, _BINCOUNT_CHUNK):
+                part = flat[start:start + _BINCOUNT_CHUNK].astype(np.int64)
+                counts += np.bincount(part - lo if lo else part, minlength=hi - lo + 1)
             return np.nonzero(counts)[0] + lo
     return np.unique(arr)
+
+
+#: voxels per bincount call in :func:`_label_values` (32 MB of int64 at a time)
+_BINCOUNT_CHUNK = 1 << 22
 
 
 def _label_segments(image: sitk.Image, p: Path) -> list[Segment]:
