@@ -94,6 +94,15 @@ class RegistrationParameters:
     deformable_iterations: int = 40
     deformable_shrink_factors: tuple[int, ...] = (4, 2)
     deformable_smoothing_mm: tuple[float, ...] = (2.0, 1.0)
+    # L-BFGS-B: gradient tolerance (relative) and stored corrections (SimpleITK's example values).
+    lbfgs_tolerance: float = 1e-5
+    lbfgs_corrections: int = 5
+    # the tumour is kept rigid over itself and this shell (mm): the tissue that moves with it.
+    tumor_rigid_shell_mm: float = 5.0
+    # an organ mask with fewer voxels than this in the ROI does not describe the region (a refusal).
+    min_organ_voxels: int = 1000
+    # the zone may fill the ROI; below this share of the ROI left for the metric, the zone is not left out.
+    min_metric_share: float = 0.1
     # Divergence: a tumour displacement beyond this (mm) is not a patient's motion between two CTs of one
     # procedure: breathing moves lower-lobe lung tumours up to about 25 mm (Seppenwoolde et al., IJROBP 2002).
     # The moving CT's ROI is padded by this much, so a larger translation also leaves the ROI.
@@ -356,12 +365,12 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
         organ = _on_grid(sitk.Cast(organ_post > 0, sitk.sitkUInt8), post_ct, fixed_crop)
         organ = sitk.BinaryDilate(organ, [max(1, int(round(params.organ_dilation_mm / s))) for s in fixed.GetSpacing()])
         region = sitk.GetArrayFromImage(organ) > 0
-        if np.count_nonzero(region) < 1000:
+        if np.count_nonzero(region) < params.min_organ_voxels:
             raise ImagioError("The organ mask hardly overlaps the region around the ablation zone",
                               "Give the organ that contains the ablation zone, segmented on the post-treatment CT")
         quality["organ_restricted"] = True
     metric_mask_arr = region & ~(sitk.GetArrayViewFromImage(zone_grown) > 0)
-    if np.count_nonzero(metric_mask_arr) < 0.1 * metric_mask_arr.size:
+    if np.count_nonzero(metric_mask_arr) < params.min_metric_share * metric_mask_arr.size:
         metric_mask_arr = region  # the zone fills the region: use it all rather than almost nothing
     metric_mask = sitk.GetImageFromArray(metric_mask_arr.astype(np.uint8))
     metric_mask.CopyInformation(fixed)
@@ -400,8 +409,9 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
         reg2 = _method(metric_mask, seed, params.deformable_shrink_factors, params.deformable_smoothing_mm,
                        params.deformable_sampling, params)
         n_it2 = params.deformable_iterations
-        reg2.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=n_it2,
-                                  maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=3 * n_it2)
+        reg2.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=params.lbfgs_tolerance, numberOfIterations=n_it2,
+                                  maximumNumberOfCorrections=params.lbfgs_corrections,
+                                  maximumNumberOfFunctionEvaluations=3 * n_it2)
         reg2.SetMovingInitialTransform(rigid)
         reg2.SetInitialTransform(bspline, inPlace=True)
         reg2.AddCommand(sitk.sitkIterationEvent, lambda: progress.update(
@@ -410,7 +420,8 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
         quality["deformable_metric"] = float(reg2.GetMetricValue())
         full = sitk.CompositeTransform([rigid, bspline])
         # keep the tumour rigid: best rigid fit of the deformation over the tumour + 5 mm
-        tumor_grown = sitk.BinaryDilate(tumor_pre, [max(1, int(round(5.0 / s))) for s in tumor_pre.GetSpacing()])
+        tumor_grown = sitk.BinaryDilate(tumor_pre, [max(1, int(round(params.tumor_rigid_shell_mm / s)))
+                                                    for s in tumor_pre.GetSpacing()])
         pre_pts = _points_of(tumor_grown, seed=seed)
         inv = rigid.GetInverse()
         post_pts = np.array([inv.TransformPoint(p) for p in pre_pts])  # tumour region seen in the post frame
