@@ -22,12 +22,22 @@ from imagio.progress import ensure
 
 from .metrics import MarginMetrics, check_binary, compute_margin
 from .registration import MODES, RegistrationResult, bring_tumor_to_zone, register, registration_dict
-from .uncertainty import DEFAULT_SIGMA_MM, MarginUncertainty, margin_uncertainty
+from .uncertainty import (
+    DEFAULT_SIGMA_MM,
+    SEGMENTATION_SIGMA_MM,
+    SEGMENTATION_SOURCE,
+    TRE_SOURCE,
+    MarginUncertainty,
+    margin_uncertainty,
+    sigma_from_tre_rms,
+)
 
-CONVENTION = ("Surfaces are the 0.5 iso-surfaces of the trilinearly interpolated masks (crossing half-way between "
-              "an inside and an outside voxel), sampled on the half-voxel lattice; margins are exact Euclidean "
-              "distances (mm) between those samples, positive inside the zone. Shell r mm: voxels whose centres lie "
-              "within r mm of the tumour voxels (tumour included).")
+CONVENTION = ("Surfaces are sub-voxel surfaces fitted to the binary masks: each mask smoothed by a Gaussian of 2 voxels "
+              "per axis with the smoothing's first-order shrinkage undone, its 0.5 level set as a triangle mesh. "
+              "Margins are point-to-triangle distances (mm) from the tumour surface to the zone surface, positive "
+              "inside the zone, read at the smoothing's scale (area-weighted mean within 2 voxels). Coverage and "
+              "residual tumour: volumes of the same solids. Shell r mm: points within r mm of the tumour solid "
+              "(tumour included).")
 
 
 @dataclass
@@ -45,6 +55,9 @@ class MarginResult:
     zone: sitk.Image
     runtime_s: float
     notes: list[str] = field(default_factory=list)
+    rotation_source: str = "none"
+    segmentation_source: str = SEGMENTATION_SOURCE
+    plan_vs_achieved: object | None = None  # PlanVsAchieved when a planned zone was given
 
     def to_dict(self) -> dict:
         """Every metric, JSON-ready, units in the key names (the contract of margin.json)."""
@@ -65,6 +78,16 @@ class MarginResult:
             "threshold_mm": self.threshold_mm,
             "sigma_mm": u.sigma_mm,
             "sigma_source": self.sigma_source,
+            "uncertainty": {
+                "registration_sigma_mm": u.sigma_mm, "registration_sigma_source": self.sigma_source,
+                "rotation_sigma_deg": u.rotation_sigma_deg, "rotation_source": self.rotation_source,
+                "tumor_boundary_sigma_mm": u.tumor_boundary_sigma_mm,
+                "zone_boundary_sigma_mm": u.zone_boundary_sigma_mm, "segmentation_source": self.segmentation_source,
+                "central_interval_mm": [round(u.central_ci_mm[0], 3), round(u.central_ci_mm[1], 3)],
+                "interval_widened_to_contain_measurement": u.widened,
+                "model": "seeded Monte-Carlo: random rigid misregistration (shift per axis, rotation about the "
+                         "tumour centroid) and random offsets of the tumour and zone boundaries along their normals",
+            },
             "uncertainty_samples": u.n_samples,
             "uncertainty_seed": u.seed,
             "registration_error_comparable_to_margin": self.registration_flag,
@@ -82,6 +105,7 @@ class MarginResult:
             "convention": CONVENTION,
             "notes": self.notes + m.notes,
             "runtime_s": round(self.runtime_s, 3),
+            **({"plan_vs_achieved": self.plan_vs_achieved.to_dict()} if self.plan_vs_achieved is not None else {}),
         }
 
     @property
@@ -125,7 +149,10 @@ class MarginResult:
             ("Median surface margin", m.median_margin_mm, "mm"),
             (f"Tumour surface with margin < {self.threshold_mm:g} mm", m.surface_margin_below_threshold_percent, "%"),
             ("Threshold", self.threshold_mm, "mm"),
-            ("Registration/segmentation sigma", u.sigma_mm, "mm"),
+            ("Registration sigma (per axis)", u.sigma_mm, "mm"),
+            ("Registration rotation sigma (per axis)", u.rotation_sigma_deg, "deg"),
+            ("Tumour boundary sigma", u.tumor_boundary_sigma_mm, "mm"),
+            ("Zone boundary sigma", u.zone_boundary_sigma_mm, "mm"),
         ]
         for name, v in zip(("Thinnest point R", "Thinnest point A", "Thinnest point S"), m.thinnest_point_ras,
                            strict=True):
@@ -144,6 +171,7 @@ class MarginNodes:
     histogram_table: object
     plot_chart: object
     segmentation: object | None = None
+    plan_table: object | None = None
 
 
 def _mask_of(x, role: str) -> sitk.Image:
@@ -283,18 +311,27 @@ def choose_sigma(sigma_mm: float | None, reg: RegistrationResult | None) -> tupl
     if sigma_mm is not None:
         return float(sigma_mm), "given by the user"
     if reg is not None and reg.error_estimate_mm is not None:
-        return float(reg.error_estimate_mm), "landmark registration error (RMS)"
-    return DEFAULT_SIGMA_MM, "default: published mean registration error 1.6 mm, used per axis"
+        return sigma_from_tre_rms(reg.error_estimate_mm), (
+            f"landmark registration error: RMS TRE {reg.error_estimate_mm:.2f} mm / sqrt(3) per axis")
+    return DEFAULT_SIGMA_MM, (f"default: published mean TRE 1.62 mm as a 3D Gaussian error ({DEFAULT_SIGMA_MM:g} mm "
+                              f"per axis); {TRE_SOURCE}")
 
 
 def estimate_uncertainty(metrics: MarginMetrics, threshold_mm: float, sigma: float, n_samples: int,
-                         seed: int) -> tuple[MarginUncertainty, list[str]]:
-    """Step 5b: interval of the margin and P(margin >= threshold) (:mod:`.uncertainty`)."""
-    unc = margin_uncertainty(metrics, threshold_mm, sigma, n_samples=n_samples, seed=seed)
+                         seed: int, rotation_sigma_deg: float = 0.0,
+                         tumor_boundary_sigma_mm: float = SEGMENTATION_SIGMA_MM,
+                         zone_boundary_sigma_mm: float = SEGMENTATION_SIGMA_MM) -> tuple[MarginUncertainty, list[str]]:
+    """Step 5b: interval of the margin (always containing it) and P(margin >= threshold) (:mod:`.uncertainty`)."""
+    unc = margin_uncertainty(metrics, threshold_mm, sigma, n_samples=n_samples, seed=seed,
+                             rotation_sigma_deg=rotation_sigma_deg, tumor_boundary_sigma_mm=tumor_boundary_sigma_mm,
+                             zone_boundary_sigma_mm=zone_boundary_sigma_mm)
     notes = []
-    if metrics.minimal_margin_mm > unc.margin_ci_mm[1]:
-        notes.append(f"The measured margin lies above its 95% interval: a misregistration of {sigma:g} mm in any "
-                     "direction thins the thinnest side, so the measured value is the best case")
+    if unc.widened:
+        side = "above" if metrics.minimal_margin_mm > unc.central_ci_mm[1] else "below"
+        notes.append(f"The measured margin lies {side} the central 95% range of the samples "
+                     f"({unc.central_ci_mm[0]:.2f} to {unc.central_ci_mm[1]:.2f} mm): a misregistration in any "
+                     "direction thins a well-centred zone's thinnest side, so the measurement is the best case; the "
+                     "interval is widened to contain it")
     return unc, notes
 
 
@@ -312,6 +349,18 @@ def decide(metrics: MarginMetrics, unc: MarginUncertainty, threshold_mm: float, 
     return verdict, text, confident, flag, notes
 
 
+def compare_with_plan(metrics: MarginMetrics, tumor_z: sitk.Image, zone: sitk.Image, planned: sitk.Image,
+                      reg: RegistrationResult | None, threshold_mm: float):
+    """Step 7 (optional): the planned zone (pre-treatment frame, moved like the tumour) against the achieved zone."""
+    from .plan_vs_achieved import compare_plan
+
+    planned_z = bring_tumor_to_zone(planned, zone, reg)
+    if not np.any(sitk.GetArrayViewFromImage(planned_z)):
+        raise ImagioError("The planned zone falls outside the ablation-zone image",
+                          "Give the planned zone made on the pre-treatment CT of this patient")
+    return compare_plan(metrics, tumor_z, zone, planned_z, threshold_mm)
+
+
 class MarginLogic:
     """Margin assessment working on ``scene`` (a vtkMRMLScene)."""
 
@@ -323,7 +372,9 @@ class MarginLogic:
     def assess(self, tumor, zone, pre_ct: sitk.Image | None = None, post_ct: sitk.Image | None = None,
                register_mode: str = "none", threshold_mm: float = 5.0, sigma_mm: float | None = None,
                landmarks_pre_ras=None, landmarks_post_ras=None, n_samples: int = 400, seed: int = 0,
-               progress=None, organ=None, accept_registration: bool = False) -> MarginResult:
+               progress=None, organ=None, rotation_sigma_deg: float | None = None,
+               tumor_boundary_sigma_mm: float | None = None, zone_boundary_sigma_mm: float | None = None,
+               planned_zone=None, accept_registration: bool = False) -> MarginResult:
         """Assess the margin of ``tumor`` (on the pre-treatment grid) by ``zone`` (post-treatment grid).
 
         ``tumor``/``zone``: :class:`imagio.io.Segment` or binary SimpleITK images.
@@ -331,28 +382,53 @@ class MarginLogic:
         ``organ``: optional organ segment/mask on the post-treatment CT that restricts the registration.
         ``accept_registration``: use a registration that fails its quality control (similarity worse,
         diverged, not the same anatomy) instead of refusing it; recorded in ``registration.override``.
+        ``planned_zone``: optional planned ablation zone on the pre-treatment CT (IMAGIOAblationZone): adds
+        ``plan_vs_achieved`` (:mod:`.plan_vs_achieved`).
+        Uncertainty: ``sigma_mm`` (registration, per axis; default landmark TRE or the published TRE),
+        ``rotation_sigma_deg`` (default 0), ``tumor_boundary_sigma_mm``/``zone_boundary_sigma_mm`` (default the
+        value measured on the LIDC-0314 readers).
 
         The named steps, each a module-level function: :func:`check_inputs`, :func:`register_step`,
-        :func:`align_tumor`, :func:`measure`, :func:`choose_sigma`, :func:`estimate_uncertainty`, :func:`decide`.
+        :func:`align_tumor`, :func:`measure`, :func:`choose_sigma`, :func:`estimate_uncertainty`, :func:`decide`,
+        :func:`compare_with_plan`.
         """
         t0 = time.perf_counter()
         progress = ensure(progress)
+        for name, v in (("Rotation sigma", rotation_sigma_deg), ("Tumour boundary sigma", tumor_boundary_sigma_mm),
+                        ("Zone boundary sigma", zone_boundary_sigma_mm)):
+            if v is not None and (not np.isfinite(v) or v < 0):
+                raise ImagioError(f"{name} {v} is not valid", "Give 0 or more")
         inp = check_inputs(tumor, zone, pre_ct, post_ct, register_mode, threshold_mm, sigma_mm, n_samples, seed,
                            organ)
+        planned_m = _mask_of(planned_zone, "planned zone") if planned_zone is not None else None
         reg = register_step(inp, landmarks_pre_ras, landmarks_post_ras, progress=progress.sub(0.0, 0.6),
                             accept_registration=accept_registration)
         tumor_z, notes = align_tumor(inp, reg)
-        metrics, more = measure(tumor_z, inp.zone, inp.threshold_mm, progress=progress.sub(0.6, 0.9))
+        metrics, more = measure(tumor_z, inp.zone, inp.threshold_mm, progress=progress.sub(0.6, 0.85))
         notes += more
         sigma, source = choose_sigma(inp.sigma_mm, reg)
-        progress.update(0.92, "Uncertainty")
-        unc, more = estimate_uncertainty(metrics, inp.threshold_mm, sigma, inp.n_samples, inp.seed)
+        if rotation_sigma_deg is not None:
+            rot, rot_source = float(rotation_sigma_deg), "given by the user"
+        else:
+            rot, rot_source = 0.0, ("0: not modelled without landmarks or a given value (the published TRE is "
+                                    "measured at the target and holds the rotation's effect there)")
+        seg_t = SEGMENTATION_SIGMA_MM if tumor_boundary_sigma_mm is None else float(tumor_boundary_sigma_mm)
+        seg_z = SEGMENTATION_SIGMA_MM if zone_boundary_sigma_mm is None else float(zone_boundary_sigma_mm)
+        seg_source = SEGMENTATION_SOURCE if (tumor_boundary_sigma_mm is None and zone_boundary_sigma_mm is None) \
+            else "given by the user" + ("" if tumor_boundary_sigma_mm is not None and zone_boundary_sigma_mm is not None
+                                        else f" (the other: {SEGMENTATION_SOURCE})")
+        progress.update(0.88, "Uncertainty")
+        unc, more = estimate_uncertainty(metrics, inp.threshold_mm, sigma, inp.n_samples, inp.seed, rot, seg_t, seg_z)
         notes += more
         verdict, text, confident, flag, more = decide(metrics, unc, inp.threshold_mm, sigma, reg)
         notes += more
+        pva = None
+        if planned_m is not None:
+            progress.update(0.94, "Plan versus achieved")
+            pva = compare_with_plan(metrics, tumor_z, inp.zone, planned_m, reg, inp.threshold_mm)
         progress.update(1.0, "Margin assessment done")
         return MarginResult(metrics, unc, reg, inp.threshold_mm, source, verdict, text, confident, flag,
-                            tumor_z, inp.zone, time.perf_counter() - t0, notes)
+                            tumor_z, inp.zone, time.perf_counter() - t0, notes, rot_source, seg_source, pva)
 
     def assess_nodes(self, tumor_segmentation_node, tumor_segment_id: str, zone_segmentation_node,
                      zone_segment_id: str, pre_ct_node=None, post_ct_node=None, **kwargs) -> MarginResult:
@@ -381,21 +457,12 @@ class MarginLogic:
 def make_nodes(scene, result: MarginResult, name: str = "Margin", add_segmentation: bool = True) -> MarginNodes:
     """New MRML nodes for ``result`` in ``scene`` (never modifies existing nodes)."""
     import slicer
-    from vtk.util import numpy_support
 
-    from imagio.geometry import ras_to_ijk
-    from imagio.mrml import add_color_map, add_fiducials, add_model, add_table, mask_to_surface_ras
+    from imagio.mrml import add_color_map, add_fiducials, add_model, add_table
 
     m = result.metrics
     thr = result.threshold_mm
-    poly = mask_to_surface_ras(result.tumor_on_zone, smoothing=True)
-    pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
-    # the smoothed surface lies within a voxel of the box surface: sample the field there
-    values = m.field.sample_ijk(ras_to_ijk(result.zone, pts)) if len(pts) else np.zeros(0)
-    arr = numpy_support.numpy_to_vtk(values.astype(np.float32), deep=True)
-    arr.SetName("margin_mm")
-    poly.GetPointData().AddArray(arr)
-    poly.GetPointData().SetActiveScalars("margin_mm")
+    poly = tumour_surface_polydata(result)
     top = max(2.0 * thr, 10.0)
     color = add_color_map(scene, f"{name} colour map (mm)", [
         (-top, 0.5, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.5 * thr, 1.0, 0.55, 0.0), (thr, 1.0, 1.0, 0.0),
@@ -430,4 +497,41 @@ def make_nodes(scene, result: MarginResult, name: str = "Margin", add_segmentati
         seg_node = segmentation_node_from_segments(scene, [
             Segment("tumour (on zone grid)", result.tumor_on_zone, (0.9, 0.2, 0.2), 1),
             Segment("ablation zone", result.zone, (0.2, 0.6, 0.9), 2)], f"{name} masks")
-    return MarginNodes(model, color, thinnest, table, hist_table, chart, seg_node)
+    plan_table = None
+    if result.plan_vs_achieved is not None:
+        plan_table = add_table(scene, f"{name} plan vs achieved (mm, mm2, %)", result.plan_vs_achieved.table_rows())
+    return MarginNodes(model, color, thinnest, table, hist_table, chart, seg_node, plan_table)
+
+
+def tumour_surface_polydata(result: MarginResult):
+    """The tumour surface mesh the margins were measured on (RAS mm) with ``margin_mm`` per point and, with a
+    plan, ``achieved_minus_planned_mm`` and ``planned_margin_mm``."""
+    import vtk
+    from vtk.util import numpy_support
+
+    m = result.metrics
+    poly = vtk.vtkPolyData()
+    pts = vtk.vtkPoints()
+    pts.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(m.surface_ras(result.zone), float), deep=True))
+    poly.SetPoints(pts)
+    cells = vtk.vtkCellArray()
+    tris = np.ascontiguousarray(m.surface_triangles, np.int64)
+    offsets = np.arange(0, 3 * len(tris) + 1, 3, dtype=np.int64)
+    cells.SetData(numpy_support.numpy_to_vtkIdTypeArray(offsets, deep=True),
+                  numpy_support.numpy_to_vtkIdTypeArray(tris.ravel(), deep=True))
+    poly.SetPolys(cells)
+    arrays = {"margin_mm": m.surface_margin_mm}
+    if result.plan_vs_achieved is not None:
+        arrays["achieved_minus_planned_mm"] = result.plan_vs_achieved.achieved_minus_planned_mm
+        arrays["planned_margin_mm"] = result.plan_vs_achieved.planned_margin_mm
+    for key, values in arrays.items():
+        arr = numpy_support.numpy_to_vtk(np.asarray(values, np.float32), deep=True)
+        arr.SetName(key)
+        poly.GetPointData().AddArray(arr)
+    poly.GetPointData().SetActiveScalars("margin_mm")
+    normals = vtk.vtkPolyDataNormals()  # the mesh's own vertices (and their values) are kept: no splitting
+    normals.SetInputData(poly)
+    normals.SplittingOff()
+    normals.ConsistencyOn()
+    normals.Update()
+    return normals.GetOutput()

@@ -1,43 +1,61 @@
-"""Ablation-margin metrics on a region of interest, exact on anisotropic and oblique grids.
+"""Ablation-margin metrics between sub-voxel surfaces fitted to the binary masks (exact on oblique, anisotropic grids).
 
 Convention (what "surface" and "distance" mean here)
 ----------------------------------------------------
-A binary mask's surface is the 0.5 iso-surface of its trilinearly
-interpolated 0/1 values (what marching cubes draws): it crosses the line
-between a voxel inside and a neighbour outside half-way, at their common
-face centre. Everything is done on the *half-voxel lattice* of a region of
-interest: voxel centres, face centres, edge midpoints and corners (index
-step 1/2), where the interpolated mask is the mean of the 1, 2, 4 or 8
-voxels that touch the point (exact multiples of 1/8). The surface samples
-are the lattice points where that mean is exactly 0.5: every face between an
-inside and an outside voxel, plus the edge midpoints and corners on the
-surface. Distances are exact Euclidean distances in millimetres between
-lattice points (a Maurer distance transform with the lattice spacing);
-direction cosines rotate the grid but do not change distances, so the work
-is done in scaled index space. Along a grid line the iso-surface lies
-exactly half-way between voxel centres; between sample points it is not
-resolved finer than the lattice, so a margin read from binary masks is
-known to about half a voxel (the masks themselves carry no finer
-information).
+A binary mask only says which voxel centres lie inside; the continuous
+surface it was drawn from lies somewhere between inside and outside
+centres. Taking the minimum distance between two staircases (or between
+lattice points of two iso-surfaces) is biased low: the MAM is a minimum, and
+a minimum over quantisation noise picks its worst case (-0.5 to -0.9 mm on
+1 mm grids). Here each mask gets a smooth sub-voxel surface first:
+
+1. *smooth*: the 0/1 mask is convolved with a Gaussian of standard deviation
+   ``SMOOTHING_VOXELS`` voxels along each grid axis (sigma_a = 2 h_a, in mm),
+   which averages the staircase over several steps;
+2. *undo the shrinkage*: smoothing moves a curved level set inwards by
+   sum_a (sigma_a^2 / 2) d2f/dx_a2 / |grad f| (heat equation, first order:
+   sigma^2 / R for a sphere of radius R), so the field used is
+   ``G = f - sum_a (sigma_a^2 / 2) d2f/dx_a2`` (the first-order inverse of the
+   smoothing, central differences);
+3. the surface is the 0.5 level set of ``G`` (flying edges, a closed triangle
+   mesh; inside where G >= 0.5).
+
+Distances are point-to-triangle Euclidean distances in millimetres between
+the tumour surface's vertices and the zone surface (in scaled index space:
+direction cosines rotate the grid but do not change distances), signed
+positive inside the zone. The margin map is read at the smoothing's scale:
+each vertex gets the area-weighted mean of the signed distances within
+sigma_max (the largest sigma_a) of it, so that the minimum does not pick the
+sub-voxel noise that is left.
 
 * signed margin at a tumour surface point: distance to the zone surface,
   positive inside the zone, negative outside (uncovered tumour);
 * minimal ablative margin (MAM): the minimum signed margin over the tumour
   surface (negative = the depth by which the tumour sticks out of the zone);
-* coverage: share of tumour voxels (centres) inside the zone, in percent;
-  residual tumour: volume of tumour voxels outside the zone, in ml;
-* shell coverage r mm: share of the voxels whose centres lie within r mm of
-  the tumour (of the union of its voxel boxes; tumour included, 0 mm = the
-  tumour itself) that are inside the zone;
+* tumour volume, residual tumour (ml) and coverage (%): volumes of the
+  solids G_tumour >= 0.5 and G_tumour >= 0.5 > G_zone, integrated on a grid
+  ``SUPERSAMPLE`` times finer per axis (trilinear);
+* shell coverage r mm: share of the points within r mm of the tumour solid
+  (tumour included, 0 mm = the tumour itself) that are inside the zone solid
+  (voxel centres; distances to the voxel centres of the solid);
 * histogram: area-weighted distribution of the signed margin over the tumour
-  surface (face centres, weighted by face area), in percent of tumour surface.
+  surface mesh, in percent of the tumour surface area.
+
+Limits: features smaller than about two voxels (a spike one voxel wide)
+are not in a binary mask at all and are smoothed away; a mask of only a few
+voxels has no surface (refused with the reason).
 
 Everything is computed on the tumour bounding box grown by a cap (by
-default threshold + 10 mm). Signed margins whose magnitude is below the cap
-are exact; if the MAM itself reaches the cap, the cap doubles until it does
-not or the region is the whole image. Outside the image counts as "not
-zone" and "not tumour" (a zone cut by the image edge is not assumed to go
-on). Values beyond the cap are reported clipped to +/- the cap.
+default threshold + 10 mm) and the smoothing's reach. Signed margins whose
+magnitude is below the cap are exact; if the MAM itself reaches the cap, the
+cap doubles until it does not or the region is the whole image. Outside the
+image counts as "not zone" and "not tumour" (a zone cut by the image edge is
+not assumed to go on). Values beyond the cap are reported clipped.
+
+The steps are module-level functions: :func:`check_pair`,
+:func:`region_of_interest`, :func:`fit_surface`, :func:`surface_mesh`,
+:func:`signed_margin`, :func:`solid_volumes`, :func:`shell_coverage`,
+:func:`margin_histogram`, :func:`lattice_field`; :func:`compute_margin` runs them.
 """
 
 from __future__ import annotations
@@ -115,21 +133,25 @@ def _edt(points: np.ndarray, spacing_kji) -> np.ndarray:
 
 @dataclass
 class MarginField:
-    """Signed distance to the zone surface (mm, + inside) on the half-voxel lattice of the ROI."""
+    """Signed distance to the zone solid (mm, + inside) on a regular sub-grid of the ROI (step in voxels)."""
 
-    phi: np.ndarray  # float32 [k, j, i] on the lattice
-    roi_start_ijk: np.ndarray  # voxel index (i, j, k) of lattice point 0 (may be -1: padding)
+    phi: np.ndarray  # float32 [k, j, i]
+    roi_start_ijk: np.ndarray  # voxel index (i, j, k) of phi[0, 0, 0] (may be negative: padding)
     reference: sitk.Image  # grid the indices refer to
     cap_mm: float
+    step_voxels: float = 0.5  # 0.5: the half-voxel lattice; 1: voxel centres
+
+    def to_grid(self, ijk: np.ndarray) -> np.ndarray:
+        """[k, j, i] positions in ``phi`` of continuous voxel indices [i, j, k]."""
+        return ((np.asarray(ijk, float) - self.roi_start_ijk) / self.step_voxels)[:, ::-1]
 
     def lattice_to_ijk(self, lattice_kji: np.ndarray) -> np.ndarray:
-        """Continuous voxel index [i, j, k] of lattice points given as [k, j, i] rows."""
-        return np.asarray(lattice_kji, float)[:, ::-1] / 2.0 + self.roi_start_ijk
+        """Continuous voxel index [i, j, k] of grid points given as [k, j, i] rows."""
+        return np.asarray(lattice_kji, float)[:, ::-1] * self.step_voxels + self.roi_start_ijk
 
     def sample_ijk(self, ijk: np.ndarray) -> np.ndarray:
         """Trilinear value at continuous voxel indices [i, j, k] (clamped to the ROI, clipped to the cap)."""
-        lat = (np.asarray(ijk, float) - self.roi_start_ijk) * 2.0
-        return np.clip(trilinear(self.phi, lat[:, ::-1]), -self.cap_mm, self.cap_mm)
+        return np.clip(trilinear(self.phi, self.to_grid(ijk)), -self.cap_mm, self.cap_mm)
 
     def sample_ras(self, points_ras) -> np.ndarray:
         from imagio.geometry import ras_to_ijk
@@ -158,6 +180,12 @@ def trilinear(volume: np.ndarray, kji: np.ndarray) -> np.ndarray:
     return c0 + (c1 - c0) * fk
 
 
+SMOOTHING_VOXELS = 2.0  # Gaussian sigma per grid axis, in voxels of that axis
+FIT_ITERATIONS = 3
+MAP_VOXELS = 1.25  # the margin map is read as the area-weighted mean within this many voxels
+SUPERSAMPLE = 2  # volume integration: samples per voxel and axis
+
+
 @dataclass
 class MarginMetrics:
     """Margin metrics of one tumour / ablation-zone pair (all lengths mm, volumes ml)."""
@@ -177,10 +205,253 @@ class MarginMetrics:
     surface_margin_below_threshold_percent: float
     cap_mm: float
     exact: bool
-    field: MarginField
-    surface_ijk: np.ndarray  # [i, j, k] continuous indices of tumour surface lattice points
-    surface_margin_mm: np.ndarray
+    field: MarginField  # signed distance to the zone surface on the half-voxel lattice (for shifted samples)
+    surface_ijk: np.ndarray  # [i, j, k] continuous indices of the tumour surface mesh's vertices
+    surface_margin_mm: np.ndarray  # signed margin at each vertex (point-to-triangle, clipped to the cap)
+    surface_triangles: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    surface_area_mm2: np.ndarray = field(default_factory=lambda: np.zeros(0))  # area per vertex (a third of its triangles')
     notes: list[str] = field(default_factory=list)
+    roi_lo_kji: np.ndarray | None = None  # the region the surfaces were fitted on (voxel indices, inclusive)
+    roi_hi_kji: np.ndarray | None = None
+
+    def surface_ras(self, reference: sitk.Image) -> np.ndarray:
+        """The tumour surface vertices in RAS mm."""
+        return ijk_to_ras(reference, self.surface_ijk)
+
+
+@dataclass
+class FittedSurface:
+    """The smooth sub-voxel surface of one mask on a region: the 0.5 level set of ``field`` (float32 [k, j, i])."""
+
+    field: np.ndarray
+    start_ijk: np.ndarray  # voxel index (i, j, k) of field[0, 0, 0] (may be negative: padding beyond the image)
+    spacing_kji: np.ndarray
+
+    def inside(self, ijk: np.ndarray) -> np.ndarray:
+        """Whether continuous voxel indices [i, j, k] lie in the solid (G >= 0.5, trilinear)."""
+        return self.sample(ijk) >= 0.5
+
+    def sample(self, ijk: np.ndarray) -> np.ndarray:
+        return trilinear(self.field, (np.asarray(ijk, float) - self.start_ijk)[:, ::-1])
+
+
+def check_pair(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1: both masks binary, non-empty, on one grid; a valid threshold. Returns their array views."""
+    require_same_grid(tumor, zone, what="tumour mask", reference="ablation-zone mask")
+    t_full = check_binary(tumor, "tumour")
+    z_full = check_binary(zone, "ablation zone")
+    if not np.isfinite(threshold_mm) or threshold_mm < 0:
+        raise ImagioError(f"Margin threshold {threshold_mm} mm is not valid", "Give a threshold of 0 mm or more")
+    return t_full, z_full
+
+
+def smoothing_sigma_mm(spacing_kji: np.ndarray) -> np.ndarray:
+    return SMOOTHING_VOXELS * np.asarray(spacing_kji, float)
+
+
+def map_radius_mm(spacing_kji: np.ndarray) -> float:
+    """Radius (mm) over which the margin map is averaged: MAP_VOXELS of the largest spacing."""
+    return MAP_VOXELS * float(np.max(spacing_kji))
+
+
+def region_of_interest(bbox, shape, spacing_kji: np.ndarray, cap_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: the tumour box grown by the cap and the smoothing's reach (3 sigma), one voxel beyond the image."""
+    lo, hi = bbox
+    pad = np.ceil(cap_mm / spacing_kji).astype(int) + int(np.ceil(3 * SMOOTHING_VOXELS)) + 3
+    return np.maximum(lo - pad, -1 - int(np.ceil(3 * SMOOTHING_VOXELS)) - 2), \
+        np.minimum(hi + pad, np.array(shape) + int(np.ceil(3 * SMOOTHING_VOXELS)) + 1)
+
+
+def _gaussian(a: np.ndarray, spacing_kji: np.ndarray, sigma_mm: np.ndarray) -> np.ndarray:
+    img = sitk.GetImageFromArray(a.astype(np.float32, copy=False))
+    img.SetSpacing([float(v) for v in spacing_kji[::-1]])
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(img, [float(v) for v in sigma_mm[::-1]]))
+
+
+def _partial_volume(g: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
+    """Share of each voxel inside the level set g >= 0.5 (a linear ramp across the voxel's extent along the normal)."""
+    sp = [float(v) for v in spacing_kji]
+    grad = np.gradient(g, *sp)
+    norm = np.sqrt(grad[0] ** 2 + grad[1] ** 2 + grad[2] ** 2)
+    safe = np.maximum(norm, np.float32(1e-6))
+    width = sum(np.abs(grad[a]) / safe * np.float32(sp[a]) for a in range(3))  # voxel extent along the normal
+    signed = (g - np.float32(0.5)) / safe  # mm from the level set (first order)
+    pv = np.clip(np.float32(0.5) + signed / np.maximum(width, np.float32(1e-6)), 0.0, 1.0)
+    far = norm < 1e-4
+    pv[far] = (g[far] >= 0.5)
+    return pv.astype(np.float32)
+
+
+def fit_surface(mask_roi: np.ndarray, spacing_kji: np.ndarray, start_ijk: np.ndarray) -> FittedSurface:
+    """Step 3: a smooth surface whose Gaussian smoothing matches the smoothed mask (sigma_a = SMOOTHING_VOXELS h_a).
+
+    ``f`` = the 0/1 mask smoothed by the Gaussian: the quantisation of the staircase is averaged out, but
+    curved level sets of ``f`` have moved (sigma^2 / R inwards for a sphere of radius R). The surface is the
+    0.5 level set of ``G``, refined so that the smoothed partial-volume image of ``G >= 0.5`` equals ``f``:
+    ``G <- G + (f - smooth(pv(G)))``, ``FIT_ITERATIONS`` times from ``G = f`` (a deconvolution restricted to
+    the surface).
+    """
+    sigma = smoothing_sigma_mm(spacing_kji)
+    f = _gaussian(mask_roi, spacing_kji, sigma)
+    g = f.copy()
+    for _ in range(FIT_ITERATIONS):
+        g += f - _gaussian(_partial_volume(g, spacing_kji), spacing_kji, sigma)
+    return FittedSurface(g, np.asarray(start_ijk, float), np.asarray(spacing_kji, float))
+
+
+def surface_mesh(surface: FittedSurface):
+    """Step 4: the closed triangle mesh of the 0.5 level set, as a vtkPolyData in scaled index space (mm)."""
+    import vtk
+    from vtk.util import numpy_support
+
+    img = vtk.vtkImageData()
+    img.SetDimensions(*surface.field.shape[::-1])
+    img.SetSpacing(*[float(v) for v in surface.spacing_kji[::-1]])
+    img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(surface.field).ravel(), deep=True))
+    fe = vtk.vtkFlyingEdges3D()
+    fe.SetInputData(img)
+    fe.SetValue(0, 0.5)
+    fe.ComputeNormalsOff()
+    fe.ComputeGradientsOff()
+    fe.ComputeScalarsOff()
+    fe.Update()
+    return fe.GetOutput()
+
+
+def mesh_arrays(poly) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, 3) x, y, z mm, triangles (M, 3)) of a triangle mesh."""
+    from vtk.util import numpy_support
+
+    if poly.GetNumberOfPoints() == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+    pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
+    conn = numpy_support.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).astype(np.int64)
+    return pts, conn.reshape(-1, 3)
+
+
+def vertex_areas(pts: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """Area (mm^2) per vertex: a third of each adjacent triangle's area."""
+    a = 0.5 * np.linalg.norm(np.cross(pts[tris[:, 1]] - pts[tris[:, 0]], pts[tris[:, 2]] - pts[tris[:, 0]]), axis=1)
+    out = np.zeros(len(pts))
+    for c in range(3):
+        np.add.at(out, tris[:, c], a / 3.0)
+    return out
+
+
+def distance_to_mesh(poly, points_xyz: np.ndarray) -> np.ndarray:
+    """Unsigned point-to-triangle distance (mm) from each point to the mesh (inf for an empty mesh)."""
+    import vtk
+    from vtk.util import numpy_support
+
+    if poly.GetNumberOfPoints() == 0 or len(points_xyz) == 0:
+        return np.full(len(points_xyz), np.inf)
+    f = vtk.vtkImplicitPolyDataDistance()
+    f.SetInput(poly)
+    out = vtk.vtkDoubleArray()
+    f.FunctionValue(numpy_support.numpy_to_vtk(np.ascontiguousarray(points_xyz, float), deep=True), out)
+    return np.abs(numpy_support.vtk_to_numpy(out))
+
+
+def average_on_surface(points_xyz: np.ndarray, areas: np.ndarray, values: np.ndarray, radius_mm: float
+                       ) -> np.ndarray:
+    """Area-weighted mean of ``values`` over the vertices within ``radius_mm`` of each vertex (the map at that scale)."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(points_xyz)
+    pairs = tree.query_pairs(radius_mm, output_type="ndarray")
+    num = areas * values
+    den = areas.copy()
+    if len(pairs):
+        i, j = pairs[:, 0], pairs[:, 1]
+        n = len(values)
+        num = num + np.bincount(i, areas[j] * values[j], n) + np.bincount(j, areas[i] * values[i], n)
+        den = den + np.bincount(i, areas[j], n) + np.bincount(j, areas[i], n)
+    return num / np.maximum(den, 1e-12)
+
+
+def signed_margin(zone_surface: FittedSurface, zone_poly, points_xyz: np.ndarray) -> np.ndarray:
+    """Step 5: signed distance (mm, + inside the zone solid) from points (scaled index space of the region)."""
+    d = distance_to_mesh(zone_poly, points_xyz)
+    ijk = points_xyz / zone_surface.spacing_kji[::-1] + zone_surface.start_ijk
+    return np.where(zone_surface.inside(ijk), d, -d)
+
+
+def solid_volumes(tumor: FittedSurface, zone: FittedSurface, lo_kji: np.ndarray, hi_kji: np.ndarray
+                  ) -> tuple[float, float]:
+    """Step 6: (tumour volume, residual volume outside the zone) in mm^3, supersampled on the tumour box."""
+    sp = tumor.spacing_kji
+    n = SUPERSAMPLE
+    offs = (np.arange(n) + 0.5) / n - 0.5
+    axes = [np.add.outer(np.arange(lo_kji[a] - 1, hi_kji[a] + 2), offs).ravel() for a in range(3)]
+    cell = float(np.prod(sp)) / n ** 3
+    vol = res = 0.0
+    jj, ii = np.meshgrid(axes[1], axes[2], indexing="ij")
+    for k in axes[0]:  # slab by slab: bounded memory
+        ijk = np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k)], axis=1)
+        t_in = tumor.inside(ijk)
+        if not t_in.any():
+            continue
+        vol += float(np.count_nonzero(t_in)) * cell
+        res += float(np.count_nonzero(~zone.inside(ijk[t_in]))) * cell
+    return vol, res
+
+
+def lattice_field(zone: FittedSurface, lo_kji: np.ndarray, hi_kji: np.ndarray, cap_mm: float,
+                  reference: sitk.Image) -> MarginField:
+    """Step 7: signed distance to the zone solid at the voxel centres of ``lo..hi`` (fast sampling of moved points;
+    callers add each point's sub-voxel correction to the exact value)."""
+    off = (np.asarray(lo_kji) - zone.start_ijk[::-1]).astype(int)
+    n = np.asarray(hi_kji) - np.asarray(lo_kji) + 1
+    zi = zone.field[off[0]:off[0] + n[0], off[1]:off[1] + n[1], off[2]:off[2] + n[2]] >= 0.5
+    if zi.any() and not zi.all():
+        phi = np.where(zi, _edt(~zi, zone.spacing_kji), -_edt(zi, zone.spacing_kji)).astype(np.float32)
+    else:
+        phi = np.full(zi.shape, cap_mm if zi.all() else -cap_mm, np.float32)
+    return MarginField(phi=phi, roi_start_ijk=np.asarray(lo_kji, float)[::-1], reference=reference, cap_mm=cap_mm,
+                       step_voxels=1.0)
+
+
+def refine_linear(a: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of a float [k, j, i] array at its half-voxel lattice points (shape 2n-1)."""
+    out = a.astype(np.float32)
+    for ax in range(3):
+        n = out.shape[ax]
+        shape = list(out.shape)
+        shape[ax] = 2 * n - 1
+        new = np.empty(shape, np.float32)
+        ev = [slice(None)] * 3
+        od = [slice(None)] * 3
+        f = [slice(None)] * 3
+        la = [slice(None)] * 3
+        ev[ax], od[ax], f[ax], la[ax] = slice(0, None, 2), slice(1, None, 2), slice(0, n - 1), slice(1, n)
+        new[tuple(ev)] = out
+        new[tuple(od)] = 0.5 * (out[tuple(f)] + out[tuple(la)])
+        out = new
+    return out
+
+
+def shell_coverage(t_solid: np.ndarray, z_solid: np.ndarray, spacing_kji: np.ndarray) -> dict[str, float]:
+    """Step 8: share (%) of the voxel centres within r mm of the tumour solid that lie in the zone solid."""
+    d_t = _edt(t_solid, spacing_kji)
+    out = {}
+    for r in SHELLS_MM:
+        sel = d_t <= r + 1e-6
+        out[f"{r:g}"] = 100.0 * float(np.count_nonzero(sel & z_solid)) / max(int(np.count_nonzero(sel)), 1)
+    return out
+
+
+def margin_histogram(values: np.ndarray, areas: np.ndarray, threshold_mm: float, bin_mm: float):
+    """Step 9: area-weighted histogram (%), mean, median and the share below the threshold (%)."""
+    lo_edge = np.floor(min(values.min(), 0.0) / bin_mm) * bin_mm
+    hi_edge = np.ceil(max(values.max(), threshold_mm) / bin_mm) * bin_mm + bin_mm
+    edges = np.arange(lo_edge, hi_edge + 0.5 * bin_mm, bin_mm)
+    hist, edges = np.histogram(values, bins=edges, weights=areas)
+    total = float(areas.sum())
+    weights = areas / total
+    order = np.argsort(values)
+    median = float(values[order][min(np.searchsorted(np.cumsum(weights[order]), 0.5), len(values) - 1)])
+    return (edges, 100.0 * hist / total, float(np.sum(values * weights)), median,
+            100.0 * float(areas[values < threshold_mm].sum()) / total)
 
 
 def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,13 +488,8 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
     from imagio.progress import ensure
 
     progress = ensure(progress)
-    require_same_grid(tumor, zone, what="tumour mask", reference="ablation-zone mask")
-    t_full = check_binary(tumor, "tumour")
-    z_full = check_binary(zone, "ablation zone")
-    if not np.isfinite(threshold_mm) or threshold_mm < 0:
-        raise ImagioError(f"Margin threshold {threshold_mm} mm is not valid", "Give a threshold of 0 mm or more")
+    t_full, z_full = check_pair(tumor, zone, threshold_mm)
     spacing_kji = np.array(tumor.GetSpacing(), float)[::-1]
-    voxel_ml = float(np.prod(spacing_kji)) / 1000.0
     cap = float(cap_mm) if cap_mm is not None else float(threshold_mm) + 10.0
     cap = max(cap, max(SHELLS_MM) + 1.0)
     shape = np.array(t_full.shape)
@@ -231,97 +497,66 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
     if t_full[0].any() or t_full[-1].any() or t_full[:, 0].any() or t_full[:, -1].any() \
             or t_full[:, :, 0].any() or t_full[:, :, -1].any():
         notes.append("The tumour touches the image edge; the part outside the image is unknown")
-
     bbox = _bbox(t_full)
-    # the tumour's bounding box holds every tumour voxel: counts there are exact
-    (k0, j0, i0), (k1, j1, i1) = bbox
-    t_box = t_full[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1]
-    n_tumor = int(np.count_nonzero(t_box))
-    n_covered = int(np.count_nonzero((t_box != 0) & (z_full[k0:k1 + 1, j0:j1 + 1, i0:i1 + 1] != 0)))
-    coverage = 100.0 * n_covered / n_tumor
-    residual_ml = (n_tumor - n_covered) * voxel_ml
-
     while True:
         progress.update(0.05, "Cropping the region of interest")
-        lo, hi = _roi_bounds(bbox, shape, spacing_kji, cap)
+        lo, hi = region_of_interest(bbox, shape, spacing_kji, cap)
         whole = bool(np.all(lo <= -1) and np.all(hi >= shape))
-        t = _crop_padded(t_full, lo, hi)
-        z = _crop_padded(z_full, lo, hi)
-        half = spacing_kji / 2.0
-        progress.update(0.15, "Building the half-voxel lattice")
-        zi = refine_mean(z)
-        surf_z = zi == 0.5  # on the zone's iso-surface
-        ti = refine_mean(t)
-        surf_t = ti == 0.5
-        t_any = ti > 0.0  # the closed box union of the tumour voxels (for the shells)
-        del ti
-        progress.update(0.3, "Distance to the ablation-zone surface")
-        if surf_z.any():
-            phi = _edt(surf_z, half).astype(np.float32)
-            phi[zi < 0.5] *= -1.0
-            del zi
-        else:
-            phi = np.full(surf_z.shape, np.inf, np.float32)
-        del surf_z
-        pts = np.argwhere(surf_t)
-        vals = phi[surf_t].astype(float)
+        start_ijk = lo[::-1].astype(float)
+        progress.update(0.15, "Fitting sub-voxel surfaces")
+        t_surf = fit_surface(_crop_padded(t_full, lo, hi), spacing_kji, start_ijk)
+        z_surf = fit_surface(_crop_padded(z_full, lo, hi), spacing_kji, start_ijk)
+        t_poly = surface_mesh(t_surf)
+        pts, tris = mesh_arrays(t_poly)
+        if len(pts) == 0:
+            raise ImagioError(f"The tumour mask ({int(np.count_nonzero(t_full))} voxels) is too small to have a "
+                              "surface at this grid's resolution",
+                              "Check the tumour segment; a tumour needs a few voxels across")
+        progress.update(0.35, "Distance to the ablation-zone surface")
+        z_poly = surface_mesh(z_surf)
+        areas = vertex_areas(pts, tris)
+        # the margin map at the smoothing's scale: the surfaces are only known at that scale, and the minimum
+        # of a map with sub-voxel noise picks its worst case
+        vals = average_on_surface(pts, areas, signed_margin(z_surf, z_poly, pts), map_radius_mm(spacing_kji))
         mam = float(vals.min())
         if abs(mam) < cap or whole:
             break
         cap *= 2.0
         progress.update(0.3, f"Margin beyond {cap / 2:.0f} mm: growing the region to {cap:.0f} mm")
 
-    progress.update(0.6, "Shell coverage")
-    # only voxels within the largest shell matter: crop the lattice to the tumour box + that shell
+    progress.update(0.55, "Volumes and coverage")
+    tumor_mm3, residual_mm3 = solid_volumes(t_surf, z_surf, bbox[0], bbox[1])
+    zone_mm3 = float(np.count_nonzero(z_full)) * float(np.prod(spacing_kji))  # whole zone: voxel count
+    coverage = 100.0 * (1.0 - residual_mm3 / tumor_mm3) if tumor_mm3 > 0 else 0.0
+
+    progress.update(0.65, "Shell coverage")
     s_lo, s_hi = _roi_bounds(bbox, shape, spacing_kji, max(SHELLS_MM))
-    a = 2 * (s_lo - lo)
-    b = 2 * (s_hi - lo) + 1
-    d_t = _edt(t_any[a[0]:b[0], a[1]:b[1], a[2]:b[2]], half)[::2, ::2, ::2]  # mm from voxel centres to the tumour
-    del t_any
-    z_s = z[s_lo[0] - lo[0]:s_hi[0] - lo[0] + 1, s_lo[1] - lo[1]:s_hi[1] - lo[1] + 1,
-            s_lo[2] - lo[2]:s_hi[2] - lo[2] + 1]
-    shells = {}
-    for r in SHELLS_MM:
-        sel = d_t <= r + 1e-6
-        shells[f"{r:g}"] = 100.0 * float(np.count_nonzero(sel & z_s)) / max(int(np.count_nonzero(sel)), 1)
-    del d_t
+    off = s_lo - lo
+    n = s_hi - s_lo + 1
+    sl = tuple(slice(int(off[a]), int(off[a] + n[a])) for a in range(3))
+    shells = shell_coverage(t_surf.field[sl] >= 0.5, z_surf.field[sl] >= 0.5, spacing_kji)
 
     progress.update(0.8, "Thinnest point and histogram")
-    i_min = int(np.argmin(vals))
-    m_field = MarginField(phi=phi, roi_start_ijk=lo[::-1].astype(float), reference=tumor, cap_mm=cap)
-    surface_ijk = m_field.lattice_to_ijk(pts)
-    thinnest_ijk = surface_ijk[i_min]
-    thinnest_ras = ijk_to_ras(tumor, thinnest_ijk)
     clipped = np.clip(vals, -cap, cap)
-
-    # area-weighted histogram over face centres (exactly one odd lattice coordinate)
-    odd = pts % 2 == 1
-    faces = odd.sum(axis=1) == 1
-    face_axis = np.argmax(odd[faces], axis=1)  # axis (k, j, i) the face is normal to
-    areas = np.prod(spacing_kji) / spacing_kji[face_axis]
-    fvals = clipped[faces]
-    lo_edge = np.floor(min(fvals.min(), 0.0) / histogram_bin_mm) * histogram_bin_mm
-    hi_edge = np.ceil(max(fvals.max(), threshold_mm) / histogram_bin_mm) * histogram_bin_mm + histogram_bin_mm
-    edges = np.arange(lo_edge, hi_edge + 0.5 * histogram_bin_mm, histogram_bin_mm)
-    hist, edges = np.histogram(fvals, bins=edges, weights=areas)
-    total_area = float(areas.sum())
-    hist_pct = 100.0 * hist / total_area
-    below = 100.0 * float(areas[fvals < threshold_mm].sum()) / total_area
-    weights = areas / total_area
-    order = np.argsort(fvals)
-    cum = np.cumsum(weights[order])
-    median = float(fvals[order][np.searchsorted(cum, 0.5)])
+    surface_ijk = pts / spacing_kji[::-1] + start_ijk
+    edges, hist_pct, mean, median, below = margin_histogram(clipped, areas, threshold_mm, histogram_bin_mm)
+    i_min = int(np.argmin(vals))
+    f_lo, f_hi = _roi_bounds(bbox, shape, spacing_kji, 12.0)  # where moved points are sampled (shifts of ~3 sigma)
+    m_field = lattice_field(z_surf, np.maximum(f_lo, lo), np.minimum(f_hi, hi), cap, tumor)
+    if np.array_equal(t_full, z_full):
+        notes.append("The ablation zone is identical to the tumour: the margin is 0 mm. Check that the zone segment "
+                     "is the post-treatment ablation zone, not the tumour")
     progress.update(1.0, "Margin metrics done")
     return MarginMetrics(
         minimal_margin_mm=float(np.clip(mam, -cap, cap)),
-        coverage_percent=coverage,
+        coverage_percent=float(np.clip(coverage, 0.0, 100.0)),
         shell_coverage_percent=shells,
-        residual_tumor_ml=residual_ml,
-        tumor_volume_ml=n_tumor * voxel_ml,
-        zone_volume_ml=float(np.count_nonzero(z_full)) * voxel_ml,
-        thinnest_point_ras=thinnest_ras,
-        thinnest_point_ijk=thinnest_ijk,
-        mean_margin_mm=float(np.sum(fvals * weights)),
+        residual_tumor_ml=residual_mm3 / 1000.0,
+        tumor_volume_ml=tumor_mm3 / 1000.0,
+        zone_volume_ml=zone_mm3 / 1000.0,
+        thinnest_point_ras=ijk_to_ras(tumor, surface_ijk[i_min]),
+        thinnest_point_ijk=surface_ijk[i_min],
+        mean_margin_mm=mean,
         median_margin_mm=median,
         histogram_edges_mm=edges,
         histogram_area_percent=hist_pct,
@@ -331,5 +566,26 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
         field=m_field,
         surface_ijk=surface_ijk,
         surface_margin_mm=clipped,
+        surface_triangles=tris,
+        surface_area_mm2=areas,
         notes=notes,
+        roi_lo_kji=lo,
+        roi_hi_kji=hi,
     )
+
+
+def margin_map_to(metrics: MarginMetrics, other_zone: sitk.Image) -> np.ndarray:
+    """The signed margin (mm) of the same tumour surface vertices to another zone mask on the same grid.
+
+    Same surfaces, region and scale as :func:`compute_margin` (for a plan against the achieved zone).
+    """
+    require_same_grid(metrics.field.reference, other_zone, what="zone mask", reference="tumour mask")
+    z_full = check_binary(other_zone, "planned zone")
+    spacing_kji = np.array(other_zone.GetSpacing(), float)[::-1]
+    lo, hi = metrics.roi_lo_kji, metrics.roi_hi_kji
+    start_ijk = lo[::-1].astype(float)
+    z_surf = fit_surface(_crop_padded(z_full, lo, hi), spacing_kji, start_ijk)
+    pts = (metrics.surface_ijk - start_ijk) * spacing_kji[::-1]
+    vals = signed_margin(z_surf, surface_mesh(z_surf), pts)
+    vals = average_on_surface(pts, metrics.surface_area_mm2, vals, map_radius_mm(spacing_kji))
+    return np.clip(vals, -metrics.cap_mm, metrics.cap_mm)

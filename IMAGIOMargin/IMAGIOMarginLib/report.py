@@ -20,20 +20,11 @@ def verdict(data: dict) -> tuple[str, str]:
 
 
 def margin_surface(result):
-    """The tumour surface (RAS) with its per-point ``margin_mm`` (as the scene's margin model)."""
-    from vtk.util import numpy_support
+    """The tumour surface (RAS) the margins were measured on, with its per-point ``margin_mm`` (as the scene's model)."""
+    from .logic import tumour_surface_polydata
 
-    from imagio.geometry import ras_to_ijk
-    from imagio.mrml import mask_to_surface_ras
-    from imagio.report import crop_to_mask
-
-    poly = mask_to_surface_ras(crop_to_mask(result.tumor_on_zone), smoothing=True)  # the same surface, on its box
-    pts = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
-    values = result.metrics.field.sample_ijk(ras_to_ijk(result.zone, pts)) if len(pts) else np.zeros(0)
-    arr = numpy_support.numpy_to_vtk(values.astype(np.float32), deep=True)
-    arr.SetName("margin_mm")
-    poly.GetPointData().AddArray(arr)
-    return poly, values
+    poly = tumour_surface_polydata(result)
+    return poly, np.asarray(result.metrics.surface_margin_mm, float)
 
 
 def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
@@ -94,9 +85,16 @@ def tables(result) -> list:
 
     m = result.metrics
     centres = 0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:])
-    return [Table("margin_histogram", [{"margin_mm": round(float(c), 3), "surface_area_percent": round(float(v), 4)}
-                                       for c, v in zip(centres, m.histogram_area_percent, strict=True)],
-                  "Margin histogram (share of the tumour surface per bin)")]
+    out = [Table("margin_histogram", [{"margin_mm": round(float(c), 3), "surface_area_percent": round(float(v), 4)}
+                                      for c, v in zip(centres, m.histogram_area_percent, strict=True)],
+                 "Margin histogram (share of the tumour surface per bin)")]
+    if getattr(result, "plan_vs_achieved", None) is not None:
+        pva = result.plan_vs_achieved
+        out.append(Table("plan_vs_achieved", pva.table_rows(),
+                         f"Plan versus achieved per tumour-surface sector (mm, mm2, %): planned but not ablated "
+                         f"{pva.planned_not_ablated_ml:.2f} ml; tumour surface short of the plan by more than 0.5 mm: "
+                         f"{pva.shortfall_percent:.1f} %"))
+    return out
 
 
 def build_report(result, data: dict | None = None, ct=None, inputs: dict | None = None):
@@ -106,7 +104,12 @@ def build_report(result, data: dict | None = None, ct=None, inputs: dict | None 
     data = data if data is not None else result.to_dict()
     return step_report(
         "IMAGIO margin assessment", verdict(data), metrics(result), figures(result, ct), tables(result),
-        notes=[f"Sigma {data['sigma_mm']:g} mm ({data['sigma_source']}).", data["convention"], *data.get("notes", [])],
+        notes=[f"Registration sigma {data['sigma_mm']:g} mm per axis ({data['sigma_source']}).",
+               f"Rotation sigma {data['uncertainty']['rotation_sigma_deg']:g} deg "
+               f"({data['uncertainty']['rotation_source']}).",
+               f"Boundary sigma: tumour {data['uncertainty']['tumor_boundary_sigma_mm']:g} mm, zone "
+               f"{data['uncertainty']['zone_boundary_sigma_mm']:g} mm ({data['uncertainty']['segmentation_source']}).",
+               data["convention"], *data.get("notes", [])],
         inputs=inputs, subtitle="Minimal ablative margin, coverage and residual tumour of a tumour by an ablation "
                                 "zone")
 
