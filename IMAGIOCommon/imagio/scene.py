@@ -1,14 +1,17 @@
 """Scene access: the one place that decides which vtkMRMLScene the Logic works on.
 
-Inside the Slicer application ``get_scene()`` returns ``slicer.mrmlScene``;
-outside (slicer-core wheel) it makes a new scene with what Slicer's module
-logics would have registered: the segmentation converter rules and the
-markups JSON storage node.
+A Logic is given its scene. Outside the Slicer application (slicer-core wheel)
+``get_scene()`` without one makes a new scene with what Slicer's module logics
+would have registered: the segmentation converter rules and the markups JSON
+storage node; inside Slicer no scene is an error (never ``slicer.mrmlScene``
+quietly).
 """
 
 from __future__ import annotations
 
 import slicer
+
+from .errors import ImagioError
 
 _converters_registered = False
 
@@ -44,10 +47,15 @@ def new_scene():
 
 
 def get_scene(scene=None):
-    """``scene`` if given; ``slicer.mrmlScene`` inside Slicer; else a new scene."""
+    """``scene`` if given; outside the Slicer application a new scene when none is given.
+
+    Inside Slicer a Logic is always given its scene (the module's adapter passes ``slicer.mrmlScene``): no
+    scene there is an error, never a quiet fallback to the application's global scene.
+    """
     if scene is not None:
         ensure_converters()
         return scene
     if in_slicer_app():
-        return slicer.mrmlScene
+        raise ImagioError("No MRML scene was given to the Logic",
+                          "Pass the scene explicitly, e.g. XLogic(slicer.mrmlScene); a Logic never uses a global scene")
     return new_scene()

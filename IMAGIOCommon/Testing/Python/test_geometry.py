@@ -135,3 +135,22 @@ def test_signed_distance_is_exact_on_an_anisotropic_grid():
     assert np.allclose(column, [10.0, 7.5, 5.0, 2.5, 0.0, -2.5, -2.5, 0.0, 2.5, 5.0, 7.5, 10.0])
     with pytest.raises(ValueError):
         g.signed_distance_mm(arr)
+
+
+def test_get_scene_never_falls_back_to_slicers_global_scene():
+    from imagio.errors import ImagioError
+    from imagio.scene import get_scene
+    from imagio.testing_slicer import SlicerHarness
+
+    outside = get_scene(None)
+    assert outside.IsA("vtkMRMLScene") and get_scene(outside) is outside  # outside Slicer: a new, private scene
+    with SlicerHarness():
+        import slicer
+
+        assert get_scene(slicer.mrmlScene) is slicer.mrmlScene
+        with pytest.raises(ImagioError, match="No MRML scene was given"):
+            get_scene(None)
+        from IMAGIOLungNavLib.logic import LungNavLogic
+
+        with pytest.raises(ImagioError, match="never uses a global scene"):
+            LungNavLogic()
