@@ -342,7 +342,8 @@ def markdown(results: dict) -> str:
             sp = " x ".join(f"{v:g}" for v in r["model_spacing_kji_mm"])
             isp = " x ".join(f"{v:g}" for v in r["image_spacing_kji_mm"])
             kind = ", region-based" if r["region_based"] else ""
-            dice = ", ".join(f"{v:.5f}" for v in r["dice_per_class"].values())
+            dice = ", ".join("empty in both" if r["voxels_per_class_nnunet"][c] == 0 and v == 1.0 else f"{v:.6f}"
+                             for c, v in r["dice_per_class"].items())
             counts = ", ".join(str(v) for v in r["voxels_per_class_nnunet"].values())
             ood = "; ".join(r.get("outside_intended_use") or []) or "-"
             out.append(f"| {r['model']} ({sp}, fold {'+'.join(r['folds'])}{kind}) | {r['case'].split(' (')[0]} "
@@ -350,7 +351,7 @@ def markdown(results: dict) -> str:
         out.append("")
     rows = list(results.get("speed") or []) + ([results["large"]] if results.get("large") else [])
     if rows:
-        out += ["| case | nnU-Net process s (best / median) | IMAGIO OpenVINO s | IMAGIO onnxruntime s | "
+        out += ["| case | nnU-Net process s (best / median) | IMAGIO OpenVINO s (best / median) | IMAGIO onnxruntime s (best / median) | "
                 "time ratio nnU-Net / OpenVINO (best, median) | / onnxruntime | peak MB nnU-Net / OpenVINO / "
                 "onnxruntime | memory ratio OpenVINO / nnU-Net | Dice OpenVINO vs nnU-Net |",
                 "|---|---|---|---|---|---|---|---|---|"]
@@ -365,17 +366,20 @@ def markdown(results: dict) -> str:
                 f"{r['time_ratio_nnunet_over_onnxruntime']:.2f}, {r['time_ratio_median_nnunet_over_onnxruntime']:.2f} | "
                 f"{nn['peak_rss_mb']:.0f} / {ov['peak_rss_mb']:.0f} / {ort['peak_rss_mb']:.0f} | "
                 f"{r['memory_ratio_openvino_over_nnunet']:.2f} | "
-                f"{', '.join(f'{v:.5f}' for v in ov['dice_per_class'].values())} |")
-        out += ["", "Where the time goes (seconds inside the prediction of the fastest run; the rest of the process "
-                "time is start-up, imports, model loading, reading and writing):", "",
-                "| case | predictor | predict s | preprocess s | network s | window aggregation s | "
-                "logits to labels s |", "|---|---|---|---|---|---|---|"]
+                f"{', '.join(f'{v:.6f}' for v in ov['dice_per_class'].values())} |")
+        out += ["", "Where the time goes (seconds, in the fastest run by process time: its whole process, the "
+                "prediction, and the prediction's steps; the rest of the process time is start-up, imports, model "
+                "loading, reading and writing):", "",
+                "| case | predictor | process s | predict s | preprocess s | network s | window aggregation s | "
+                "logits to labels s | start-up, reading, writing s |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             for k in ("nnunet", "openvino", "onnxruntime"):
                 ts = r[k].get("timings_s_of_best") or {}
+                predict = sum(ts.values())
                 cells = " | ".join(f"{ts.get(n, float('nan')):.1f}" for n in
                                    ("preprocess_s", "network_s", "window_aggregation_s", "logits_to_labels_s"))
-                out.append(f"| {r['case'].split(' (')[0]} | {k} | {r[k]['predict_s_best']:.1f} | {cells} |")
+                out.append(f"| {r['case'].split(' (')[0]} | {k} | {r[k]['process_s_best']:.1f} | {predict:.1f} | "
+                           f"{cells} | {r[k]['process_s_best'] - predict:.1f} |")
     return "\n".join(out) + "\n"
 
 
