@@ -11,7 +11,7 @@ A job is a dotted function name and its keyword arguments::
     result = job.result()                        # the function's return value, rebuilt in this process
 
 The arguments and the return value may be numbers, strings, lists, dicts, ``Path``s, numpy arrays,
-SimpleITK images, Enums and dataclasses of IMAGIO's packages (a ``Segment``, a typed result): they are
+SimpleITK images and transforms, Enums and dataclasses of IMAGIO's packages (a ``Segment``, a typed result): they are
 written into the job's private temporary folder as JSON plus ``.npy`` files (an image's geometry exact in
 the JSON) and rebuilt on the other side (:func:`encode`, :func:`decode`). Nothing is ever unpickled.
 
@@ -117,6 +117,10 @@ def _encode(obj, w: _Writer):
         return {"__image__": path.name, "vector": obj.GetNumberOfComponentsPerPixel() > 1,
                 "origin": list(obj.GetOrigin()), "spacing": list(obj.GetSpacing()),
                 "direction": list(obj.GetDirection())}
+    if sitk is not None and isinstance(obj, sitk.Transform):  # ITK's text transform file: parameters exact
+        path = w.file(".tfm")
+        sitk.WriteTransform(obj, str(path))
+        return {"__transform__": path.name}
     if isinstance(obj, enum.Enum):
         return {"__enum__": _dotted(type(obj)), "value": _encode(obj.value, w)}
     if isinstance(obj, Path):
@@ -167,6 +171,11 @@ def decode(tree, folder):
             image.SetSpacing(t["spacing"])
             image.SetDirection(t["direction"])
             return image
+        if "__transform__" in t:
+            import SimpleITK as sitk
+
+            transform = sitk.ReadTransform(str(file(t["__transform__"])))
+            return transform.Downcast() if type(transform) is sitk.Transform else transform
         if "__enum__" in t:
             return _resolve(t["__enum__"])(dec(t["value"]))
         if "__path__" in t:

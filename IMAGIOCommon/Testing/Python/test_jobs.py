@@ -60,6 +60,14 @@ def test_codec_rebuilds_images_arrays_segments_and_enums(tmp_path):
     rgb = sitk.Compose([mask, mask, mask])
     back = jobs.decode(jobs.encode(rgb, tmp_path / "v"), tmp_path / "v")
     assert back.GetNumberOfComponentsPerPixel() == 3 and back.GetSize() == rgb.GetSize()
+    rigid = sitk.Euler3DTransform((1.1, 2.2, 3.3), 0.1234567891234, 0.2, 0.3, (1.23456789, 2.0, 3.0))
+    spline = sitk.BSplineTransformInitializer(img, [3, 3, 3])
+    spline.SetParameters(np.random.default_rng(0).normal(0, 1.0, len(spline.GetParameters())).tolist())
+    both = jobs.decode(json.loads(json.dumps(jobs.encode({"r": rigid, "c": sitk.CompositeTransform([rigid, spline])},
+                                                         tmp_path / "t"))), tmp_path / "t")
+    assert isinstance(both["r"], sitk.Euler3DTransform) and both["r"].GetParameters() == rigid.GetParameters()
+    for q in [(0.5, 1.5, 2.5), (-3.1, 4.4, 9.9)]:  # the same mapping, exactly
+        assert both["c"].TransformPoint(q) == sitk.CompositeTransform([rigid, spline]).TransformPoint(q)
 
 
 def test_codec_refuses_foreign_types_and_files_outside_the_job(tmp_path):
@@ -156,7 +164,7 @@ def test_cancel_ends_the_whole_process_group(tmp_path):
 
 #: Every module that holds a job function (what the Slicer widgets run in the background).
 JOB_MODULES = ["imagio.jobs", "imagio.testing", "IMAGIOPlanningLib.worker", "IMAGIOLungNavLib.compute",
-               "IMAGIOPlanningLib.seeded", "IMAGIOAblationZoneLib.jobs"]
+               "IMAGIOPlanningLib.seeded", "IMAGIOAblationZoneLib.jobs", "IMAGIOMarginLib.jobs"]
 
 
 def test_job_modules_import_no_slicer_vtk_or_qt():
