@@ -20,7 +20,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import ParameterNodeWidgetMixin
+from imagio.slicer_widget import JobWidgetMixin
 
 
 class IMAGIOMargin(ScriptedLoadableModule):
@@ -60,7 +60,7 @@ class IMAGIOMarginParameterNode:
     resultsTable: vtkMRMLTableNode
 
 
-class IMAGIOMarginWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOMarginWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -75,23 +75,36 @@ class IMAGIOMarginWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget,
         self.logic = IMAGIOMarginLogic()
         for mode in ("none", "rigid", "deformable"):
             self.ui.registrationComboBox.addItem(mode)
+        self.setupJobs(self.ui.progressBar, self.ui.statusLabel)  # registration runs in a background process
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
+        if self.jobRunning:
+            return  # Apply is Cancel while the registration runs
         ready = bool(p and p.tumorSegmentation and p.zoneSegmentation)
         if ready and p.registration != "none":
             ready = bool(p.preCT and p.postCT)
         self.ui.applyButton.enabled = ready
 
     def onApplyButton(self) -> None:
+        if self.jobRunning:  # the button is "Cancel"
+            self.cancelJob()
+            return
+        p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Failed to assess the ablation margin.", waitCursor=True):
-            result, nodes = self.logic.process(self._parameterNode)
-            self.ui.statusLabel.text = self.logic.lastSummary
-            self.ui.resultsTableView.setMRMLTableNode(nodes.table)
-            self.logic.showHistogram(nodes.plot_chart)
+            if p.registration != "none":  # registration: seconds to minutes, in a background process
+                self.startJob(self.logic.startProcess(p), lambda result: self.showNodes(self.logic.addResult(p, result)),
+                              button=self.ui.applyButton, what="Margin assessment failed")
+                return
+            self.showNodes(self.logic.process(p)[1])
+
+    def showNodes(self, nodes) -> None:
+        self.ui.statusLabel.text = self.logic.lastSummary
+        self.ui.resultsTableView.setMRMLTableNode(nodes.table)
+        self.logic.showHistogram(nodes.plot_chart)
 
 
 class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
@@ -107,34 +120,23 @@ class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return IMAGIOMarginParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def segmentId(segmentationNode, name: str) -> str:
-        """ID of the segment called ``name`` (or the first segment when empty)."""
-        from imagio.errors import ImagioError
-
-        seg = segmentationNode.GetSegmentation()
-        if seg.GetNumberOfSegments() == 0:
-            raise ImagioError(f"'{segmentationNode.GetName()}' has no segments", "Choose a segmentation with segments")
-        if not name:
-            return seg.GetNthSegmentID(0)
-        sid = seg.GetSegmentIdBySegmentName(name)
-        if not sid:
-            names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
-            raise ImagioError(f"No segment named '{name}'", "Segments: " + ", ".join(names))
-        return sid
-
     def process(self, p):
-        """Assess the margin for the parameter node's inputs; returns (MarginResult, MarginNodes)."""
-        from imagio.errors import ImagioError
-        from IMAGIOMarginLib.uncertainty import DEFAULT_SIGMA_MM
+        """Assess the margin in this process; returns (MarginResult, MarginNodes)."""
+        from IMAGIOMarginLib.jobs import parameter_request
 
-        if not p.tumorSegmentation or not p.zoneSegmentation:
-            raise ImagioError("Choose the tumour and the ablation-zone segmentations")
-        result = self.impl.assess_nodes(
-            p.tumorSegmentation, self.segmentId(p.tumorSegmentation, p.tumorSegmentName),
-            p.zoneSegmentation, self.segmentId(p.zoneSegmentation, p.zoneSegmentName),
-            p.preCT, p.postCT, register_mode=p.registration, threshold_mm=p.thresholdMm,
-            sigma_mm=None if abs(p.sigmaMm - DEFAULT_SIGMA_MM) < 1e-9 else p.sigmaMm)
+        nodes_args, options = parameter_request(p)
+        result = self.impl.assess_nodes(*nodes_args, **options)
+        return result, self.addResult(p, result)
+
+    def startProcess(self, p):
+        """The same as a background job (IMAGIOMarginLib.jobs; imagio.jobs.Job): then addResult."""
+        from IMAGIOMarginLib.jobs import parameter_request, start_assessment_nodes
+
+        nodes_args, options = parameter_request(p)
+        return start_assessment_nodes(*nodes_args, **options)
+
+    def addResult(self, p, result):
+        """The MarginResult's nodes (returned) and the summary line."""
         nodes = self.impl.add_to_scene(result, "Margin")
         p.resultsTable = nodes.table
         d = result.to_dict()
@@ -144,7 +146,7 @@ class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
                             f"{100 * d['p_margin_ge_threshold']:.0f} %; coverage {d['coverage_percent']:.1f} %"
                             + "".join(f"\nNote: {n}" for n in d["notes"]))
         logging.info(self.lastSummary)
-        return result, nodes
+        return nodes
 
     @staticmethod
     def showHistogram(chartNode) -> None:

@@ -8,6 +8,7 @@ added with :meth:`.logic.MarginLogic.add_to_scene`.
 
 from __future__ import annotations
 
+from imagio.errors import ImagioError
 from imagio.jobs import Job
 
 from .logic import MarginLogic, MarginResult
@@ -41,3 +42,29 @@ def start_assessment_nodes(tumor_segmentation_node, tumor_segment_id: str, zone_
     kwargs = _Arguments().assess_nodes(tumor_segmentation_node, tumor_segment_id, zone_segmentation_node,
                                        zone_segment_id, pre_ct_node, post_ct_node, **options)
     return Job(ASSESS_JOB, kwargs, python=python, prefix="imagio-margin-")
+
+
+def segment_id(segmentation_node, name: str) -> str:
+    """ID of the segment called ``name`` (or the first segment when empty) of the module's segmentation."""
+    seg = segmentation_node.GetSegmentation()
+    if seg.GetNumberOfSegments() == 0:
+        raise ImagioError(f"'{segmentation_node.GetName()}' has no segments", "Choose a segmentation with segments")
+    if not name:
+        return seg.GetNthSegmentID(0)
+    sid = seg.GetSegmentIdBySegmentName(name)
+    if not sid:
+        names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
+        raise ImagioError(f"No segment named '{name}'", "Segments: " + ", ".join(names))
+    return sid
+
+
+def parameter_request(p) -> tuple[tuple, dict]:
+    """The IMAGIOMargin parameter node's inputs as ``assess_nodes`` arguments: (nodes and segment IDs, options)."""
+    from .uncertainty import DEFAULT_SIGMA_MM
+
+    if not p.tumorSegmentation or not p.zoneSegmentation:
+        raise ImagioError("Choose the tumour and the ablation-zone segmentations")
+    return ((p.tumorSegmentation, segment_id(p.tumorSegmentation, p.tumorSegmentName), p.zoneSegmentation,
+             segment_id(p.zoneSegmentation, p.zoneSegmentName), p.preCT, p.postCT),
+            {"register_mode": p.registration, "threshold_mm": p.thresholdMm,
+             "sigma_mm": None if abs(p.sigmaMm - DEFAULT_SIGMA_MM) < 1e-9 else p.sigmaMm})

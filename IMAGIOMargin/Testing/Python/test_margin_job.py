@@ -59,3 +59,37 @@ def test_bad_nodes_are_refused_before_a_process_starts():
                                                  "Tumour")
     with pytest.raises(ImagioError, match="No ablation zone segmentation chosen"):
         start_assessment_nodes(tnode, tnode.GetSegmentation().GetNthSegmentID(0), None, "")
+
+
+def test_the_widget_runs_a_registration_in_the_background_and_cancel_adds_nothing():
+    """Registration rigid/deformable: Apply starts the job (button -> Cancel, a real child process); Cancel ends its
+    process group and adds nothing. Without registration Apply stays in-process (the module's self-test)."""
+    from imagio.testing_slicer import SlicerHarness
+
+    ref = grid()
+    with SlicerHarness() as h:
+        h.load_module("IMAGIOCommon")
+        import slicer
+
+        widget = h.create_widget("IMAGIOMargin")
+        scene = slicer.mrmlScene
+        ct = mrml.volume_node_from_image(scene, sitk.Cast(ball(ref, np.array([45.0, 40.0, 25.0]), 20.0), sitk.sitkInt16)
+                                         * 100, "CT")
+        tnode = mrml.segmentation_node_from_segments(scene, [Segment("GTV", ball(ref, np.array([45.0, 40.0, 25.0]), 8.0))],
+                                                     "Tumour", ct)
+        znode = mrml.segmentation_node_from_segments(scene, [Segment("zone", ball(ref, np.array([48.0, 40.0, 25.0]),
+                                                                                  14.0))], "Zone", ct)
+        p = widget._parameterNode
+        p.tumorSegmentation, p.zoneSegmentation, p.preCT, p.postCT, p.registration = tnode, znode, ct, ct, "rigid"
+        slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+        before = scene.GetNumberOfNodes()
+        label = widget.ui.applyButton.text
+        widget.ui.applyButton.click()
+        job = widget._job
+        assert job is not None and job.process.poll() is None and widget.ui.applyButton.text == "Cancel"
+        assert widget.ui.applyButton.enabled
+        widget.ui.applyButton.click()
+        assert job.process.poll() is not None and not widget.jobRunning and not job.work.exists()
+        h.run_event_loop(timeout_s=0.3)
+        assert scene.GetNumberOfNodes() == before and p.resultsTable is None
+        assert widget.ui.applyButton.text == label and "Cancelled" in widget.ui.statusLabel.text
