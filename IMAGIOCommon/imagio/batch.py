@@ -237,6 +237,25 @@ def _connect(scheduler: str):
                           "Start one with `dask scheduler` and `dask worker ADDRESS`, or check the address") from None
 
 
+def _running_cases(client, batch_token: str) -> set[str]:
+    """The cases running now: on each live worker, the cases it started last (as many as it has threads). A case
+    whose worker died, or that its worker has finished, is not running, even while its future is pending
+    (a killed worker's case waits for the scheduler's verdict, and the worker's replacement starts another)."""
+    try:
+        alive = client.scheduler_info().get("workers", {})
+    except Exception:  # noqa: BLE001 - the count only feeds the progress line
+        return set()
+    by_worker: dict[str, list[str]] = {}
+    for e in _events(client, EVENT_TOPIC):
+        if e.get("batch") == batch_token:
+            by_worker.setdefault(e.get("worker"), []).append(e.get("case_id"))
+    running: set[str] = set()
+    for worker, cases in by_worker.items():
+        if worker in alive:
+            running.update(cases[-max(int(alive[worker].get("nthreads") or 1), 1):])
+    return running
+
+
 def _events(client, topic: str) -> list[dict]:
     try:
         evs = client.get_events(topic)
@@ -442,7 +461,7 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
             now = time.perf_counter()
             if now - t_last_events > 1.0 or (done != last_done):
                 t_last_events = now
-                started = {e.get("case_id") for e in _events(client, EVENT_TOPIC) if e.get("batch") == batch_token}
+                started = _running_cases(client, batch_token)
                 last_done = done
             running = len({by_key[k]["case_id"] for k in pending} & started)
             prog.update(done, failed, running)
