@@ -21,7 +21,7 @@ IMAGIOPlanning/Training/make_matrix_models.py (``iso`` with two folds, ``aniso``
   the ``bench`` model, ``--repeats`` interleaved runs each; ratios nnU-Net / IMAGIO
   (time, best and median) and IMAGIO / nnU-Net (memory), and IMAGIO's time
   breakdown (preprocess, network, window aggregation, logits to labels).
-* ``large``: the same on LIDC-0314 padded to 512 x 512 x 300, one run each.
+* ``large``: the same on LIDC-0314 padded to 512 x 512 x 300, ``--large-repeats`` runs each (default 1).
 """
 
 from __future__ import annotations
@@ -394,6 +394,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cached nnU-Net predictions")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--large-repeats", type=int, default=1, help="interleaved runs of the large case")
     a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="imagio-bench-"))
     import importlib.metadata as md
@@ -415,7 +416,7 @@ def main(argv=None) -> int:
                                        names[2] + ", mirroring off")]
         a.out.write_text(json.dumps(results, indent=2) + "\n")
     if a.part in ("large", "all"):
-        results["large"] = part_speed(models["bench"], make_large(tmp), tmp, False, a.threads, 1,
+        results["large"] = part_speed(models["bench"], make_large(tmp), tmp, False, a.threads, a.large_repeats,
                                       "LIDC-0314 padded to 512x512x300 (0.78x0.78x1.0 mm), mirroring off")
         a.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {a.out}")
