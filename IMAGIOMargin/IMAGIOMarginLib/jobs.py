@@ -60,11 +60,18 @@ def segment_id(segmentation_node, name: str) -> str:
 
 def parameter_request(p) -> tuple[tuple, dict]:
     """The IMAGIOMargin parameter node's inputs as ``assess_nodes`` arguments: (nodes and segment IDs, options)."""
-    from .uncertainty import DEFAULT_SIGMA_MM
+    from .uncertainty import DEFAULT_SIGMA_MM, SEGMENTATION_SIGMA_MM
 
     if not p.tumorSegmentation or not p.zoneSegmentation:
         raise ImagioError("Choose the tumour and the ablation-zone segmentations")
+    boundary = None if abs(p.boundarySigmaMm - SEGMENTATION_SIGMA_MM) < 1e-9 else p.boundarySigmaMm
+    planned = p.plannedZoneSegmentation
     return ((p.tumorSegmentation, segment_id(p.tumorSegmentation, p.tumorSegmentName), p.zoneSegmentation,
              segment_id(p.zoneSegmentation, p.zoneSegmentName), p.preCT, p.postCT),
             {"register_mode": p.registration, "threshold_mm": p.thresholdMm,
-             "sigma_mm": None if abs(p.sigmaMm - DEFAULT_SIGMA_MM) < 1e-9 else p.sigmaMm})
+             "sigma_mm": None if abs(p.sigmaMm - DEFAULT_SIGMA_MM) < 1e-9 else p.sigmaMm,
+             "rotation_sigma_deg": p.rotationSigmaDeg if p.rotationSigmaDeg > 0 else None,
+             "tumor_boundary_sigma_mm": boundary, "zone_boundary_sigma_mm": boundary,
+             "accept_registration": bool(p.acceptRegistration),
+             "planned_zone_node": planned,
+             "planned_zone_segment_id": segment_id(planned, p.plannedZoneSegmentName) if planned else None})

@@ -33,11 +33,11 @@ from .uncertainty import (
 )
 
 CONVENTION = ("Surfaces are sub-voxel surfaces fitted to the binary masks: each mask smoothed by a Gaussian of 2 voxels "
-              "per axis with the smoothing's first-order shrinkage undone, its 0.5 level set as a triangle mesh. "
-              "Margins are point-to-triangle distances (mm) from the tumour surface to the zone surface, positive "
-              "inside the zone, read at the smoothing's scale (area-weighted mean within 2 voxels). Coverage and "
-              "residual tumour: volumes of the same solids. Shell r mm: points within r mm of the tumour solid "
-              "(tumour included).")
+              "per axis, the surface refined until its own smoothed partial-volume image matches the smoothed mask, "
+              "its 0.5 level set as a triangle mesh. Margins are distances (mm) from the tumour surface to the zone "
+              "surface, positive inside the zone, read at the smoothing's scale (area-weighted mean within 1.25 "
+              "voxels). Coverage and residual tumour: volumes of the same solids. Shell r mm: voxel centres within "
+              "r mm of the tumour solid (tumour included).")
 
 
 @dataclass
@@ -361,6 +361,91 @@ def compare_with_plan(metrics: MarginMetrics, tumor_z: sitk.Image, zone: sitk.Im
     return compare_plan(metrics, tumor_z, zone, planned_z, threshold_mm)
 
 
+def assess(tumor, zone, pre_ct: sitk.Image | None = None, post_ct: sitk.Image | None = None,
+           register_mode: str = "none", threshold_mm: float = 5.0, sigma_mm: float | None = None,
+           landmarks_pre_ras=None, landmarks_post_ras=None, n_samples: int = 400, seed: int = 0,
+           progress=None, organ=None, rotation_sigma_deg: float | None = None,
+           tumor_boundary_sigma_mm: float | None = None, zone_boundary_sigma_mm: float | None = None,
+           planned_zone=None, accept_registration: bool = False) -> MarginResult:
+    """Assess the margin of ``tumor`` (on the pre-treatment grid) by ``zone`` (post-treatment grid).
+
+    ``tumor``/``zone``: :class:`imagio.io.Segment` or binary SimpleITK images.
+    ``register_mode``: "none" (masks share a frame), "rigid" or "deformable" (needs both CTs).
+    ``organ``: optional organ segment/mask on the post-treatment CT that restricts the registration.
+    ``accept_registration``: use a registration that fails its quality control (similarity worse,
+    diverged, not the same anatomy) instead of refusing it; recorded in ``registration.override``.
+    ``planned_zone``: optional planned ablation zone on the pre-treatment CT (IMAGIOAblationZone): adds
+    ``plan_vs_achieved`` (:mod:`.plan_vs_achieved`).
+    Uncertainty: ``sigma_mm`` (registration, per axis; default landmark TRE or the published TRE),
+    ``rotation_sigma_deg`` (default 0), ``tumor_boundary_sigma_mm``/``zone_boundary_sigma_mm`` (default the
+    value measured on the LIDC-0314 readers).
+
+    The named steps, each a module-level function: :func:`check_inputs`, :func:`register_step`,
+    :func:`align_tumor`, :func:`measure`, :func:`choose_sigma`, :func:`estimate_uncertainty`, :func:`decide`,
+    :func:`compare_with_plan`.
+    """
+    t0 = time.perf_counter()
+    progress = ensure(progress)
+    for name, v in (("Rotation sigma", rotation_sigma_deg), ("Tumour boundary sigma", tumor_boundary_sigma_mm),
+                    ("Zone boundary sigma", zone_boundary_sigma_mm)):
+        if v is not None and (not np.isfinite(v) or v < 0):
+            raise ImagioError(f"{name} {v} is not valid", "Give 0 or more")
+    inp = check_inputs(tumor, zone, pre_ct, post_ct, register_mode, threshold_mm, sigma_mm, n_samples, seed,
+                       organ)
+    planned_m = _mask_of(planned_zone, "planned zone") if planned_zone is not None else None
+    reg = register_step(inp, landmarks_pre_ras, landmarks_post_ras, progress=progress.sub(0.0, 0.6),
+                        accept_registration=accept_registration)
+    tumor_z, notes = align_tumor(inp, reg)
+    metrics, more = measure(tumor_z, inp.zone, inp.threshold_mm, progress=progress.sub(0.6, 0.85))
+    notes += more
+    sigma, source = choose_sigma(inp.sigma_mm, reg)
+    if rotation_sigma_deg is not None:
+        rot, rot_source = float(rotation_sigma_deg), "given by the user"
+    else:
+        rot, rot_source = 0.0, ("0: not modelled without landmarks or a given value (the published TRE is "
+                                "measured at the target and holds the rotation's effect there)")
+    seg_t = SEGMENTATION_SIGMA_MM if tumor_boundary_sigma_mm is None else float(tumor_boundary_sigma_mm)
+    seg_z = SEGMENTATION_SIGMA_MM if zone_boundary_sigma_mm is None else float(zone_boundary_sigma_mm)
+    seg_source = SEGMENTATION_SOURCE if (tumor_boundary_sigma_mm is None and zone_boundary_sigma_mm is None) \
+        else "given by the user" + ("" if tumor_boundary_sigma_mm is not None and zone_boundary_sigma_mm is not None
+                                    else f" (the other: {SEGMENTATION_SOURCE})")
+    progress.update(0.88, "Uncertainty")
+    unc, more = estimate_uncertainty(metrics, inp.threshold_mm, sigma, inp.n_samples, inp.seed, rot, seg_t, seg_z)
+    notes += more
+    verdict, text, confident, flag, more = decide(metrics, unc, inp.threshold_mm, sigma, reg)
+    notes += more
+    pva = None
+    if planned_m is not None:
+        progress.update(0.94, "Plan versus achieved")
+        pva = compare_with_plan(metrics, tumor_z, inp.zone, planned_m, reg, inp.threshold_mm)
+    progress.update(1.0, "Margin assessment done")
+    return MarginResult(metrics, unc, reg, inp.threshold_mm, source, verdict, text, confident, flag,
+                        tumor_z, inp.zone, time.perf_counter() - t0, notes, rot_source, seg_source, pva)
+
+
+def panel_text(result: MarginResult) -> str:
+    """The panel text: verdict, figures with units, the uncertainty's sources, registration and plan lines."""
+    d = result.to_dict()
+    u = d["uncertainty"]
+    lines = [result.summary_text(),
+             f"Uncertainty: registration {u['registration_sigma_mm']:g} mm per axis ({u['registration_sigma_source']}); "
+             f"rotation {u['rotation_sigma_deg']:g} deg ({u['rotation_source']}); boundaries tumour "
+             f"{u['tumor_boundary_sigma_mm']:g} mm, zone {u['zone_boundary_sigma_mm']:g} mm "
+             f"({u['segmentation_source']})"]
+    reg = d.get("registration", {})
+    if reg.get("mode", "none") != "none":
+        lines.append(f"Registration ({reg['mode']}): {reg.get('status', '')}; similarity "
+                     f"{reg.get('similarity_before', float('nan')):.3f} before, "
+                     f"{reg.get('similarity_after', float('nan')):.3f} after"
+                     + "".join(f"; accepted although {f}" for f in reg.get("qc_failures", [])))
+    if "plan_vs_achieved" in d:
+        pva = d["plan_vs_achieved"]
+        lines.append(f"Plan versus achieved: {pva['planned_not_ablated_ml']:.2f} ml planned but not ablated; "
+                     f"{pva['surface_short_of_plan_percent']:.1f} % of the tumour surface short of the plan by "
+                     f"more than {pva['shortfall_tolerance_mm']:g} mm")
+    return "\n".join(lines)
+
+
 class MarginLogic:
     """Margin assessment working on ``scene`` (a vtkMRMLScene)."""
 
@@ -370,65 +455,9 @@ class MarginLogic:
         self.scene = get_scene(scene)
 
     def assess(self, tumor, zone, pre_ct: sitk.Image | None = None, post_ct: sitk.Image | None = None,
-               register_mode: str = "none", threshold_mm: float = 5.0, sigma_mm: float | None = None,
-               landmarks_pre_ras=None, landmarks_post_ras=None, n_samples: int = 400, seed: int = 0,
-               progress=None, organ=None, rotation_sigma_deg: float | None = None,
-               tumor_boundary_sigma_mm: float | None = None, zone_boundary_sigma_mm: float | None = None,
-               planned_zone=None, accept_registration: bool = False) -> MarginResult:
-        """Assess the margin of ``tumor`` (on the pre-treatment grid) by ``zone`` (post-treatment grid).
-
-        ``tumor``/``zone``: :class:`imagio.io.Segment` or binary SimpleITK images.
-        ``register_mode``: "none" (masks share a frame), "rigid" or "deformable" (needs both CTs).
-        ``organ``: optional organ segment/mask on the post-treatment CT that restricts the registration.
-        ``accept_registration``: use a registration that fails its quality control (similarity worse,
-        diverged, not the same anatomy) instead of refusing it; recorded in ``registration.override``.
-        ``planned_zone``: optional planned ablation zone on the pre-treatment CT (IMAGIOAblationZone): adds
-        ``plan_vs_achieved`` (:mod:`.plan_vs_achieved`).
-        Uncertainty: ``sigma_mm`` (registration, per axis; default landmark TRE or the published TRE),
-        ``rotation_sigma_deg`` (default 0), ``tumor_boundary_sigma_mm``/``zone_boundary_sigma_mm`` (default the
-        value measured on the LIDC-0314 readers).
-
-        The named steps, each a module-level function: :func:`check_inputs`, :func:`register_step`,
-        :func:`align_tumor`, :func:`measure`, :func:`choose_sigma`, :func:`estimate_uncertainty`, :func:`decide`,
-        :func:`compare_with_plan`.
-        """
-        t0 = time.perf_counter()
-        progress = ensure(progress)
-        for name, v in (("Rotation sigma", rotation_sigma_deg), ("Tumour boundary sigma", tumor_boundary_sigma_mm),
-                        ("Zone boundary sigma", zone_boundary_sigma_mm)):
-            if v is not None and (not np.isfinite(v) or v < 0):
-                raise ImagioError(f"{name} {v} is not valid", "Give 0 or more")
-        inp = check_inputs(tumor, zone, pre_ct, post_ct, register_mode, threshold_mm, sigma_mm, n_samples, seed,
-                           organ)
-        planned_m = _mask_of(planned_zone, "planned zone") if planned_zone is not None else None
-        reg = register_step(inp, landmarks_pre_ras, landmarks_post_ras, progress=progress.sub(0.0, 0.6),
-                            accept_registration=accept_registration)
-        tumor_z, notes = align_tumor(inp, reg)
-        metrics, more = measure(tumor_z, inp.zone, inp.threshold_mm, progress=progress.sub(0.6, 0.85))
-        notes += more
-        sigma, source = choose_sigma(inp.sigma_mm, reg)
-        if rotation_sigma_deg is not None:
-            rot, rot_source = float(rotation_sigma_deg), "given by the user"
-        else:
-            rot, rot_source = 0.0, ("0: not modelled without landmarks or a given value (the published TRE is "
-                                    "measured at the target and holds the rotation's effect there)")
-        seg_t = SEGMENTATION_SIGMA_MM if tumor_boundary_sigma_mm is None else float(tumor_boundary_sigma_mm)
-        seg_z = SEGMENTATION_SIGMA_MM if zone_boundary_sigma_mm is None else float(zone_boundary_sigma_mm)
-        seg_source = SEGMENTATION_SOURCE if (tumor_boundary_sigma_mm is None and zone_boundary_sigma_mm is None) \
-            else "given by the user" + ("" if tumor_boundary_sigma_mm is not None and zone_boundary_sigma_mm is not None
-                                        else f" (the other: {SEGMENTATION_SOURCE})")
-        progress.update(0.88, "Uncertainty")
-        unc, more = estimate_uncertainty(metrics, inp.threshold_mm, sigma, inp.n_samples, inp.seed, rot, seg_t, seg_z)
-        notes += more
-        verdict, text, confident, flag, more = decide(metrics, unc, inp.threshold_mm, sigma, reg)
-        notes += more
-        pva = None
-        if planned_m is not None:
-            progress.update(0.94, "Plan versus achieved")
-            pva = compare_with_plan(metrics, tumor_z, inp.zone, planned_m, reg, inp.threshold_mm)
-        progress.update(1.0, "Margin assessment done")
-        return MarginResult(metrics, unc, reg, inp.threshold_mm, source, verdict, text, confident, flag,
-                            tumor_z, inp.zone, time.perf_counter() - t0, notes, rot_source, seg_source, pva)
+               **kwargs) -> MarginResult:
+        """:func:`assess` (image level; this Logic's scene is only used by :meth:`add_to_scene`)."""
+        return assess(tumor, zone, pre_ct, post_ct, **kwargs)
 
     def assess_nodes(self, tumor_segmentation_node, tumor_segment_id: str, zone_segmentation_node,
                      zone_segment_id: str, pre_ct_node=None, post_ct_node=None, **kwargs) -> MarginResult:
@@ -443,6 +472,10 @@ class MarginLogic:
                 raise ImagioError(f"No {role} segment chosen", f"Choose the {role} segment")
             return segments_from_segmentation_node(node, ref, segment_ids=[sid])[0]
 
+        planned_node = kwargs.pop("planned_zone_node", None)
+        planned_id = kwargs.pop("planned_zone_segment_id", None)
+        if planned_node is not None:
+            kwargs["planned_zone"] = pick(planned_node, planned_id, pre_ct_node, "planned zone")
         pre = image_from_volume_node(pre_ct_node) if pre_ct_node is not None else None
         post = image_from_volume_node(post_ct_node) if post_ct_node is not None else None
         tumor = pick(tumor_segmentation_node, tumor_segment_id, pre_ct_node, "tumour")

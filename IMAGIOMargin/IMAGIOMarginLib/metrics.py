@@ -1,4 +1,4 @@
-"""Ablation-margin metrics between sub-voxel surfaces fitted to the binary masks (exact on oblique, anisotropic grids).
+"""Ablation-margin metrics between sub-voxel surfaces fitted to the binary masks (oblique, anisotropic grids; README tolerances).
 
 Convention (what "surface" and "distance" mean here)
 ----------------------------------------------------
@@ -12,20 +12,21 @@ a minimum over quantisation noise picks its worst case (-0.5 to -0.9 mm on
 1. *smooth*: the 0/1 mask is convolved with a Gaussian of standard deviation
    ``SMOOTHING_VOXELS`` voxels along each grid axis (sigma_a = 2 h_a, in mm),
    which averages the staircase over several steps;
-2. *undo the shrinkage*: smoothing moves a curved level set inwards by
-   sum_a (sigma_a^2 / 2) d2f/dx_a2 / |grad f| (heat equation, first order:
-   sigma^2 / R for a sphere of radius R), so the field used is
-   ``G = f - sum_a (sigma_a^2 / 2) d2f/dx_a2`` (the first-order inverse of the
-   smoothing, central differences);
+2. *undo the shrinkage*: smoothing moves curved level sets inwards (sigma^2 / R
+   for a sphere of radius R); the field ``G`` starts as the smoothed mask ``f``
+   and is refined ``FIT_ITERATIONS`` times, ``G <- G + (f - smooth(pv(G)))``
+   (``pv``: the partial-volume image of ``G >= 0.5``), so that the smoothed
+   surface matches the smoothed mask;
 3. the surface is the 0.5 level set of ``G`` (flying edges, a closed triangle
    mesh; inside where G >= 0.5).
 
-Distances are point-to-triangle Euclidean distances in millimetres between
-the tumour surface's vertices and the zone surface (in scaled index space:
+Distances are Euclidean distances in millimetres from the tumour surface's
+vertices to the zone surface (to the tangent plane at the nearest zone-mesh
+vertex, bounded by the vertex distance) (in scaled index space:
 direction cosines rotate the grid but do not change distances), signed
 positive inside the zone. The margin map is read at the smoothing's scale:
 each vertex gets the area-weighted mean of the signed distances within
-sigma_max (the largest sigma_a) of it, so that the minimum does not pick the
+``MAP_VOXELS`` (1.25) of the largest spacing of it, so that the minimum does not pick the
 sub-voxel noise that is left.
 
 * signed margin at a tumour surface point: distance to the zone surface,
@@ -369,9 +370,34 @@ def average_on_surface(points_xyz: np.ndarray, areas: np.ndarray, values: np.nda
     return num / np.maximum(den, 1e-12)
 
 
+def vertex_normals(pts: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """Unit area-weighted vertex normals of a triangle mesh."""
+    n_face = np.cross(pts[tris[:, 1]] - pts[tris[:, 0]], pts[tris[:, 2]] - pts[tris[:, 0]])
+    out = np.zeros_like(pts)
+    for c in range(3):
+        np.add.at(out, tris[:, c], n_face)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def signed_margin(zone_surface: FittedSurface, zone_poly, points_xyz: np.ndarray) -> np.ndarray:
-    """Step 5: signed distance (mm, + inside the zone solid) from points (scaled index space of the region)."""
-    d = distance_to_mesh(zone_poly, points_xyz)
+    """Step 5: signed distance (mm, + inside the zone solid) from points (scaled index space of the region).
+
+    Distance to the zone mesh: to the tangent plane at the nearest mesh vertex (k-d tree), never less than the
+    distance to that vertex minus half a voxel diagonal (the farthest a mesh point can lie from its nearest
+    vertex); on a smooth surface this is the point-to-surface distance up to curvature x offset^2 (< 0.01 mm).
+    The sign: inside the zone solid (G >= 0.5).
+    """
+    from scipy.spatial import cKDTree
+
+    zpts, ztris = mesh_arrays(zone_poly)
+    if len(zpts) == 0:
+        d = np.full(len(points_xyz), np.inf)
+    else:
+        normals = vertex_normals(zpts, ztris)
+        dist_v, idx = cKDTree(zpts).query(points_xyz)
+        plane = np.abs(np.einsum("ij,ij->i", points_xyz - zpts[idx], normals[idx]))
+        d = np.maximum(plane, dist_v - 0.5 * float(np.linalg.norm(zone_surface.spacing_kji)))
+        d = np.minimum(d, dist_v)
     ijk = points_xyz / zone_surface.spacing_kji[::-1] + zone_surface.start_ijk
     return np.where(zone_surface.inside(ijk), d, -d)
 

@@ -165,3 +165,22 @@ def test_interval_contains_the_measurement_and_widens_with_boundaries(plan_case)
     width = [r.uncertainty.central_ci_mm[1] - r.uncertainty.central_ci_mm[0] for r in (base, seg, rot)]
     assert width[1] > width[0] and width[2] > width[0]
     assert rot.to_dict()["uncertainty"]["rotation_sigma_deg"] == 5.0
+
+
+def test_plan_on_mrml_nodes_and_panel_text(plan_case):
+    """What the Slicer module calls: assess_nodes with a planned-zone node; the panel names every source and unit."""
+    from imagio.mrml import segmentation_node_from_segments
+    from IMAGIOMarginLib.logic import panel_text
+
+    tumor, planned, achieved = plan_case
+    scene = new_scene()
+    nodes = [segmentation_node_from_segments(scene, [Segment(n, m)], n) for n, m in
+             (("tumour", tumor), ("zone", achieved), ("planned", planned))]
+    sid = [n.GetSegmentation().GetNthSegmentID(0) for n in nodes]
+    res = MarginLogic(scene).assess_nodes(nodes[0], sid[0], nodes[1], sid[1], n_samples=40,
+                                          planned_zone_node=nodes[2], planned_zone_segment_id=sid[2])
+    assert res.plan_vs_achieved is not None and res.plan_vs_achieved.planned_not_ablated_ml > 1.5
+    text = panel_text(res)
+    assert text.splitlines()[0] == res.verdict_text
+    for part in ("1.62", "LIDC-0314", " deg", "ml planned but not ablated", " mm"):
+        assert part in text
