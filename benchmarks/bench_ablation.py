@@ -1,6 +1,9 @@
 """Benchmark: IMAGIOAblationZone plans, live updates and the bioheat solver, each against a named peer in the same run.
 
-    python benchmarks/bench_ablation.py [--out bench_ablation.json] [--quick]
+    python benchmarks/bench_ablation.py [--out bench_ablation.json] [--quick] [--part PART ...]
+
+--part (repeatable: validation, bioheat, live, plans, combined; default all) runs only those parts; "combined"
+needs the plans and runs them too.
 
 Needs the real data (IMAGIO_DATA, default ../shared/data) and scipy (peer only).
 
@@ -533,33 +536,13 @@ def bench_validation(figures: Path | None = None) -> dict:
     return val
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench_ablation.json")
-    ap.add_argument("--quick", action="store_true", help="fewer cases and updates (a smoke run)")
-    ap.add_argument("--verify-bioheat", action="store_true",
-                    help="also plan with the bioheat check and re-planning (slow: about a minute per tumour)")
-    ap.add_argument("--figures", help="folder for the figures (bioheat_vs_analytic.svg, heat_sink_axial.png)")
-    args = ap.parse_args()
-    import vtk
+PARTS = ("validation", "bioheat", "live", "plans", "combined")
 
-    vtk.vtkObject.GlobalWarningDisplayOff()
-    result = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                          "platform": platform.platform()}}
-    t0 = time.perf_counter()
-    figures = Path(args.figures) if args.figures else None
-    if figures is not None:
-        figures.mkdir(parents=True, exist_ok=True)
-    result["validation"] = bench_validation(figures)
-    print(json.dumps(result["validation"], indent=1), flush=True)
-    result["bioheat_speed"] = bench_bioheat(args.quick)
-    print(json.dumps(result["bioheat_speed"], indent=1), flush=True)
-    result["live_update"] = bench_live(args.quick)
-    print(json.dumps(result["live_update"], indent=1), flush=True)
-    result["plans"] = bench_plans(args.quick, args.verify_bioheat)
-    ok = [r for r in result["plans"] if "coverage_percent" in r]
+
+def _plans_summary(plans: list[dict]) -> dict:
+    ok = [r for r in plans if "coverage_percent" in r]
     feas = [r for r in ok if r["feasible"]]
-    result["plans_summary"] = {
+    return {
         "cases": len(ok), "feasible": len(feas),
         "every_feasible_plan_keeps_the_margin": all(r["minimal_margin_mm"] >= 5.0 for r in feas),
         "every_feasible_plan_keeps_it_independently": all(
@@ -567,11 +550,50 @@ def main() -> int:
         "max_planner_vs_independent_margin_mm": max((abs(r["minimal_margin_mm"] - r["independent_margin_mm"])
                                                      for r in ok if r["independent_margin_mm"] is not None),
                                                     default=None),
-        "max_run_time_s": max((r["run_time_s"] for r in ok), default=None)}
-    result["combined_heating_vs_union"] = bench_combined_heating(args.quick)
+        "max_run_time_s": max((r["run_time_s"] for r in ok), default=None),
+        "infeasible": [{"case": r["case"], "reason": r["reason"]} for r in ok if not r["feasible"]]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench_ablation.json")
+    ap.add_argument("--quick", action="store_true", help="fewer cases and updates (a smoke run)")
+    ap.add_argument("--verify-bioheat", action="store_true",
+                    help="also plan with the bioheat check and re-planning (slow: about a minute per tumour)")
+    ap.add_argument("--figures", help="folder for the figures (bioheat_vs_analytic.svg, heat_sink_axial.png)")
+    ap.add_argument("--part", action="append", choices=PARTS,
+                    help="run only this part (repeatable; default: all; 'combined' runs the plans too)")
+    args = ap.parse_args()
+    parts = set(args.part or PARTS)
+    if "combined" in parts:
+        parts.add("plans")  # the combined-heating comparison re-simulates the 2- and 3-probe plans
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    result = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                          "platform": platform.platform()},
+              "parts": [p for p in PARTS if p in parts], "quick": bool(args.quick)}
+    t0 = time.perf_counter()
+    figures = Path(args.figures) if args.figures else None
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+    if "validation" in parts:
+        result["validation"] = bench_validation(figures)
+        print(json.dumps(result["validation"], indent=1), flush=True)
+    if "bioheat" in parts:
+        result["bioheat_speed"] = bench_bioheat(args.quick)
+        print(json.dumps(result["bioheat_speed"], indent=1), flush=True)
+    if "live" in parts:
+        result["live_update"] = bench_live(args.quick)
+        print(json.dumps(result["live_update"], indent=1), flush=True)
+    if "plans" in parts:
+        result["plans"] = bench_plans(args.quick, args.verify_bioheat)
+        result["plans_summary"] = _plans_summary(result["plans"])
+        print(json.dumps(result["plans_summary"], indent=1), flush=True)
+    if "combined" in parts:
+        result["combined_heating_vs_union"] = bench_combined_heating(args.quick)
     result["total_s"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["plans_summary"], indent=1))
     print(f"wrote {args.out} in {result['total_s']} s")
     return 0
 
