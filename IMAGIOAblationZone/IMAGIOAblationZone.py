@@ -3,7 +3,7 @@
 The algorithms live in ``IMAGIOAblationZoneLib`` (no Qt); this file is the
 Slicer front end: module description, typed parameter node, widget and a thin
 logic adapter over ``IMAGIOAblationZoneLib.logic.AblationZoneLogic``. Probe
-planning and the bioheat zone run in a background process (imagio.jobs), so
+planning, the bioheat zone and the re-plan run in a background process (imagio.jobs), so
 Slicer never freezes; their button turns into Cancel while they run.
 """
 
@@ -130,7 +130,7 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
         ready = bool(p and p.probeLine and (p.referenceVolume or p.segmentation))
         self.ui.applyButton.enabled = ready if running is None else running is self.ui.applyButton
         self.ui.planButton.enabled = bool(p and p.segmentation) if running is None else running is self.ui.planButton
-        self.ui.replanButton.enabled = bool(p and p.segmentation) and running is None
+        self.ui.replanButton.enabled = bool(p and p.segmentation) if running is None else running is self.ui.replanButton
         self.observeProbe(p.probeLine if p else None)
         self.updateSettingInfo()
 
@@ -227,11 +227,18 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
 
     def onReplanButton(self) -> None:
+        if self.jobRunning:  # the button is "Cancel"
+            self.cancelJob()
+            return
         with slicer.util.tryWithErrorDisplay("Failed to re-plan from the placed probes.", waitCursor=True):
             lines = list(self.ui.placedProbesSelector.checkedNodes())
-            self.logic.replanFromLines(self._parameterNode, lines)
-            self.showResult()
-            self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
+            self.startJob(self.logic.startReplan(self._parameterNode, lines), self.onReplanDone,
+                          button=self.ui.replanButton, what="Re-plan failed")
+
+    def onReplanDone(self, result) -> None:
+        self.logic.applyReplan(self._parameterNode, result)
+        self.showResult()
+        self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
 
 
 class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
@@ -265,10 +272,8 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         return self.impl.compute_zone(p, modelNode, live)
 
     def planProbes(self, p):
-        """Plan probes for the tumour (returns the PlanResult)."""
-        plan = self.impl.plan_probes(p)
-        logging.info(self.lastSummary)
-        return plan
+        """Plan probes for the tumour in this process (returns the PlanResult; see applyPlan)."""
+        return self.applyPlan(p, self.impl.logic.plan(**self.impl.plan_request(p)))
 
     def startPlan(self, p):
         """planProbes as a background job (imagio.jobs.Job, Slicer's PythonSlicer); then applyPlan."""
@@ -288,9 +293,13 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         """The zone segment, model and table of a finished bioheat job."""
         return self.impl.apply_zone(p, result, modelNode)
 
-    def replanFromLines(self, p, lineNodes):
-        """Re-plan from the probes as placed (markups lines) at the chosen setting (returns the ReplanResult)."""
-        return self.impl.replan_from_lines(p, lineNodes)
+    def startReplan(self, p, lineNodes):
+        """The re-plan from the probes as placed (markups lines) as a background job; then applyReplan."""
+        return self.impl.start_replan(p, lineNodes)
+
+    def applyReplan(self, p, result):
+        """The zones, lines and table of a finished re-plan job (returns the ReplanResult)."""
+        return self.impl.apply_replan(p, result)
 
 
 class IMAGIOAblationZoneTest(ScriptedLoadableModuleTest):
@@ -328,6 +337,6 @@ class IMAGIOAblationZoneTest(ScriptedLoadableModuleTest):
         plan = logic.planProbes(p)
         self.assertTrue(plan.feasible)
         self.assertGreaterEqual(plan.minimal_margin_mm, 5.0)
-        res = logic.replanFromLines(p, [line])
+        res = logic.impl.replan_from_lines(p, [line])
         self.assertIsNotNone(res.placed.metrics["minimal_margin_mm"])
         self.delayDisplay("Test passed")

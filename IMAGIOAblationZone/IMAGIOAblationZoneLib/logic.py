@@ -28,11 +28,12 @@ from .results import TUMOR_COLOR, ZONE_COLOR, PlanResult, Probe, ReplanResult, Z
 from .zone import EllipsoidZone, crop, mask_box, probe_axis, sub_grid, union_box
 
 __all__ = ["AblationZoneLogic", "ZoneImageLogic", "ZoneContext", "ZoneResult", "PlanResult", "ReplanResult", "Probe", "TUMOR_COLOR",
-           "ZONE_COLOR", "resolve_tissue", "body_from_ct", "check_number", "segmentation_stamp", "write_zone_segment", "ModuleSession"]
+           "ZONE_COLOR", "resolve_tissue", "body_from_ct", "check_number", "segmentation_stamp", "write_zone_segment", "ModuleSession", "run_replan"]
 
 #: The job functions the Slicer widget runs in a background process (imagio.jobs; IMAGIOAblationZoneLib.jobs).
 PLAN_JOB = "IMAGIOAblationZoneLib.jobs.plan"
 BIOHEAT_JOB = "IMAGIOAblationZoneLib.jobs.bioheat_zone"
+REPLAN_JOB = "IMAGIOAblationZoneLib.jobs.replan"
 
 TISSUE_WORDS = {"liver": ("liver", "hepat"), "lung": ("lung", "pulmon", "bronch"), "kidney": ("kidney", "renal"),
                 "bone": ("bone", "osse", "vertebr", "skelet"), "soft-tissue": ("soft tissue", "soft-tissue", "sarcoma",
@@ -912,8 +913,9 @@ class ModuleSession:
         self._done(plan, plan.summary_text().split("\n")[0] + " " + plan.reason)
         return plan
 
-    def replan_from_lines(self, p, line_nodes):
-        """Re-plan from the probes as placed (markups lines: point 0 entry, point 1 tip) at the chosen setting."""
+    def replan_request(self, p, line_nodes) -> dict:
+        """The image-level arguments of :func:`run_replan` for the parameter node and the placed probes' lines
+        (point 0 entry, point 1 tip; read now, before any job starts)."""
         from imagio.mrml import image_from_volume_node, segments_from_segmentation_node
 
         if not p.segmentation:
@@ -924,15 +926,37 @@ class ModuleSession:
         tumor_id = self._tumor_id(p)
         tumor = segments_from_segmentation_node(p.segmentation, p.referenceVolume, [tumor_id])[0]
         grid = image_from_volume_node(p.referenceVolume) if p.referenceVolume else tumor.mask
-        avoid = self._segments(p, p.avoidSegmentIDs)
-        body = body_from_ct(grid) if p.referenceVolume else None
-        res = self.logic.replan(grid, tumor.mask, placed, p.deviceId, p.powerW, p.timeS, p.marginMm, avoid, body,
-                                p.clearanceMm, self._tissue(p), tumor.name,
-                                _segment_terminology(p.segmentation, tumor_id), p.allowUnsourced)
+        return {"grid": grid, "tumor": tumor.mask, "placed": placed, "device_id": p.deviceId, "power_w": p.powerW,
+                "time_s": p.timeS, "margin_mm": p.marginMm, "avoid": self._segments(p, p.avoidSegmentIDs),
+                "body_from_grid": bool(p.referenceVolume), "clearance_mm": p.clearanceMm, "tissue": self._tissue(p),
+                "tumor_name": tumor.name, "terminology": _segment_terminology(p.segmentation, tumor_id),
+                "allow_unsourced": p.allowUnsourced}
+
+    def replan_from_lines(self, p, line_nodes):
+        """Re-plan from the probes as placed (markups lines) at the chosen setting, in this process."""
+        return self.apply_replan(p, run_replan(self.logic, **self.replan_request(p, line_nodes)))
+
+    def start_replan(self, p, line_nodes, python: str | None = None):
+        """:meth:`replan_from_lines` as a background job (imagio.jobs); give its result to :meth:`apply_replan`."""
+        from imagio.jobs import Job
+
+        return Job(REPLAN_JOB, {"library_path": self.logic.library_path, **self.replan_request(p, line_nodes)},
+                   python=python, prefix="imagio-ablation-replan-")
+
+    def apply_replan(self, p, res):
+        """The re-plan's outputs: zones (as placed, residual, with the proposal), lines, a results table."""
         nodes = res.add_to_scene(self.scene, p.referenceVolume, "Re-plan")
         self._table(p, nodes["table"])
         self._done(res, res.summary_text().split("\n")[0] + " " + res.reason)
         return res
+
+
+def run_replan(logic: ZoneImageLogic, body_from_grid: bool = False, progress: Progress | None = None,
+               **kwargs) -> ReplanResult:
+    """``logic.replan(**kwargs)``; with ``body_from_grid`` the skin is the body outline of ``kwargs["grid"]`` (the
+    CT; computed here, so in the background job too)."""
+    body = body_from_ct(kwargs["grid"]) if body_from_grid else None
+    return logic.replan(**kwargs, body=body, progress=progress)
 
 
 def segmentation_stamp(segmentation_node) -> tuple:

@@ -1035,7 +1035,25 @@ class qMRMLNodeComboBox(_SceneObserving):
 
 
 class qMRMLCheckableNodeComboBox(qMRMLNodeComboBox):
-    pass
+    """Its check boxes (Slicer's checkState / setCheckState / checkedNodes; Qt::Checked is 2): unchecked at first."""
+
+    SIGNALS = ("checkedNodesChanged",)
+
+    def __init__(self, parent=None, *args):
+        super().__init__(parent)
+        object.__setattr__(self, "_checked", set())
+
+    def checkState(self, node) -> int:
+        return 2 if node is not None and node.GetID() in self._checked else 0
+
+    def setCheckState(self, node, state) -> None:
+        if node is None or not self._matches(node) or (int(state) == 2) == (node.GetID() in self._checked):
+            return
+        (self._checked.add if int(state) == 2 else self._checked.discard)(node.GetID())
+        self._emit("checkedNodesChanged")
+
+    def checkedNodes(self) -> list:
+        return [n for n in self.nodes() if n.GetID() in self._checked]
 
 
 class qMRMLSegmentSelectorWidget(_SceneObserving):

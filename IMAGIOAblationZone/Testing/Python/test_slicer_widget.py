@@ -88,7 +88,7 @@ def test_plan_probes_writes_into_the_chosen_zone_segmentation(module):
 
 def test_the_probe_observer_goes_with_the_scene_and_replan_takes_lines(module):
     slicer, widget, p = module["slicer"], module["widget"], module["p"]
-    res = widget.logic.replanFromLines(p, [module["line"]])
+    res = widget.logic.impl.replan_from_lines(p, [module["line"]])
     assert res.placed.metrics["minimal_margin_mm"] is not None and p.resultsTable is not None
     assert any(obj is module["line"] for obj, *_ in widget.Observations)  # live update follows the probe line
     slicer.mrmlScene.Clear()
@@ -190,3 +190,55 @@ def test_segments_are_chosen_by_id_in_segment_selectors_with_multi_select(module
 
     with pytest.raises(ImagioError, match="not in 'Seg'"):
         widget.logic.impl.plan_request(p)
+
+
+def test_replan_from_placed_probes_runs_in_a_child_process_and_gives_the_in_process_replan(module):
+    """'Re-plan' is a background job: the lines checked in the selector are read at the click, the child's
+    re-plan equals the in-process one (same proposal, same residual), and nothing is added before it is done."""
+    from IMAGIOAblationZoneLib.logic import run_replan
+
+    h, slicer, widget, p, line = module["h"], module["slicer"], module["widget"], module["p"], module["line"]
+    ui = widget.ui
+    p.marginMm = 12.0  # the probe as placed keeps 11.3 mm, less than 12 mm: a change is proposed
+    ui.placedProbesSelector.setCheckState(line, 2)
+    assert ui.placedProbesSelector.checkedNodes() == [line]
+    expected = run_replan(widget.logic.impl.logic, **widget.logic.impl.replan_request(p, [line]))
+    before = _node_ids(slicer.mrmlScene)
+    calls = slicer.app.processEventsCalls
+    ui.replanButton.click()
+    job = widget._job
+    assert job is not None and job.process.poll() is None and ui.replanButton.text == "Cancel"
+    assert not ui.applyButton.enabled and not ui.planButton.enabled
+    assert _node_ids(slicer.mrmlScene) == before
+    assert h.run_event_loop(until=lambda: not widget.jobRunning, timeout_s=180)
+    assert slicer.app.processEventsCalls == calls and ui.replanButton.text == "Re-plan from placed probes"
+    got = {n.GetName() for n in (slicer.mrmlScene.GetNodeByID(i) for i in _node_ids(slicer.mrmlScene) - before)}
+    assert {"Re-plan zones", "Re-plan results"} <= got
+    table = p.resultsTable
+    assert table is not None and table.GetName() == "Re-plan results"
+    assert expected.proposal["kind"] == "changed setting"  # a real proposal (150 W), compared below
+    rows = [{table.GetTable().GetColumnName(c): table.GetCellText(r, c) for c in range(table.GetNumberOfColumns())}
+            for r in range(table.GetNumberOfRows())]
+    assert rows == [{k: str(v) for k, v in row.items()} for row in expected.table_rows()]
+    assert expected.reason in widget.logic.lastSummary and not job.work.exists()
+
+
+def test_cancelling_or_failing_the_replan_leaves_the_scene_as_it_was(module):
+    h, slicer, widget, p, line = module["h"], module["slicer"], module["widget"], module["p"], module["line"]
+    ui = widget.ui
+    p.marginMm = 12.0
+    ui.placedProbesSelector.setCheckState(line, 2)
+    before = _node_ids(slicer.mrmlScene)
+    ui.replanButton.click()
+    job = widget._job
+    assert job is not None and ui.replanButton.text == "Cancel"
+    ui.replanButton.click()  # Cancel
+    assert job.process.poll() is not None and not widget.jobRunning
+    h.run_event_loop(timeout_s=0.3)
+    assert _node_ids(slicer.mrmlScene) == before and p.resultsTable is None
+    assert ui.replanButton.text == "Re-plan from placed probes" and "Cancelled" in ui.statusLabel.text
+    p.timeS = 0.0  # the parameter node allows 0 s; the device setting (checked in the child) does not
+    ui.replanButton.click()
+    assert h.run_event_loop(until=lambda: not widget.jobRunning, timeout_s=180)
+    assert _node_ids(slicer.mrmlScene) == before and p.resultsTable is None
+    assert ui.statusLabel.text.startswith("Re-plan failed: Time 0 s is out of range") and "\n" not in ui.statusLabel.text
