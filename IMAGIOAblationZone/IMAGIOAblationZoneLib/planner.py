@@ -509,8 +509,9 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
         chk = check_plan(probes, target, target.dense_points(SAFETY_STEPS_MM[0])[0])
     reason = (f"No plan with at most {max_probes} probe(s) of {device.id} (largest zone {largest.zone_long_mm:g} x "
               f"{largest.zone_short_mm:g} mm, {largest.volume_ml:.1f} ml) keeps {margin_mm:g} mm around the tumour "
-              f"({target.target_ml:.1f} ml with the margin, up to {target.extent_mm:.0f} mm across) with paths keeping "
-              f"{clearance_mm:g} mm from {avoid_names}: the best found, {len(probes)} probe(s), keeps a minimal margin "
+              f"({target.target_ml:.1f} ml with the margin, up to {target.extent_mm:.0f} mm across)"
+              + (f" with paths keeping {clearance_mm:g} mm from {avoid_names}" if avoid else "")
+              + f": the best found, {len(probes)} probe(s), keeps a minimal margin "
               f"of {chk.margin.minimal_margin_mm:.2f} mm and covers {chk.coverage_percent:.1f} % of tumour + "
               f"{margin_mm:g} mm")
     return PlanOutcome(False, probes, chk, reason, target, details, time.perf_counter() - t_start)

@@ -101,14 +101,18 @@ def demo_report(ctx) -> None:
         parts.append("model: " + ", ".join(f"{x['name']} {x['volume_ml']:.2f} ml"
                                            + (f" (Dice {x['dice_vs_truth']:.2f} vs truth)" if "dice_vs_truth" in x
                                               else "") for x in s["model"]["segments"]))
-    if "seeded" in s:
+    refused = None
+    if "seeded" in s and "refused" in s["seeded"]:  # a refusal is said as one, never as a volume of "nan ml"
+        refused = f"seeded {s['seeded'].get('kind')} refused: {s['seeded']['refused']}"
+    elif "seeded" in s:
         sd = s["seeded"]
         parts.append(f"seeded {sd.get('kind')}: {sd.get('volume_ml', float('nan')):.2f} ml"
                      + (f" (Dice {sd['dice_vs_truth']:.2f} vs " + ("the phantom truth" if ctx.case.is_phantom
                                                                     else f"the case's '{sd.get('segment')}'") + ")"
                         if "dice_vs_truth" in sd else ""))
-    ctx.report.add_verdict("Segmentation: " + ("; ".join(parts) if parts else "nothing segmented"),
-                           "ok" if parts else "info")
+    said = parts + ([refused] if refused else [])
+    ctx.report.add_verdict("Segmentation: " + ("; ".join(said) if said else "nothing segmented"),
+                           "warn" if refused else "ok" if parts else "info")
     res = ctx.case.results.get("planning")
     if not isinstance(res, dict):
         return

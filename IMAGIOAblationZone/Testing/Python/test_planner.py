@@ -75,6 +75,7 @@ def test_large_tumour_is_infeasible_and_says_why_with_the_best_plan_and_its_true
     d = plan.to_dict()
     assert not d["feasible"] and not d["margin_kept"]
     assert "No plan with at most 2 probe(s)" in d["reason"] and "keeps a minimal margin of" in d["reason"]
+    assert "paths keeping" not in d["reason"]  # nothing to avoid: no "keeping 3 mm from nothing"
     assert d["probe_count"] >= 1 and d["minimal_margin_mm"] < 5.0
     # the margin reported for the best plan is the true one, not the planner's hope
     indep = independent_margin(tumor, grid, plan.probes)
