@@ -143,11 +143,17 @@ def bench_plans(quick: bool, verify: bool = False) -> list[dict]:
             "minimal_margin_mm": d["minimal_margin_mm"],
             "independent_margin_mm": _independent_margin(ref, tumor, plan.probes) if plan.probes else None,
             "half_largest_spacing_mm": round(max(ref.GetSpacing()) / 2, 3),
-            "min_path_clearance_mm": min((p.get("min_clearance_mm", np.inf) for p in d["probes"]), default=None),
+            "min_path_clearance_mm": _finite_or_none(min((p.get("min_clearance_mm", np.inf) for p in d["probes"]),
+                                                         default=None)),  # None: no avoid structure (was Infinity)
             "ablated_over_target_ratio": round(d["zone_volume_ml"] / d["target_volume_ml"], 2),
             "run_time_s": round(wall, 2), "reason": d["reason"], **physics})
         print(f"plan {rows[-1]['case']}: {rows[-1]}", flush=True)
     return rows
+
+
+def _finite_or_none(v):
+    """JSON has no Infinity: a clearance with nothing to avoid is written as null."""
+    return None if v is None or not np.isfinite(v) else v
 
 
 def _bioheat_check(logic, ref, tumor, avoid, plan, tissue) -> dict:
