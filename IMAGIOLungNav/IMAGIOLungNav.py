@@ -46,8 +46,10 @@ class IMAGIOLungNav(ScriptedLoadableModule):
 class IMAGIOLungNavParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
     airwaySegmentation: vtkMRMLSegmentationNode
+    airwaySegmentID: str = ""            # segments by ID (segment selectors; never "the node's first segment")
     targetPoints: vtkMRMLMarkupsFiducialNode
     lesionSegmentation: vtkMRMLSegmentationNode
+    lesionSegmentID: str = ""
     scopeDiameterMm: Annotated[float, WithinRange(0.5, 12.0)] = 4.2
 
 
@@ -67,6 +69,9 @@ class IMAGIOLungNavWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         self.setupJobs(self.ui.progressBar, self.ui.resultLabel)
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        for selector in (self.ui.airwaySegmentSelector, self.ui.lesionSegmentSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentSelectorsChanged)
+            selector.connect("currentSegmentChanged(QString)", self.onSegmentSelectorsChanged)
         self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
@@ -76,7 +81,40 @@ class IMAGIOLungNavWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
             if first:
                 self._parameterNode.ctVolume = first
 
+    _updatingSelectors = False
+
+    def _selectors(self):
+        return ((self.ui.airwaySegmentSelector, "airwaySegmentation", "airwaySegmentID"),
+                (self.ui.lesionSegmentSelector, "lesionSegmentation", "lesionSegmentID"))
+
+    def updateSegmentSelectors(self) -> None:
+        """The segment selectors show the parameter node's segmentations and chosen segment IDs."""
+        p = self._parameterNode
+        if p is None or self._updatingSelectors:
+            return
+        self._updatingSelectors = True
+        try:
+            for selector, node, segment in self._selectors():
+                selector.setCurrentNode(getattr(p, node))
+                selector.setCurrentSegmentID(getattr(p, segment))
+        finally:
+            self._updatingSelectors = False
+        self.onSegmentSelectorsChanged()  # a selector that dropped a segment writes it back
+
+    def onSegmentSelectorsChanged(self, *args) -> None:
+        """The user's choice in a segment selector -> the parameter node's segmentation and segment ID."""
+        p = self._parameterNode
+        if p is None or self._updatingSelectors:
+            return
+        with slicer.util.NodeModify(p.parameterNode):
+            for selector, node, segment in self._selectors():
+                if getattr(p, node) is not selector.currentNode():
+                    setattr(p, node, selector.currentNode())
+                if getattr(p, segment) != (selector.currentSegmentID() or ""):
+                    setattr(p, segment, selector.currentSegmentID() or "")
+
     def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.updateSegmentSelectors()
         if self.jobRunning:
             return  # Apply is Cancel while the route is planned
         p = self._parameterNode
@@ -91,7 +129,7 @@ class IMAGIOLungNavWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Route planning failed.", waitCursor=True):
             job = self.logic.startRoute(p.ctVolume, p.airwaySegmentation, p.targetPoints, p.lesionSegmentation,
-                                        p.scopeDiameterMm)
+                                        p.scopeDiameterMm, p.airwaySegmentID, p.lesionSegmentID)
             self.startJob(job, self.onRouteDone, button=self.ui.applyButton, what="Route planning failed")
 
     def onRouteDone(self, result) -> None:
@@ -114,17 +152,31 @@ class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
 
         return LungNavLogic(slicer.mrmlScene)
 
-    def process(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2, progress=None):
+    @staticmethod
+    def _nodeArgs(ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm, airwaySegmentID, lesionSegmentID):
+        """The node-level arguments; a chosen segmentation needs its chosen segment ID (no first-segment guess)."""
+        from imagio.errors import ImagioError
+
+        for node, sid, role in ((airwayNode, airwaySegmentID, "airway"), (lesionNode, lesionSegmentID, "lesion")):
+            if node is not None and not sid:
+                raise ImagioError(f"No {role} segment chosen in '{node.GetName()}'", f"Choose the {role} segment")
+        return {"ct_node": ctNode, "airway_node": airwayNode, "airway_segment_id": airwaySegmentID or None,
+                "target_node": targetNode, "lesion_node": lesionNode, "lesion_segment_id": lesionSegmentID or None,
+                "scope_diameter_mm": scopeDiameterMm}
+
+    def process(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2,
+                airwaySegmentID: str = "", lesionSegmentID: str = "", progress=None):
         """Plan the route in this process (blocking: scripts and the self-test); new nodes in the scene."""
         logging.info("IMAGIOLungNav: planning a route")
-        return self._lib().run_nodes(ct_node=ctNode, airway_node=airwayNode, target_node=targetNode,
-                                     lesion_node=lesionNode, scope_diameter_mm=scopeDiameterMm, progress=progress)
+        return self._lib().run_nodes(**self._nodeArgs(ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm,
+                                                      airwaySegmentID, lesionSegmentID), progress=progress)
 
-    def startRoute(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2):
+    def startRoute(self, ctNode, airwayNode, targetNode, lesionNode, scopeDiameterMm: float = 4.2,
+                   airwaySegmentID: str = "", lesionSegmentID: str = ""):
         """The same as a background job (imagio.jobs.Job with Slicer's PythonSlicer; airway segmentation and
         routing run in the child, this process only reads the nodes and later adds the result's)."""
-        return self._lib().start_nodes(ct_node=ctNode, airway_node=airwayNode, target_node=targetNode,
-                                       lesion_node=lesionNode, scope_diameter_mm=scopeDiameterMm)
+        return self._lib().start_nodes(**self._nodeArgs(ctNode, airwayNode, targetNode, lesionNode,
+                                                        scopeDiameterMm, airwaySegmentID, lesionSegmentID))
 
     def addResult(self, result, ctNode=None) -> dict:
         """The new nodes of a finished job's LungNavResult."""
@@ -150,7 +202,8 @@ class IMAGIOLungNavTest(ScriptedLoadableModuleTest):
         ph = make_phantom(0)
         ct = volume_node_from_image(slicer.mrmlScene, ph.ct, "Phantom CT")
         lesion = segmentation_node_from_segments(slicer.mrmlScene, [ph.segments["lung_nodule"]], "Nodule", ct)
-        result = IMAGIOLungNavLogic().process(ct, None, None, lesion, 4.2)
+        nodule = lesion.GetSegmentation().GetSegmentIdBySegmentName("lung_nodule")
+        result = IMAGIOLungNavLogic().process(ct, None, None, lesion, 4.2, lesionSegmentID=nodule)
         r = result.route
         self.assertLess(r.gap_to_target_mm, 6.0)
         self.assertGreaterEqual(r.generation, 4)

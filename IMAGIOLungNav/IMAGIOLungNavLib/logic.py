@@ -84,9 +84,19 @@ class LungNavLogic:
 
 
 def _segment_mask(seg_node, segment_id, reference_node, role: str) -> sitk.Image:
-    """The chosen segment (by ID or name; the first one when none is chosen) on the reference grid."""
+    """The chosen segment (by ID) on the reference grid; without an ID only a node of exactly one segment (a
+    script's call; the Slicer panel always passes the ID of its segment selector). An ID that is not in the node
+    is a one-line error, never another segment."""
     segmentation = seg_node.GetSegmentation()
-    if segmentation.GetNumberOfSegments() == 0:
+    n = segmentation.GetNumberOfSegments()
+    if n == 0:
         raise ImagioError(f"The {role} segmentation has no segments", f"Choose a segmentation with the {role}")
-    wanted = segment_id or segmentation.GetNthSegmentID(0)
-    return mrml.segments_from_segmentation_node(seg_node, reference_node, segment_ids=[wanted])[0].mask
+    if not segment_id:
+        if n > 1:
+            raise ImagioError(f"The {role} segmentation '{seg_node.GetName()}' has {n} segments and none is chosen",
+                              f"Choose the {role} segment")
+        segment_id = segmentation.GetNthSegmentID(0)
+    elif segmentation.GetSegment(segment_id) is None:
+        raise ImagioError(f"The {role} segment '{segment_id}' is not in '{seg_node.GetName()}'",
+                          f"Choose the {role} segment again")
+    return mrml.segments_from_segmentation_node(seg_node, reference_node, segment_ids=[segment_id])[0].mask

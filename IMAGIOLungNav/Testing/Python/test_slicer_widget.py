@@ -35,7 +35,9 @@ def module(y_mask):
         target = add_fiducials(slicer.mrmlScene, "Target", [CARINA + RIGHT_DIR * (CHILD_LEN + 6.0)])
         p = widget._parameterNode
         p.ctVolume, p.airwaySegmentation, p.targetPoints, p.scopeDiameterMm = None, airway, target, 2.0
-        yield {"h": h, "slicer": slicer, "widget": widget, "p": p, "target": target}
+        p.airwaySegmentID = airway.GetSegmentation().GetNthSegmentID(0)
+        yield {"h": h, "slicer": slicer, "widget": widget, "p": p, "target": target, "airway": airway,
+               "y_mask": y_mask}
 
 
 def _node_ids(scene) -> set:
@@ -119,3 +121,43 @@ def test_the_progress_bar_follows_the_jobs_progress(module):
     assert h.run_event_loop(until=watch, timeout_s=120)
     assert {"Step 2 of 4 (25%)", "Step 3 of 4 (50%)", "Step 4 of 4 (75%)"} <= set(seen), seen
     assert seen[-1] == "Done (100%)" and done and done[0]["steps"] == 4  # onDone got the job's return value
+
+
+
+def test_airway_segment_is_chosen_by_id_in_a_segment_selector(module):
+    """The airway is a node + segment ID (qMRMLSegmentSelectorWidget), both ways with the parameter node: a
+    renamed segment stays chosen, the node's first segment is not taken instead, a missing ID is one line."""
+    import SimpleITK as sitk
+
+    from imagio.errors import ImagioError
+    from imagio.mrml import segmentation_node_from_segments
+
+    slicer, widget, p, y = module["slicer"], module["widget"], module["p"], module["y_mask"]
+    ui = widget.ui
+    arr = np.zeros(sitk.GetArrayViewFromImage(y).shape, np.uint8)
+    arr[2:6, 2:6, 2:6] = 1  # a decoy, first in the node: "the node's first segment" would take it
+    decoy = sitk.GetImageFromArray(arr)
+    decoy.CopyInformation(y)
+    node = segmentation_node_from_segments(slicer.mrmlScene, [Segment("decoy", decoy), Segment("airway", y)], "Two")
+    ids = node.GetSegmentation().GetSegmentIdBySegmentName
+    ui.airwaySegmentSelector.setCurrentNode(node)  # the user picks the node, then the segment
+    ui.airwaySegmentSelector.setCurrentSegmentID(ids("airway"))
+    assert p.airwaySegmentation is node and p.airwaySegmentID == ids("airway")
+    airway_id = ids("airway")
+    node.GetSegmentation().GetSegment(airway_id).SetName("bronchial tree (renamed)")
+    inputs = widget.logic._lib().inputs_from_nodes(
+        **widget.logic._nodeArgs(None, p.airwaySegmentation, p.targetPoints, None, 2.0, p.airwaySegmentID, ""))
+    from imagio.geometry import resample_to
+
+    got = sitk.GetArrayFromImage(resample_to(inputs["airway"], y))  # the export is cropped to the segment
+    assert np.array_equal(got, sitk.GetArrayViewFromImage(y)) and got.sum() > 1000  # the airway, not the decoy
+    p.airwaySegmentID = ids("decoy")  # parameter node -> selector
+    assert ui.airwaySegmentSelector.currentSegmentID() == ids("decoy")
+    with pytest.raises(ImagioError, match="^The airway segment 'no-such-segment' is not in 'Two'") as e:
+        widget.logic.startRoute(None, node, p.targetPoints, None, 2.0, "no-such-segment")
+    assert "\n" not in str(e.value)
+    node.GetSegmentation().RemoveSegment(ids("decoy"))  # the chosen segment is deleted: the selector drops it
+    widget.updateSegmentSelectors()
+    assert p.airwaySegmentID == ""
+    with pytest.raises(ImagioError, match="^No airway segment chosen in 'Two'"):
+        widget.logic.startRoute(None, p.airwaySegmentation, p.targetPoints, None, 2.0, p.airwaySegmentID)
