@@ -574,6 +574,61 @@ def preprocess(images, card: ModelCard, progress: Progress | None = None) -> Pre
     return Preprocessed(out, bbox, full_shape_t, cropped_shape, spacing_t)
 
 
+# float16 rounding without numpy's float32 -> float16 cast (a scalar loop, 40-80 ns per value here): the
+# accumulator is held in float32 holding only float16 values; ``round_to_float16`` rounds like
+# ``x.astype(np.float16).astype(np.float32)`` (nearest, ties to even, float16 subnormals, -0), bit for bit.
+_F32_EXP = 0x7F800000               # Python ints: numpy's bitwise loops with them are several times faster
+_F32_SIGN = 0x80000000
+_F16_MIN_NORMAL = np.float32(2.0 ** -14)
+_F16_OVERFLOW = np.float32(65520.0)  # rounds to 65536: inf in float16
+
+
+def round_to_float16(x: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None,
+                     work: np.ndarray | None = None) -> np.ndarray:
+    """``x`` (float32) rounded to the nearest float16 value, returned in float32 (into ``out``), bit for bit as
+    ``x.astype(np.float16).astype(np.float32)``.
+
+    With ``2**e`` the binade of ``|x|`` (at least 2**-14), ``M = 1.5 * 2**(e + 13)``: ``x + M`` lies in ``M``'s
+    binade, so its one float32 rounding is to float16's step ``2**(e - 10)``, ties to even (``M`` is an even
+    number of steps); subtracting ``M`` is exact (Sterbenz). Below 2**-14 the step stays 2**-24 (float16's
+    subnormals). The sign bit of ``x`` is OR-ed in (a result that rounds to zero keeps it, -0). Values that round
+    past 65504, infinities and NaNs take numpy's cast. ``out`` may be a strided view (an accumulator region);
+    ``scratch`` (uint32) and ``work`` (float32) of ``x``'s shape are reused buffers.
+    """
+    if out is None:
+        out = np.empty_like(x)
+    if scratch is None:
+        scratch = np.empty(x.shape, np.uint32)
+    xb = x.view(np.uint32)
+    a = np.abs(x, out=work)
+    if not a.max(initial=0.0) < _F16_OVERFLOW:   # overflow to inf, inf or NaN (NaN fails the test)
+        out[...] = x.astype(np.float16)
+        return out
+    np.bitwise_and(xb, _F32_EXP, out=scratch)
+    m = scratch.view(np.float32)                 # 2**e (0 for zeros and float32 subnormals)
+    np.maximum(m, _F16_MIN_NORMAL, out=m)
+    m *= np.float32(1.5 * 2.0 ** 13)
+    np.add(x, m, out=a)
+    a -= m
+    np.bitwise_and(xb, _F32_SIGN, out=scratch)
+    np.bitwise_or(a.view(np.uint32), scratch, out=out.view(np.uint32))
+    return out
+
+
+def float16_exact(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` holding only float16 values (finite) as a float16 array, bit for bit ``x.astype(np.float16)``."""
+    b = x.view(np.uint32)
+    mag = b & np.uint32(0x7FFFFFFF)
+    if not mag.max(initial=0) < np.uint32(_F32_EXP):
+        return x.astype(np.float16)
+    h = (mag >> np.uint32(13)) - np.uint32(112 << 10)                  # normal: rebias the exponent
+    sub = mag < np.uint32(0x38800000)                                   # below 2**-14
+    if sub.any():
+        h[sub] = (np.abs(x[sub]) * np.float32(2.0 ** 24)).astype(np.uint32)  # subnormal: exact multiple of 2**-24
+    h |= (b >> np.uint32(16)) & np.uint32(0x8000)
+    return h.astype(np.uint16).view(np.float16)
+
+
 # ----------------------------------------------------------------------------- step 2: sliding window
 
 def _predict_mirrored(backend, tile: np.ndarray, mirror_axes) -> np.ndarray:
@@ -615,8 +670,12 @@ class SlidingWindow:
         total = len(steps[0]) * len(steps[1]) * len(steps[2])
         nout = c.num_outputs
         nf = len(self.backends)
-        acc = np.zeros((nf, nout, pz, padded[1], padded[2]), np.float16)
-        wsum = np.zeros((pz, padded[1], padded[2]), np.float16)
+        # float16 values held in float32 (see round_to_float16): the same numbers as nnU-Net's float16 buffers
+        acc = np.zeros((nf, nout, pz, padded[1], padded[2]), np.float32)
+        wsum = np.zeros((pz, padded[1], padded[2]), np.float32)
+        scratch = np.empty((nout, pz, py, px), np.uint32)
+        work = np.empty((nout, pz, py, px), np.float32)
+        wtmp = np.empty((pz, py, px), np.float32)
         b0 = 0  # padded slice index of acc[..., 0, :, :]
         done = 0
         zlo, ylo, xlo = (int(v) for v in pad_lo)
@@ -636,9 +695,11 @@ class SlidingWindow:
                                               f"{[nout, pz, py, px]} from the card", "Use the card that belongs to the model")
                         pred *= self.gauss32
                         a = acc[(f, slice(None), *region)]
-                        acc[(f, slice(None), *region)] = (a.astype(np.float32) + pred).astype(np.float16)
+                        np.add(a, pred, out=pred)                  # float32 sum, then one float16 rounding
+                        round_to_float16(pred, out=a, scratch=scratch, work=work)
                     w = wsum[region]
-                    wsum[region] = (w.astype(np.float32) + self.gauss32).astype(np.float16)
+                    np.add(w, self.gauss32, out=wtmp)
+                    round_to_float16(wtmp, out=w, scratch=scratch[0], work=work[0])
                     done += 1
                     progress.update(done / total, f"Window {done} of {total}")
             f_end = steps[0][ti + 1] if ti + 1 < len(steps[0]) else padded[0]
@@ -646,17 +707,17 @@ class SlidingWindow:
             lo_m, hi_m = max(b0, zlo), min(f_end, zlo + zm)
             if hi_m > lo_m:
                 zs = slice(lo_m - b0, hi_m - b0)
-                w32 = wsum[zs, ylo:ylo + ym, xlo:xlo + xm].astype(np.float32)
-                total16 = None
+                w32 = wsum[zs, ylo:ylo + ym, xlo:xlo + xm]
+                lsum = None
                 for f in range(nf):
-                    lf = (acc[f, :, zs, ylo:ylo + ym, xlo:xlo + xm].astype(np.float32) / w32).astype(np.float16)
-                    total16 = lf if total16 is None else (total16.astype(np.float32) + lf).astype(np.float16)
+                    lf = round_to_float16(acc[f, :, zs, ylo:ylo + ym, xlo:xlo + xm] / w32)
+                    lsum = lf if lsum is None else round_to_float16(lsum + lf)
                 if nf > 1:
-                    total16 = (total16.astype(np.float32) / np.float32(nf)).astype(np.float16)
-                if np.isinf(total16).any():
+                    lsum = round_to_float16(lsum / np.float32(nf))
+                if np.isinf(lsum).any():
                     raise ImagioError("The model's logits overflow float16 (as nnU-Net aggregates them)",
                                       "The model's outputs are far too large; check the export")
-                sink.push(total16, lo_m - zlo)
+                sink.push(float16_exact(lsum), lo_m - zlo)
             if n < pz:
                 acc[:, :, :pz - n] = acc[:, :, n:].copy()
                 wsum[:pz - n] = wsum[n:].copy()
