@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from imagio.engine import ImagioError, SlidingWindow, _predict_mirrored, compute_steps, float16_exact, round_to_float16
+from imagio.engine import ImagioError, SlidingWindow, _predict_mirrored, compute_steps, round_to_float16
 
 
 def reference_run(sw: SlidingWindow, data: np.ndarray, sink) -> int:
@@ -102,16 +102,6 @@ def test_round_to_float16_is_numpys_cast_on_every_boundary():
     for v in (np.inf, -np.inf, np.nan):
         y = round_to_float16(np.array([1.0, v], np.float32))
         assert y[0] == 1.0 and (np.isnan(y[1]) if np.isnan(v) else y[1] == v)
-
-
-def test_float16_exact_is_numpys_cast_for_every_float16():
-    h16 = np.arange(0, 0x10000, dtype=np.uint32).astype(np.uint16).view(np.float16)
-    h16 = h16[np.isfinite(h16)]
-    x = h16.astype(np.float32)
-    assert np.array_equal(float16_exact(x).view(np.uint16), h16.view(np.uint16))
-    assert np.array_equal(float16_exact(x[::3]).view(np.uint16), h16[::3].view(np.uint16))
-    with_inf = np.array([np.inf, -2.0, np.nan], np.float32)
-    assert np.array_equal(float16_exact(with_inf)[:2], with_inf.astype(np.float16)[:2])
 
 
 class Recorder:
