@@ -22,7 +22,10 @@ source) step by step, including the details that change labels:
    nnU-Net's order, and window logits accumulated in **float16** exactly as
    nnU-Net does (``acc16 += pred * g``, ``n16 += g``, ``acc16 / n16`` rounded to
    float16); several folds are averaged as ``nnUNetv2_predict -f 0 1 2 3 4``
-   does: their float16 logits summed and divided by the number of folds.
+   does: their float16 logits summed and divided by the number of folds. The
+   buffers hold those float16 values in float32 and each update is rounded by
+   :func:`round_to_float16` (the same bits as numpy's cast, without its slow
+   path for float16 subnormals).
 3. :class:`LogitsToLabels` - logits resampled back to the cropped input grid
    (``order`` 1, ``order_z`` 0 along a separate axis, float64, stored as
    float16 as nnU-Net stores them), then argmax (first index on ties, as numpy)
@@ -36,8 +39,8 @@ resampling (below 1e-15). Both move a label only where nnU-Net's own float16
 logits tie to within one float16 step.
 
 Bounded memory: logits never exist for the whole volume. Windows run in
-nnU-Net's order (first axis outermost); a float16 buffer one patch deep per
-fold collects them, and every model slice that no later window touches is
+nnU-Net's order (first axis outermost); a buffer (float16 values held in float32) one patch
+deep per fold collects them, and every model slice that no later window touches is
 finished and handed to :class:`LogitsToLabels`, which emits output slices.
 
 Backends: OpenVINO when installed (``pip install openvino``, the optional
