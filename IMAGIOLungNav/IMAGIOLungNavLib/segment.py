@@ -36,6 +36,47 @@ from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
 
 
+@dataclass(frozen=True)
+class AirwayParameters:
+    """Every tuning constant of the airway segmentation, with its unit and where it comes from (one line each)."""
+
+    # --- lungs (step 1)
+    air_below_hu: float = -500.0         # HU; air vs soft tissue: halfway between air (-1000) and water (0)
+    outside_air_mean_hu: float = -920.0  # HU; air touching the sides averaging below this is outside air
+    #                                      (measured: outside air -950..-990, aerated lung -790..-850, chest CTs here)
+    min_lung_piece_ml: float = 30.0      # ml; smaller air pieces (bowel gas, noise) are not lung: chosen here
+    # --- trachea (step 2)
+    trachea_area_mm2: tuple[float, float] = (40.0, 900.0)  # mm^2; adult tracheal lumen ~7-30 mm wide: chosen here
+    trachea_min_roundness: float = 0.45  # area / area of the circle of its largest extent: chosen here (round blob)
+    trachea_max_off_midline_mm: float = 40.0  # mm from the lungs' left-right middle: chosen here
+    trachea_min_run_mm: float = 15.0     # mm of straight run from the top slices down: chosen here
+    trachea_max_step_mm: float = 6.0     # mm its centre may move between slices of the run: chosen here
+    trachea_min_lung_ml: float = 400.0   # ml of lung its air space must hold (below: not a trachea): chosen here
+    seed_radius_mm: float = 3.0          # mm around the seed searched for dark voxels: chosen here
+    # --- region growing (step 3)
+    roi_pad_mm: float = 10.0             # mm added around the lungs' box: chosen here
+    roi_above_seed_mm: float = 15.0      # mm above the trachea seed kept in the region: chosen here
+    start_hu: float = -960.0             # HU; first upper threshold (lumen air): chosen here
+    stop_hu: float = -750.0              # HU; last upper threshold (below aerated lung, -790..-850 measured above)
+    step_hu: float = 10.0                # HU per step: chosen here
+    explosion_ratio: float = 1.35        # a step growing the volume by more than this factor (+ slack) leaked
+    explosion_slack_ml: float = 2.0      # ml added to the ratio test (small trees grow in jumps): chosen here
+    max_airway_ml: float = 300.0         # ml; a larger growth is a leak (adult airway lumen ~100-200 ml)
+    # --- peripheral refinement (step 4) and the model's proposal (step 5)
+    refine_hu: float = 120.0             # HU the threshold is raised by in the refinement: chosen here
+    refine_steps: int = 4                # steps of that raise: chosen here
+    max_piece_ml: float = 0.3            # ml; a new piece larger than this is a leak, not a branch tip: chosen here
+    refine_max_piece_ml: float = 2.0     # ml; the same for a model's proposed piece: chosen here
+    min_airway_ml: float = 5.0           # ml; a smaller result is no airway (refused): chosen here
+    # --- leak check shown with the result
+    leak_suspected_ml: float = 250.0     # ml; airway volume above this is flagged: chosen here (see max_airway_ml)
+    leak_suspected_percent: float = 6.0  # % of the lung volume above which it is flagged: chosen here
+
+
+#: The parameters :func:`segment_airway` uses unless given others.
+AIRWAY = AirwayParameters()
+
+
 @dataclass
 class AirwaySegmentation:
     mask: sitk.Image                 # uint8 0/1 on the CT grid
@@ -64,7 +105,7 @@ class AirwaySegmentation:
             "rejected_leak_pieces": self.rejected_pieces,
             "model_added_ml": round(self.model_added_ml, 3),
             "model_refused_ml": round(self.model_refused_ml, 3),
-            "leak_suspected": bool(self.volume_ml > 250.0 or frac > 6.0),
+            "leak_suspected": bool(self.volume_ml > AIRWAY.leak_suspected_ml or frac > AIRWAY.leak_suspected_percent),
         }
 
 
@@ -79,10 +120,10 @@ def _s_axis(ct: sitk.Image) -> tuple[int, float]:
     return 2 - ax, float(np.sign(s_comp[ax]))
 
 
-def _lungs_coarse(ct: sitk.Image, progress: Progress) -> tuple[sitk.Image, np.ndarray]:
+def _lungs_coarse(ct: sitk.Image, progress: Progress, prm: AirwayParameters = AIRWAY) -> tuple[sitk.Image, np.ndarray]:
     """Air inside the body on a grid shrunk 2x in-plane; returns (mask image, component labels)."""
     small = sitk.Shrink(ct, [2, 2, 1]) if min(ct.GetSize()[:2]) >= 128 else ct
-    air = sitk.Cast(small < -500, sitk.sitkUInt8)
+    air = sitk.Cast(small < prm.air_below_hu, sitk.sitkUInt8)
     cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(air, False))
     progress.update(0.05, "Finding the lungs")
     k_ax, _ = _s_axis(ct)
@@ -99,10 +140,10 @@ def _lungs_coarse(ct: sitk.Image, progress: Progress) -> tuple[sitk.Image, np.nd
     # CTs here), aerated lung well above (-790..-850)
     hu = sitk.GetArrayViewFromImage(small).astype(np.float64)
     mean_hu = np.bincount(cc.ravel(), weights=hu.ravel()) / np.maximum(sizes, 1)
-    outside = touching[mean_hu[touching] < -920.0]
+    outside = touching[mean_hu[touching] < prm.outside_air_mean_hu]
     vox_ml = geometry.voxel_volume_ml(small)
     keep = np.zeros(len(sizes), bool)
-    keep[1:] = sizes[1:] * vox_ml >= 30.0
+    keep[1:] = sizes[1:] * vox_ml >= prm.min_lung_piece_ml
     keep[outside] = False
     keep[0] = False
     lungs = keep[cc]
@@ -112,7 +153,8 @@ def _lungs_coarse(ct: sitk.Image, progress: Progress) -> tuple[sitk.Image, np.nd
     return img, lab
 
 
-def find_trachea(ct: sitk.Image, lungs_small: sitk.Image, labels: np.ndarray) -> np.ndarray:
+def find_trachea(ct: sitk.Image, lungs_small: sitk.Image, labels: np.ndarray,
+                 prm: AirwayParameters = AIRWAY) -> np.ndarray:
     """RAS point in the trachea lumen, or ImagioError when there is none."""
     k_ax, sgn = _s_axis(ct)
     arr = np.moveaxis(labels, k_ax, 0)
@@ -129,7 +171,7 @@ def find_trachea(ct: sitk.Image, lungs_small: sitk.Image, labels: np.ndarray) ->
                           "Give a chest CT (lungs and trachea in the field of view) or an airway segmentation")
     lung_ras = geometry.ijk_to_ras(lungs_small, lung_kji[::50, ::-1].astype(float))
     mid_r = float(np.mean(np.percentile(lung_ras[:, 0], [1, 99])))  # middle between the lungs' sides
-    need = max(3, int(np.ceil(15.0 / slice_mm)))
+    need = max(3, int(np.ceil(prm.trachea_min_run_mm / slice_mm)))
     run: list[tuple[int, np.ndarray, int]] = []
     for idx in order:
         sl = arr[idx]
@@ -139,10 +181,10 @@ def find_trachea(ct: sitk.Image, lungs_small: sitk.Image, labels: np.ndarray) ->
             for c in range(1, int(comp2.max()) + 1):
                 pix = np.argwhere(comp2 == c)
                 area = len(pix) * pix_mm2
-                if not 40.0 <= area <= 900.0:
+                if not prm.trachea_area_mm2[0] <= area <= prm.trachea_area_mm2[1]:
                     continue
                 ext = (pix.max(axis=0) - pix.min(axis=0) + 1) * np.sqrt(pix_mm2)
-                if area / (np.pi * (ext.max() / 2.0) ** 2) < 0.45:
+                if area / (np.pi * (ext.max() / 2.0) ** 2) < prm.trachea_min_roundness:
                     continue
                 full = np.zeros(3, int)
                 full[k_ax] = idx
@@ -152,12 +194,12 @@ def find_trachea(ct: sitk.Image, lungs_small: sitk.Image, labels: np.ndarray) ->
                 kji[k_ax] = idx
                 kji[rest[0]], kji[rest[1]] = cen2
                 ras = geometry.ijk_to_ras(lungs_small, kji[::-1])
-                if abs(ras[0] - mid_r) > 40.0:
+                if abs(ras[0] - mid_r) > prm.trachea_max_off_midline_mm:
                     continue
                 lab = int(sl[tuple(np.round(cen2).astype(int))]) or int(sl[tuple(pix[0])])
                 found = (idx, ras, lab)
                 break
-        if found is not None and (not run or np.linalg.norm(found[1][:2] - run[-1][1][:2]) < 6.0):
+        if found is not None and (not run or np.linalg.norm(found[1][:2] - run[-1][1][:2]) < prm.trachea_max_step_mm):
             run.append(found)
             if len(run) >= need:
                 break
@@ -168,17 +210,18 @@ def find_trachea(ct: sitk.Image, lungs_small: sitk.Image, labels: np.ndarray) ->
                           "Give a chest CT that includes the trachea, or an airway segmentation with --airway")
     lab = run[need // 2][2]
     lung_ml = float(np.count_nonzero(labels == lab)) * geometry.voxel_volume_ml(lungs_small)
-    if lung_ml < 400.0:
+    if lung_ml < prm.trachea_min_lung_ml:
         raise ImagioError(f"The air-filled structure found ({lung_ml:.0f} ml) is not a trachea leading into lungs",
                           "Give a chest CT that includes the trachea and both lungs, or an airway segmentation")
     return run[need // 2][1]
 
 
-def _seed_voxels(ct: sitk.Image, seed_ras: np.ndarray, hu_max: float) -> list[tuple[int, int, int]]:
-    """Dark voxels (<= hu_max) within 3 mm of the seed, as SimpleITK indices."""
+def _seed_voxels(ct: sitk.Image, seed_ras: np.ndarray, hu_max: float,
+                 radius_mm: float = AIRWAY.seed_radius_mm) -> list[tuple[int, int, int]]:
+    """Dark voxels (<= hu_max) within ``radius_mm`` of the seed, as SimpleITK indices."""
     ijk = np.round(geometry.ras_to_ijk(ct, seed_ras)).astype(int)
     sp = np.array(ct.GetSpacing())
-    r = np.maximum(np.ceil(3.0 / sp).astype(int), 1)
+    r = np.maximum(np.ceil(radius_mm / sp).astype(int), 1)
     lo = np.maximum(ijk - r, 0)
     hi = np.minimum(ijk + r + 1, np.array(ct.GetSize()))
     sub = sitk.GetArrayViewFromImage(ct)[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
@@ -189,38 +232,42 @@ def _seed_voxels(ct: sitk.Image, seed_ras: np.ndarray, hu_max: float) -> list[tu
 
 
 def segment_airway(ct: sitk.Image, progress: Progress | None = None, seed_ras=None,
-                   start_hu: float = -960.0, stop_hu: float = -750.0, step_hu: float = 10.0,
-                   explosion_ratio: float = 1.35, refine_hu: float = 120.0, max_piece_ml: float = 0.3,
+                   start_hu: float = AIRWAY.start_hu, stop_hu: float = AIRWAY.stop_hu, step_hu: float = AIRWAY.step_hu,
+                   explosion_ratio: float = AIRWAY.explosion_ratio, refine_hu: float = AIRWAY.refine_hu,
+                   max_piece_ml: float = AIRWAY.max_piece_ml,
                    refine: Callable[[sitk.Image, sitk.Image], sitk.Image] | None = None,
-                   refine_max_piece_ml: float = 2.0) -> AirwaySegmentation:
-    """Segment the airway lumen of a chest CT in HU. Raises ImagioError when there is none."""
+                   refine_max_piece_ml: float = AIRWAY.refine_max_piece_ml,
+                   parameters: AirwayParameters = AIRWAY) -> AirwaySegmentation:
+    """Segment the airway lumen of a chest CT in HU. Raises ImagioError when there is none. The keyword
+    thresholds override their ``parameters`` field (:class:`AirwayParameters`)."""
     progress = ensure(progress)
+    prm = parameters
     if ct.GetDimension() != 3:
         raise ImagioError("The CT must be a 3D image", "Give a 3D chest CT")
     ct = sitk.Cast(ct, sitk.sitkInt16) if ct.GetPixelID() != sitk.sitkInt16 else ct
     arr = sitk.GetArrayViewFromImage(ct)
-    if float(np.percentile(arr[::4, ::8, ::8], 1)) > -500:
+    if float(np.percentile(arr[::4, ::8, ::8], 1)) > prm.air_below_hu:
         raise ImagioError("The image has no air (HU < -500): it is not a CT in Hounsfield units or shows no lungs",
                           "Give a chest CT in HU")
     progress.update(0.0, "Finding the lungs and the trachea")
-    lungs_small, labels = _lungs_coarse(ct, progress)
+    lungs_small, labels = _lungs_coarse(ct, progress, prm)
     if seed_ras is None:
-        seed_ras = find_trachea(ct, lungs_small, labels)
+        seed_ras = find_trachea(ct, lungs_small, labels, prm)
     seed_ras = np.asarray(seed_ras, float)
     progress.update(0.15, "Growing the airway")
     # region of interest: the lungs' box (+10 mm), up to 15 mm above the seed
     lung_kji = np.argwhere(labels > 0)
     box_ras = geometry.ijk_to_ras(lungs_small, np.array([lung_kji.min(axis=0), lung_kji.max(axis=0)])[:, ::-1].astype(float))
     box_ras = np.vstack([box_ras, seed_ras])
-    top_s = seed_ras[2] + 15.0
+    top_s = seed_ras[2] + prm.roi_above_seed_mm
     corners = np.array([[x, y, z] for x in box_ras[:, 0] for y in box_ras[:, 1]
                         for z in (box_ras[:, 2].min(), top_s)])
     ijk = geometry.ras_to_ijk(ct, corners)
     sp = np.array(ct.GetSpacing())
-    lo = np.maximum(np.floor(ijk.min(axis=0) - 10.0 / sp), 0).astype(int)
-    hi = np.minimum(np.ceil(ijk.max(axis=0) + 10.0 / sp) + 1, np.array(ct.GetSize())).astype(int)
+    lo = np.maximum(np.floor(ijk.min(axis=0) - prm.roi_pad_mm / sp), 0).astype(int)
+    hi = np.minimum(np.ceil(ijk.max(axis=0) + prm.roi_pad_mm / sp) + 1, np.array(ct.GetSize())).astype(int)
     roi = sitk.RegionOfInterest(ct, [int(v) for v in hi - lo], [int(v) for v in lo])
-    seeds = _seed_voxels(roi, seed_ras, start_hu)
+    seeds = _seed_voxels(roi, seed_ras, start_hu, prm.seed_radius_mm)
     vox_ml = geometry.voxel_volume_ml(ct)
     curve = []
     accepted = None
@@ -233,14 +280,15 @@ def segment_airway(ct: sitk.Image, progress: Progress | None = None, seed_ras=No
         grown = sitk.ConnectedThreshold(roi, seedList=seeds, lower=-3000, upper=float(t))
         v = float(np.count_nonzero(sitk.GetArrayViewFromImage(grown))) * vox_ml
         curve.append((float(t), round(v, 3)))
-        if prev_v is not None and (v > explosion_ratio * prev_v + 2.0 or v > 300.0):
+        if prev_v is not None and (v > explosion_ratio * prev_v + prm.explosion_slack_ml or v > prm.max_airway_ml):
             explosion = float(t)
             break
         accepted, accepted_t, prev_v = grown, float(t), v
     if accepted is None:
         raise ImagioError("The airway region leaked at the first threshold", "Check the CT or give a trachea seed")
     progress.update(0.6, "Adding peripheral branches with leak control")
-    mask, n_ok, n_bad = _refine_periphery(roi, accepted, accepted_t, refine_hu, max_piece_ml, vox_ml)
+    mask, n_ok, n_bad = _refine_periphery(roi, accepted, accepted_t, refine_hu, max_piece_ml, vox_ml,
+                                          prm.refine_steps)
     mask = _close_in_box(mask)
     # keep the piece connected to the trachea
     cc = sitk.RelabelComponent(sitk.ConnectedComponent(mask, True), sortByObjectSize=True)
@@ -257,7 +305,7 @@ def segment_airway(ct: sitk.Image, progress: Progress | None = None, seed_ras=No
     lungs_full = sitk.Resample(lungs_small, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     vol = geometry.mask_volume_ml(full)
     lung_ml = geometry.mask_volume_ml(lungs_full)
-    if vol < 5.0:
+    if vol < prm.min_airway_ml:
         raise ImagioError(f"The airway found is only {vol:.1f} ml", "Check the CT or give an airway segmentation")
     progress.update(1.0, f"Airway {vol:.1f} ml")
     return AirwaySegmentation(mask=full, lungs=lungs_full, trachea_seed_ras=seed_ras, threshold_hu=accepted_t,
@@ -311,7 +359,7 @@ def onnx_refiner(card_path, label: str = "airway") -> Callable[[sitk.Image, sitk
 
 
 def _refine_periphery(roi: sitk.Image, base: sitk.Image, t: float, extra_hu: float, max_piece_ml: float,
-                      vox_ml: float, steps: int = 4) -> tuple[sitk.Image, int, int]:
+                      vox_ml: float, steps: int = AIRWAY.refine_steps) -> tuple[sitk.Image, int, int]:
     """Raise the threshold in ``steps``; accept the new pieces of at most ``max_piece_ml`` (a branch
     tip), reject the larger ones (a leak into the parenchyma)."""
     mask = base
