@@ -3,24 +3,73 @@
 on the bench model's patch (48 x 64 x 64, 3 classes, its Gaussian importance map) over a 512-wide plane, in one
 run. Only the window update (accumulator + weight sum); no network. The two are timed window by window,
 interleaved, so the shared machine's load hits both alike; the accumulators are compared bit for bit.
-Run: python benchmarks/bench_aggregation.py [--windows N] [--logit-sd S]."""
+Run: python benchmarks/bench_aggregation.py [--windows N] [--logit-sd S].
+
+``--against REV``: instead, the whole engine at git revision REV (e.g. a353ee0~1, before this change) and the
+current one, each run twice, interleaved, with the shipped phantom model (patch 32^3, 3 outputs, 1 thread) on
+LIDC-0314 slices 60-199 (512 x 512 x 140, real CT from $IMAGIO_DATA): their timings and whether labels and
+probabilities are identical bit for bit."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
+from imagio import engine
 from imagio.engine import gaussian_importance_map, round_to_float16
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def against(rev: str) -> dict:
+    import SimpleITK as sitk
+
+    src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:IMAGIOCommon/imagio/engine.py"], check=True,
+                         capture_output=True, text=True).stdout
+    src = src.replace("from .model_card import", "from imagio.model_card import")
+    tmp = Path(tempfile.mkdtemp()) / "engine_at_rev.py"
+    tmp.write_text(src)
+    spec = importlib.util.spec_from_file_location("engine_at_rev", tmp)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["engine_at_rev"] = old
+    spec.loader.exec_module(old)
+    data = Path(os.environ.get("IMAGIO_DATA", REPO.parent / "shared" / "data"))
+    img = sitk.ReadImage(str(data / "chest-lidc0314" / "ct.nrrd"))[:, :, 60:200]
+    card = REPO / "IMAGIOCommon" / "imagio" / "models" / "phantom_lesions" / "phantom_lesions.json"
+    out, last = {"revision": rev, "case": "LIDC-0314 slices 60-199 (512x512x140)", "old": [], "new": []}, {}
+    for _ in range(2):
+        for name, mod in (("old", old), ("new", engine)):
+            r = mod.OnnxSegmenter(card, threads=1).predict(img, probabilities=True)
+            out[name].append({k: round(v, 2) for k, v in r.timings_s.items()})
+            out["windows"] = r.windows
+            last[name] = (sitk.GetArrayFromImage(r.labels),
+                          {k: sitk.GetArrayFromImage(v) for k, v in r.probabilities.items()})
+    (lo, po), (ln, pn) = last["old"], last["new"]
+    out["labels_identical"] = bool(np.array_equal(lo, ln))
+    out["probabilities_identical_bits"] = bool(po.keys() == pn.keys() and all(
+        np.array_equal(po[k].view(np.uint32), pn[k].view(np.uint32)) for k in po))
+    out["label_voxels"] = {int(v): int((ln == v).sum()) for v in np.unique(ln)}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=200)
     ap.add_argument("--logit-sd", type=float, default=3.0, help="standard deviation of the fake logits")
+    ap.add_argument("--against", metavar="REV", help="compare whole predictions with the engine at git REV")
     a = ap.parse_args()
+    if a.against:
+        print(json.dumps(against(a.against)))
+        return
     patch, nout, plane = (48, 64, 64), 3, 512
     pz, py, px = patch
     g32 = gaussian_importance_map(patch).astype(np.float32)
