@@ -58,6 +58,50 @@ SOFT_HALF_CONTRAST = True  # widen the intensity range to the half-contrast leve
 SEGMENT_NAMES = {"lung-nodule": "Lung nodule", "liver-tumor": "Liver tumor", "soft-tissue": "Soft-tissue lesion"}
 
 
+@dataclass(frozen=True)
+class LungNoduleParameters:
+    """The tuning constants of the lung-nodule method (unit and source, one line each)."""
+
+    aerated_below_hu: float = -500.0     # HU; voxels counted as aerated lung for its median: chosen here
+    min_aerated_voxels: int = 50         # fewer: the lung level is assumed (next field): chosen here
+    assumed_lung_hu: float = -850.0      # HU; lung level with too few such voxels (LungNav measured -790..-850)
+    lesion_cap_hu: float = 100.0         # HU; seed level capped (calcified/contrast voxels): chosen here
+    threshold_range_hu: tuple[float, float] = (-650.0, -300.0)  # HU; half-way threshold clipped to this: chosen here
+    radius_factor: float = 1.6           # estimated radius = this x the inscribed radius at the seed: chosen here
+    inscribed_search_mm: float = 6.0     # mm searched for the inscribed radius without a given radius: chosen here
+    radius_range_mm: tuple[float, float] = (3.0, 0.0)  # mm; estimated radius clip (upper 0: the kind's maximum)
+    envelope_factor: float = 1.3         # rolling-ball (closing) radius = this x radius + the next field, at most 20
+    envelope_add_mm: float = 2.0         # mm: chosen here
+    envelope_max_mm: float = 20.0        # mm: chosen here
+    bound_factor: float = 1.5            # growth stays within this many radii of the seed: chosen here
+    component_search_mm: float = 2.0     # mm a component may lie off the seed: chosen here
+    min_inscribed_mm: float = 3.0        # mm; the inscribed-radius search is at least this (or half the radius)
+    opening_factor: float = 0.5          # opening radius = this x inscribed radius, clipped to the next fields
+    max_opening_mm: float = 3.5          # mm; or 0.2 x radius when larger: chosen here
+    max_opening_per_radius: float = 0.2  # chosen here
+
+
+@dataclass(frozen=True)
+class SoftLesionParameters:
+    """The tuning constants of the liver-tumor / soft-tissue method (unit and source, one line each)."""
+
+    curvature_flow_time_step: float = 0.0625  # below CurvatureFlow's stability bound 1/2^3 for 3D (ITK docs)
+    curvature_flow_iterations: int = 3   # chosen here
+    stats_radius_factor: float = 0.3     # intensity statistics in a ball of this x the given radius: chosen here
+    stats_radius_mm: float = 4.0         # mm; that ball without a given radius: chosen here
+    mad_to_sd: float = 1.4826            # median absolute deviation -> SD of a normal distribution (a constant)
+    sd_range_hu: tuple[float, float] = (8.0, 40.0)  # HU; the robust SD is clipped to this: chosen here
+    component_search_mm: float = 3.0     # mm a component may lie off the seed: chosen here
+    radius_range_mm: tuple[float, float] = (5.0, 0.0)  # mm; estimated radius clip (upper 0: the kind's maximum)
+    shell_mm: float = 3.0                # mm; the surroundings' shell of the half-contrast edge: chosen here
+    min_inscribed_mm: float = 4.0        # mm; the inscribed-radius search is at least this (or half the radius)
+    max_opening_mm: float = 8.0          # mm; opening radius cap (SOFT_OPENING x inscribed radius): chosen here
+
+
+LUNG_NODULE = LungNoduleParameters()
+SOFT_LESION = SoftLesionParameters()
+
+
 @dataclass
 class SeededResult:
     mask: sitk.Image                # uint8 0/1 on the CT grid
@@ -257,12 +301,12 @@ def segment_from_seed(ct: sitk.Image, seed_ras, kind: str = "lung-nodule", radiu
     return SeededResult(out, kind, seed_ras, float(radius), time.perf_counter() - t0, info, warnings)
 
 
-def _lung_nodule(roi, roi_arr, s_idx, seed_hu, radius_mm, cfg, info, progress):
+def _lung_nodule(roi, roi_arr, s_idx, seed_hu, radius_mm, cfg, info, progress, prm: LungNoduleParameters = LUNG_NODULE):
     # lung parenchyma level: median of clearly aerated voxels in the ROI
-    air_vals = roi_arr[roi_arr < -500]
-    lung_hu = float(np.median(air_vals)) if air_vals.size > 50 else -850.0
-    lesion_hu = min(seed_hu, 100.0)
-    thr = float(np.clip(0.5 * (lesion_hu + lung_hu), -650.0, -300.0))
+    air_vals = roi_arr[roi_arr < prm.aerated_below_hu]
+    lung_hu = float(np.median(air_vals)) if air_vals.size > prm.min_aerated_voxels else prm.assumed_lung_hu
+    lesion_hu = min(seed_hu, prm.lesion_cap_hu)
+    thr = float(np.clip(0.5 * (lesion_hu + lung_hu), *prm.threshold_range_hu))
     info.update(lung_hu=lung_hu, threshold_hu=thr)
     tissue = sitk.Cast(roi > thr, sitk.sitkUInt8)
     air = sitk.Cast(roi <= thr, sitk.sitkUInt8)
@@ -271,18 +315,21 @@ def _lung_nodule(roi, roi_arr, s_idx, seed_hu, radius_mm, cfg, info, progress):
         radius = float(radius_mm)
     else:
         # inscribed radius of the tissue at the seed, inside a lung envelope of moderate size
-        radius = float(np.clip(1.6 * _inscribed_radius(comp, s_idx, 6.0), 3.0, cfg["max_radius_mm"]))
+        radius = float(np.clip(prm.radius_factor * _inscribed_radius(comp, s_idx, prm.inscribed_search_mm),
+                               prm.radius_range_mm[0], prm.radius_range_mm[1] or cfg["max_radius_mm"]))
     progress.update(0.4, "Cutting the chest wall (rolling-ball envelope)")
-    envelope = sitk.BinaryFillhole(closing(air, min(1.3 * radius + 2.0, 20.0)))
-    cand = _bounded(sitk.And(tissue, envelope), _sphere_mask(roi, s_idx[::-1], 1.5 * radius))
-    comp = _component_at(cand, s_idx, search_mm=2.0)
+    envelope = sitk.BinaryFillhole(closing(air, min(prm.envelope_factor * radius + prm.envelope_add_mm,
+                                                    prm.envelope_max_mm)))
+    cand = _bounded(sitk.And(tissue, envelope), _sphere_mask(roi, s_idx[::-1], prm.bound_factor * radius))
+    comp = _component_at(cand, s_idx, search_mm=prm.component_search_mm)
     if not np.any(sitk.GetArrayViewFromImage(comp)):
         comp = _component_at(tissue, s_idx)
     progress.update(0.6, "Cutting attached vessels (opening)")
-    inscribed = _inscribed_radius(comp, s_idx, max(0.5 * radius, 3.0))
-    r_open = float(np.clip(0.5 * inscribed, min(roi.GetSpacing()), max(3.5, 0.2 * radius)))
+    inscribed = _inscribed_radius(comp, s_idx, max(0.5 * radius, prm.min_inscribed_mm))
+    r_open = float(np.clip(prm.opening_factor * inscribed, min(roi.GetSpacing()),
+                           max(prm.max_opening_mm, prm.max_opening_per_radius * radius)))
     info.update(inscribed_radius_mm=inscribed, opening_radius_mm=r_open)
-    core = _component_at(opening(comp, r_open), s_idx, search_mm=max(inscribed, 2.0))
+    core = _component_at(opening(comp, r_open), s_idx, search_mm=max(inscribed, prm.component_search_mm))
     if not np.any(sitk.GetArrayViewFromImage(core)):
         core = comp
     mask = sitk.And(dilate(core, r_open + 0.5 * min(roi.GetSpacing())), comp)
@@ -290,33 +337,35 @@ def _lung_nodule(roi, roi_arr, s_idx, seed_hu, radius_mm, cfg, info, progress):
     return mask, radius
 
 
-def _soft_lesion(roi, roi_arr, s_idx, radius_mm, cfg, info, progress):
-    smooth = sitk.CurvatureFlow(roi, timeStep=0.0625, numberOfIterations=3)
+def _soft_lesion(roi, roi_arr, s_idx, radius_mm, cfg, info, progress, prm: SoftLesionParameters = SOFT_LESION):
+    smooth = sitk.CurvatureFlow(roi, timeStep=prm.curvature_flow_time_step,
+                                numberOfIterations=prm.curvature_flow_iterations)
     sm = sitk.GetArrayViewFromImage(smooth)
     sp = np.array(roi.GetSpacing())[::-1]
     c = s_idx[::-1]
-    r_stats = 0.3 * float(radius_mm) if radius_mm else 4.0
+    r_stats = prm.stats_radius_factor * float(radius_mm) if radius_mm else prm.stats_radius_mm
     vals = _ball_stats(sm, c, sp, max(r_stats, 2.0 * float(sp.max())))
     mu = float(np.median(vals))
-    sigma = float(np.clip(1.4826 * np.median(np.abs(vals - mu)), 8.0, 40.0))
+    sigma = float(np.clip(prm.mad_to_sd * np.median(np.abs(vals - mu)), *prm.sd_range_hu))
     k = cfg["k_std"]
     lower, upper = mu - k * sigma, mu + k * sigma
     info.update(lesion_hu=mu, lesion_sd_hu=sigma, lower_hu=lower, upper_hu=upper)
     grown = sitk.Cast((smooth >= lower) & (smooth <= upper), sitk.sitkUInt8)
-    comp = _component_at(grown, s_idx, search_mm=3.0)
+    comp = _component_at(grown, s_idx, search_mm=prm.component_search_mm)
     if radius_mm:
         radius = float(radius_mm)
     else:
         # equivalent-sphere radius of the grown region within the kind's default radius
         near = _bounded(comp, _sphere_mask(roi, c, cfg["default_radius_mm"]))
         vol = float(np.count_nonzero(sitk.GetArrayViewFromImage(near))) * float(np.prod(sp))
-        radius = float(np.clip((3.0 * vol / (4.0 * np.pi)) ** (1.0 / 3.0), 5.0, cfg["max_radius_mm"]))
+        radius = float(np.clip((3.0 * vol / (4.0 * np.pi)) ** (1.0 / 3.0), prm.radius_range_mm[0],
+                               prm.radius_range_mm[1] or cfg["max_radius_mm"]))
     progress.update(0.5, "Bounding the region and cutting leaks (opening)")
     ball = _sphere_mask(roi, c, (SOFT_BOUND[0] if radius_mm else SOFT_BOUND[1]) * radius)
     bounded = _bounded(comp, ball)
     # half-contrast edge: widen the range towards the surrounding tissue's level, so partial-volume
     # boundary voxels that are nearer the lesion than the surroundings are kept
-    widened = dilate(bounded, 3.0)  # kept alive while its array view is read
+    widened = dilate(bounded, prm.shell_mm)  # kept alive while its array view is read
     shell = (sitk.GetArrayViewFromImage(widened) > 0) & ~(sitk.GetArrayViewFromImage(bounded) > 0) & ball
     if shell.any() and SOFT_HALF_CONTRAST:
         around = float(np.median(sm[shell]))
@@ -327,11 +376,11 @@ def _soft_lesion(roi, roi_arr, s_idx, radius_mm, cfg, info, progress):
             lower = mid
         info.update(surrounding_hu=around, lower_hu=lower, upper_hu=upper)
         grown = sitk.Cast((smooth >= lower) & (smooth <= upper), sitk.sitkUInt8)
-        bounded = _bounded(_component_at(grown, s_idx, search_mm=3.0), ball)
-    inscribed = _inscribed_radius(bounded, s_idx, max(0.5 * radius, 4.0))
-    r_open = float(np.clip(SOFT_OPENING * inscribed, float(sp.min()), 8.0))
+        bounded = _bounded(_component_at(grown, s_idx, search_mm=prm.component_search_mm), ball)
+    inscribed = _inscribed_radius(bounded, s_idx, max(0.5 * radius, prm.min_inscribed_mm))
+    r_open = float(np.clip(SOFT_OPENING * inscribed, float(sp.min()), prm.max_opening_mm))
     info.update(inscribed_radius_mm=inscribed, opening_radius_mm=r_open)
-    core = _component_at(opening(bounded, r_open), s_idx, search_mm=max(inscribed, 3.0))
+    core = _component_at(opening(bounded, r_open), s_idx, search_mm=max(inscribed, prm.component_search_mm))
     if not np.any(sitk.GetArrayViewFromImage(core)):
         core = bounded
     mask = sitk.And(dilate(core, r_open), bounded)
