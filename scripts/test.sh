@@ -14,4 +14,6 @@ if ! command -v dciodvfy >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "scripts/test.sh: could not install dicom3tools (dciodvfy); the DICOM validation tests need it" >&2
 fi
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+# Two test processes by default (CI has 2 cores; many tests wait on child processes and files), each taking whole
+# test files (--dist loadfile), so a module's fixtures are built once; IMAGIO_TEST_WORKERS=0 runs in one process.
+.venv/bin/python -m pytest -n "${IMAGIO_TEST_WORKERS:-2}" --dist loadfile "$@"
