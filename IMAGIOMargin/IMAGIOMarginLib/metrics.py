@@ -437,25 +437,6 @@ def lattice_field(zone: FittedSurface, lo_kji: np.ndarray, hi_kji: np.ndarray, c
                        step_voxels=1.0)
 
 
-def refine_linear(a: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of a float [k, j, i] array at its half-voxel lattice points (shape 2n-1)."""
-    out = a.astype(np.float32)
-    for ax in range(3):
-        n = out.shape[ax]
-        shape = list(out.shape)
-        shape[ax] = 2 * n - 1
-        new = np.empty(shape, np.float32)
-        ev = [slice(None)] * 3
-        od = [slice(None)] * 3
-        f = [slice(None)] * 3
-        la = [slice(None)] * 3
-        ev[ax], od[ax], f[ax], la[ax] = slice(0, None, 2), slice(1, None, 2), slice(0, n - 1), slice(1, n)
-        new[tuple(ev)] = out
-        new[tuple(od)] = 0.5 * (out[tuple(f)] + out[tuple(la)])
-        out = new
-    return out
-
-
 def shell_coverage(t_solid: np.ndarray, z_solid: np.ndarray, spacing_kji: np.ndarray) -> dict[str, float]:
     """Step 8: share (%) of the voxel centres within r mm of the tumour solid that lie in the zone solid."""
     d_t = _edt(t_solid, spacing_kji)
