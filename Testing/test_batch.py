@@ -227,6 +227,39 @@ def test_local_cluster_two_workers(cohort, tmp_path):
     assert t2.row("m5")["minimal_margin_mm"] == table.row("lidc-margin-5")["minimal_margin_mm"]
 
 
+def test_a_case_waiting_on_a_worker_that_dies_is_run_again(cohort, tmp_path, capsys):
+    """Dask's default worker saturation (1.1) sends a one-thread worker two cases: the one it runs (the first
+    submitted) and one that waits. When the running case kills the worker, the scheduler counts the waiting case
+    as killed too (with allowed-failures 1, when it waited there at both deaths: the CI failure of stop 17; here 0,
+    so one death is enough and the test is deterministic); the batch runs that bystander again and blames only
+    the case that was running."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from imagio import batch
+
+    root = cohort["root"]
+    manifest = tmp_path / "manifest.csv"
+    seed = next(r for r in csv.reader(open(cohort["manifest"])) if r[0] == "killed-full-ct")[5]
+    manifest.write_text("case_id,step,tumor,ablation,ct,seed,kind\n"
+                        f'killed-full-ct,segment,,,{data_path("chest-lidc0314/ct.nrrd")},"{seed}",lung-nodule\n'
+                        f"waiting-margin,margin,{root}/data/tumor.nrrd,{root}/data/zone5.nrrd,,,\n")
+    config = {**batch.LOCAL_DASK_CONFIG, "distributed.scheduler.worker-saturation": 1.1,
+              "distributed.scheduler.allowed-failures": 0}
+    with dask.config.set(config), \
+            LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=f"{MEMORY_LIMIT_GB}GiB",
+                         dashboard_address=None) as cl, Client(cl) as client:
+        table = batch.run(manifest, tmp_path / "out", client=client, progress=None)
+    err = capsys.readouterr().err
+    killed, waiting = table.row("killed-full-ct"), table.row("waiting-margin")
+    assert killed["status"] == "error" and "killed for memory" in killed["message"], killed
+    assert waiting["status"] == "ok", waiting
+    ref = json.loads((cohort["direct"]["lidc-margin-5"] / "margin.json").read_text())
+    assert waiting["minimal_margin_mm"] == ref["minimal_margin_mm"]
+    assert table.exit_status == 1
+    assert "case waiting-margin (margin): a worker it was waiting on died while running another case" in err, err
+
+
 # ------------------------------------------------------------------------------------------ loopback cluster
 def _dask_cli(*args):
     exe = Path(sys.executable).with_name("dask")

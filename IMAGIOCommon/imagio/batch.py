@@ -53,6 +53,8 @@ LOCAL_DASK_CONFIG = {
     "distributed.worker.memory.pause": False,
     "distributed.worker.memory.terminate": 0.95,
 }
+#: How often a case that was only waiting on (or had finished on) a worker that died is run again.
+BYSTANDER_RETRIES = 3
 VERSIONED = ("dask", "distributed", "numpy", "SimpleITK", "vtk", "slicer-core", "onnxruntime", "pydicom", "scipy")
 
 
@@ -264,6 +266,27 @@ def _events(client, topic: str) -> list[dict]:
     return [m for _, m in evs if isinstance(m, dict)]
 
 
+def _deaths_while_running(client, batch_token: str, case_id: str) -> int:
+    """How many workers died while this case was one they were running: dead workers (gone from the scheduler)
+    on which this case was among the last cases started (as many as the worker had threads). A case that was only
+    waiting on a worker, or had finished there, when the worker died is a bystander (0)."""
+    try:
+        alive = set(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - without the list, count the case as running (no retry)
+        return 1
+    by_worker: dict[str, list[dict]] = {}
+    for e in _events(client, EVENT_TOPIC):
+        if e.get("batch") == batch_token:
+            by_worker.setdefault(e.get("worker"), []).append(e)
+    deaths = 0
+    for worker, starts in by_worker.items():
+        if worker in alive:
+            continue
+        last = starts[-max(int(starts[-1].get("nthreads") or 1), 1):]
+        deaths += any(e.get("case_id") == case_id for e in last)
+    return deaths
+
+
 def _death_message(client, batch_token: str, case_id: str, exc: BaseException, limits: dict) -> str:
     starts = [e for e in _events(client, EVENT_TOPIC) if e.get("batch") == batch_token and e.get("case_id") == case_id]
     ran_on = {e.get("worker") for e in starts} | {e.get("pid") for e in starts}
@@ -435,6 +458,7 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
     t_last_events = 0.0
     last_done = -1
     started: set[str] = set()
+    retried: dict[str, int] = {}
     try:
         while pending:
             for f, result in completed.next_batch(block=False):
@@ -446,6 +470,19 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
                 if isinstance(result, dict):
                     rec = result
                 else:  # the task did not return: its worker died (KilledWorker) or it was lost
+                    if isinstance(result, KilledWorker) and retried.get(s["case_id"], 0) < BYSTANDER_RETRIES \
+                            and _deaths_while_running(client, batch_token, s["case_id"]) == 0:
+                        # the scheduler counts every case assigned to a dying worker, also those only waiting there
+                        # or finished there: a bystander runs again (a fresh key), not blamed for another's crash
+                        retried[s["case_id"]] = n = retried.get(s["case_id"], 0) + 1
+                        key = f"imagio-batch-{s['case_id']}-{batch_token[:8]}-retry{n}"
+                        prog.line(f"case {s['case_id']} ({s['step']}): a worker it was waiting on died while "
+                                  "running another case; running it again")
+                        by_key[key] = s
+                        pending.add(key)
+                        completed.add(client.submit(run_case, {**s, "batch_token": batch_token}, str(out),
+                                                    pure=False, key=key))
+                        continue
                     if isinstance(result, KilledWorker):
                         msg = _death_message(client, batch_token, s["case_id"], result, limits)
                     else:

@@ -210,7 +210,8 @@ def _announce(case: dict, token: str) -> str:
         return ""
     with contextlib.suppress(Exception):
         worker.log_event(EVENT_TOPIC, {"batch": case.get("batch_token"), "case_id": case["case_id"],
-                                       "worker": worker.address, "pid": os.getpid(), "token": token})
+                                       "worker": worker.address, "pid": os.getpid(), "token": token,
+                                       "nthreads": int(getattr(worker.state, "nthreads", 0) or 0)})
     return worker.address
 
 

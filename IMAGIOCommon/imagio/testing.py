@@ -73,7 +73,9 @@ def job_spawn_and_wait(pid_file: str, progress=None):
     import time
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    Path(pid_file).write_text(f"{os.getpid()} {child.pid}")
+    tmp = Path(f"{pid_file}.tmp")  # written whole, then renamed: a reader never sees an empty or half file
+    tmp.write_text(f"{os.getpid()} {child.pid}")
+    os.replace(tmp, pid_file)
     while True:
         if progress is not None:
             progress.update(0.5, "Waiting")
