@@ -27,7 +27,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import JobWidgetMixin
+from imagio.slicer_widget import JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
 from IMAGIOAblationZoneLib.devices import load_library
 from IMAGIOAblationZoneLib.options import Tissue, ZoneModel
 
@@ -82,7 +82,7 @@ class IMAGIOAblationZoneParameterNode:
     resultsTable: vtkMRMLTableNode
 
 
-class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOAblationZoneWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -102,9 +102,7 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.planButton.connect("clicked(bool)", self.onPlanButton)
         self.ui.replanButton.connect("clicked(bool)", self.onReplanButton)
-        self.ui.tumorSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentSelectorsChanged)
-        self.ui.vesselSegmentsSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentSelectorsChanged)
-        self.ui.avoidSegmentsSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentSelectorsChanged)
+        self.connectSegmentSelectors()
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateSettingInfo)
         self.ui.powerSpinBox.connect("valueChanged(double)", self.updateSettingInfo)
         self.ui.timeSpinBox.connect("valueChanged(double)", self.updateSettingInfo)
@@ -134,35 +132,11 @@ class IMAGIOAblationZoneWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTK
         self.observeProbe(p.probeLine if p else None)
         self.updateSettingInfo()
 
-    _updatingSelectors = False
-
-    def updateSegmentSelectors(self) -> None:
-        """The segment selectors show the parameter node's segmentation and its chosen segment IDs."""
-        p = self._parameterNode
-        if p is None or self._updatingSelectors:
-            return
-        self._updatingSelectors = True
-        try:
-            for selector in (self.ui.tumorSegmentSelector, self.ui.vesselSegmentsSelector, self.ui.avoidSegmentsSelector):
-                selector.setCurrentNode(p.segmentation)
-            self.ui.tumorSegmentSelector.setCurrentSegmentID(p.tumorSegmentID)
-            self.ui.vesselSegmentsSelector.setSelectedSegmentIDs(list(p.vesselSegmentIDs))
-            self.ui.avoidSegmentsSelector.setSelectedSegmentIDs(list(p.avoidSegmentIDs))
-        finally:
-            self._updatingSelectors = False
-        self.onSegmentSelectorsChanged()  # a selector that dropped or picked a segment writes it back
-
-    def onSegmentSelectorsChanged(self, *args) -> None:
-        """The user's choice in a segment selector -> the parameter node's segment IDs."""
-        p = self._parameterNode
-        if p is None or self._updatingSelectors:
-            return
-        chosen = (self.ui.tumorSegmentSelector.currentSegmentID() or "",
-                  list(self.ui.vesselSegmentsSelector.selectedSegmentIDs()),
-                  list(self.ui.avoidSegmentsSelector.selectedSegmentIDs()))
-        if chosen != (p.tumorSegmentID, list(p.vesselSegmentIDs), list(p.avoidSegmentIDs)):
-            with slicer.util.NodeModify(p.parameterNode):
-                p.tumorSegmentID, p.vesselSegmentIDs, p.avoidSegmentIDs = chosen
+    def segmentSelectors(self):
+        """The tumour, vessel and avoid selectors show ``segmentation`` (its own selector sets it) and hold IDs."""
+        return (SegmentSelector(self.ui.tumorSegmentSelector, "segmentation", "tumorSegmentID", ownsNode=False),
+                SegmentSelector(self.ui.vesselSegmentsSelector, "segmentation", "vesselSegmentIDs", ownsNode=False),
+                SegmentSelector(self.ui.avoidSegmentsSelector, "segmentation", "avoidSegmentIDs", ownsNode=False))
 
     def observeProbe(self, lineNode) -> None:
         """Watch the probe line so the table zone follows it while it is dragged."""

@@ -21,7 +21,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import JobWidgetMixin
+from imagio.slicer_widget import JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
 
 
 class IMAGIOLungNav(ScriptedLoadableModule):
@@ -53,7 +53,7 @@ class IMAGIOLungNavParameterNode:
     scopeDiameterMm: Annotated[float, WithinRange(0.5, 12.0)] = 4.2
 
 
-class IMAGIOLungNavWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOLungNavWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -69,9 +69,7 @@ class IMAGIOLungNavWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
         self.setupJobs(self.ui.progressBar, self.ui.resultLabel)
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        for selector in (self.ui.airwaySegmentSelector, self.ui.lesionSegmentSelector):
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentSelectorsChanged)
-            selector.connect("currentSegmentChanged(QString)", self.onSegmentSelectorsChanged)
+        self.connectSegmentSelectors()
         self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
@@ -81,37 +79,9 @@ class IMAGIOLungNavWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObser
             if first:
                 self._parameterNode.ctVolume = first
 
-    _updatingSelectors = False
-
-    def _selectors(self):
-        return ((self.ui.airwaySegmentSelector, "airwaySegmentation", "airwaySegmentID"),
-                (self.ui.lesionSegmentSelector, "lesionSegmentation", "lesionSegmentID"))
-
-    def updateSegmentSelectors(self) -> None:
-        """The segment selectors show the parameter node's segmentations and chosen segment IDs."""
-        p = self._parameterNode
-        if p is None or self._updatingSelectors:
-            return
-        self._updatingSelectors = True
-        try:
-            for selector, node, segment in self._selectors():
-                selector.setCurrentNode(getattr(p, node))
-                selector.setCurrentSegmentID(getattr(p, segment))
-        finally:
-            self._updatingSelectors = False
-        self.onSegmentSelectorsChanged()  # a selector that dropped a segment writes it back
-
-    def onSegmentSelectorsChanged(self, *args) -> None:
-        """The user's choice in a segment selector -> the parameter node's segmentation and segment ID."""
-        p = self._parameterNode
-        if p is None or self._updatingSelectors:
-            return
-        with slicer.util.NodeModify(p.parameterNode):
-            for selector, node, segment in self._selectors():
-                if getattr(p, node) is not selector.currentNode():
-                    setattr(p, node, selector.currentNode())
-                if getattr(p, segment) != (selector.currentSegmentID() or ""):
-                    setattr(p, segment, selector.currentSegmentID() or "")
+    def segmentSelectors(self):
+        return (SegmentSelector(self.ui.airwaySegmentSelector, "airwaySegmentation", "airwaySegmentID"),
+                SegmentSelector(self.ui.lesionSegmentSelector, "lesionSegmentation", "lesionSegmentID"))
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
         self.updateSegmentSelectors()

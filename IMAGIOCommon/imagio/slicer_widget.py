@@ -26,7 +26,17 @@ While the job runs its button reads "Cancel", the progress bar follows the job, 
 says what runs; on success ``onDone(result)`` adds the outputs to the scene; on failure the job's
 one-line error is shown (status label and error display) and nothing is added; cancel ends the job's
 whole process group and adds nothing. Polling is a QTimer: no ``processEvents()`` anywhere.
+
+A widget with segment selectors (``qMRMLSegmentSelectorWidget``: segments chosen by node and segment ID,
+never by name) derives from ``SegmentSelectorsMixin`` too, lists them in ``segmentSelectors()``, calls
+``connectSegmentSelectors()`` in ``setup()`` and ``updateSegmentSelectors()`` in ``onParameterNodeModified``::
+
+    class IMAGIOXWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+        def segmentSelectors(self):
+            return (SegmentSelector(self.ui.tumorSegmentSelector, "tumorSegmentation", "tumorSegmentID"),)
 """
+
+from typing import NamedTuple
 
 import qt
 import slicer
@@ -177,3 +187,91 @@ class JobWidgetMixin(ParameterNodeWidgetMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJob()  # its result belongs to the scene being closed
         super().onSceneStartClose(caller, event)
+
+
+class SegmentSelector(NamedTuple):
+    """A ``qMRMLSegmentSelectorWidget`` and the parameter-node fields it shows and sets.
+
+    ``nodeField``: the segmentation node field. ``segmentField``: the chosen segment ID (``str``), or the
+    chosen IDs (``list[str]``) when the selector has ``multiSelection``. ``ownsNode``: the selector's own
+    node selector sets the node field (False: another widget, bound through ``SlicerParameterName``, sets
+    it, and the selector only follows it).
+    """
+
+    selector: object
+    nodeField: str
+    segmentField: str
+    ownsNode: bool = True
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.selector.multiSelection)
+
+    def chosen(self):
+        """The selector's segment choice, as the parameter node holds it."""
+        if self.multi:
+            return list(self.selector.selectedSegmentIDs())
+        return self.selector.currentSegmentID() or ""
+
+    def stored(self, p):
+        value = getattr(p, self.segmentField)
+        return list(value) if self.multi else (value or "")
+
+
+class SegmentSelectorsMixin:
+    """Segment selectors in step with the parameter node's segmentation and segment-ID fields, both ways.
+
+    Slicer 5.10's parameter-node wrapper has no GUI connector for ``qMRMLSegmentSelectorWidget``, so this is
+    the one place that syncs them: the parameter node is shown in the selectors (a selector that drops a
+    segment no longer in its node, or picks one, writes that back) and a user's choice is written to the
+    parameter node, never re-entering itself.
+    """
+
+    _updatingSelectors = False
+
+    def segmentSelectors(self) -> tuple:
+        """The widget's :class:`SegmentSelector` bindings."""
+        return ()
+
+    def connectSegmentSelectors(self) -> None:
+        """Call in ``setup()``: a user's choice in any selector goes to the parameter node."""
+        for s in self.segmentSelectors():
+            if s.ownsNode:
+                s.selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentSelectorsChanged)
+            if s.multi:
+                s.selector.connect("segmentSelectionChanged(QStringList)", self.onSegmentSelectorsChanged)
+            else:
+                s.selector.connect("currentSegmentChanged(QString)", self.onSegmentSelectorsChanged)
+
+    def updateSegmentSelectors(self) -> None:
+        """The segment selectors show the parameter node's segmentations and chosen segment IDs."""
+        p = self._parameterNode
+        if p is None or self._updatingSelectors:
+            return
+        self._updatingSelectors = True
+        try:
+            for s in self.segmentSelectors():
+                s.selector.setCurrentNode(getattr(p, s.nodeField))
+                if s.multi:
+                    s.selector.setSelectedSegmentIDs(s.stored(p))
+                else:
+                    s.selector.setCurrentSegmentID(s.stored(p))
+        finally:
+            self._updatingSelectors = False
+        self.onSegmentSelectorsChanged()  # a selector that dropped or picked a segment writes it back
+
+    def onSegmentSelectorsChanged(self, *args) -> None:
+        """The user's choice in a segment selector -> the parameter node's segmentation and segment IDs."""
+        p = self._parameterNode
+        if p is None or self._updatingSelectors:
+            return
+        changes = {}
+        for s in self.segmentSelectors():
+            if s.ownsNode and getattr(p, s.nodeField) is not s.selector.currentNode():
+                changes[s.nodeField] = s.selector.currentNode()
+            if s.chosen() != s.stored(p):
+                changes[s.segmentField] = s.chosen()
+        if changes:
+            with slicer.util.NodeModify(p.parameterNode):
+                for field, value in changes.items():
+                    setattr(p, field, value)
