@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from imagio import geometry
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path("/work/coord/cache/planning/reference")
 
@@ -217,11 +219,7 @@ def make_large(tmp: Path) -> Path:
 
 def compare(a: sitk.Image, b: sitk.Image, classes) -> dict:
     x, y = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
-    dice = {}
-    for c in classes:
-        xa, yb = x == c, y == c
-        s = int(xa.sum() + yb.sum())
-        dice[str(c)] = 1.0 if s == 0 else 2.0 * int((xa & yb).sum()) / s
+    dice = {str(c): geometry.dice(x == c, y == c, empty=1.0) for c in classes}
     return {"dice_per_class": dice, "voxels_differing": int(np.count_nonzero(x != y)), "voxels": int(x.size),
             "voxels_per_class_nnunet": {str(c): int((y == c).sum()) for c in classes}}
 

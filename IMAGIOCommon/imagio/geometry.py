@@ -214,3 +214,22 @@ def signed_distance_mm(mask, spacing_xyz=None) -> np.ndarray:
         img.SetSpacing([float(s) for s in spacing_xyz])
     dmap = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
     return sitk.GetArrayFromImage(dmap)
+
+
+def _mask_array(mask) -> np.ndarray:
+    """Boolean [k, j, i] array of a mask's set (> 0) voxels (a SimpleITK image or an array)."""
+    arr = sitk.GetArrayViewFromImage(mask) if isinstance(mask, sitk.Image) else np.asarray(mask)
+    return arr > 0
+
+
+def dice(a, b, *, empty: float = float("nan")) -> float:
+    """Dice coefficient 2|A & B| / (|A| + |B|) of two masks' set (> 0) voxels (SimpleITK images or arrays on one grid).
+
+    The one Dice of IMAGIO. ``empty``: the value when both masks are empty (0/0): NaN by default (undefined);
+    callers that report a number pass their convention explicitly (1.0: two empty masks agree; 0.0: nothing found).
+    """
+    x, y = _mask_array(a), _mask_array(b)
+    if x.shape != y.shape:
+        raise ValueError(f"Dice of masks of different shapes {x.shape} and {y.shape}: resample them onto one grid")
+    s = int(np.count_nonzero(x)) + int(np.count_nonzero(y))
+    return float(empty) if s == 0 else 2.0 * int(np.count_nonzero(x & y)) / s

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from imagio import geometry
 from imagio.errors import ImagioError
 
 SCOPE_DIAMETER_MM = 4.2
@@ -52,10 +53,7 @@ def demo_step(ctx) -> None:
     if ph is not None:
         a, b = _truth_agreement(result.tree, ph.airway_centerlines)
         true_airway = ph.segments["airway_lumen"].array() > 0
-        ours = result.airway_mask
-        import SimpleITK as sitk
-        o = sitk.GetArrayViewFromImage(ours) > 0
-        dice = 2.0 * np.count_nonzero(o & true_airway) / max(np.count_nonzero(o) + np.count_nonzero(true_airway), 1)
+        dice = geometry.dice(result.airway_mask, true_airway, empty=0.0)
         summary["truth"] = {"centerline_truth_within_2mm_percent": round(a, 1),
                             "centerline_ours_within_2mm_percent": round(b, 1),
                             "airway_dice": round(dice, 3), "true_branches": len(ph.airway_centerlines)}

@@ -17,15 +17,9 @@ SHIPPED_MODEL = "phantom-lesions"
 KIND_OF_SITE = {"lung": "lung-nodule", "liver": "liver-tumor", "soft_tissue": "soft-tissue"}
 
 
-def _dice(a: sitk.Image, b: sitk.Image) -> float:
-    x, y = sitk.GetArrayViewFromImage(a) > 0, sitk.GetArrayViewFromImage(b) > 0
-    s = int(x.sum() + y.sum())
-    return float("nan") if s == 0 else 2.0 * int((x & y).sum()) / s
-
-
 def demo_step(ctx) -> None:
     from imagio.errors import ImagioError
-    from imagio.geometry import centroid_ras
+    from imagio.geometry import centroid_ras, dice
     from imagio.model_card import find_card_by_name
     from imagio.mrml import segments_from_segmentation_node
 
@@ -49,7 +43,7 @@ def demo_step(ctx) -> None:
             row = dict(s)
             key = truth_key.get(s["name"])
             if key in truth:
-                row["dice_vs_truth"] = round(_dice(got[s["name"]].mask, truth[key].mask), 4)
+                row["dice_vs_truth"] = round(dice(got[s["name"]].mask, truth[key].mask), 4)
                 row["truth_volume_ml"] = round(truth[key].volume_ml(), 3)
                 metrics.append((f"model: {s['name']} Dice vs phantom truth", row["dice_vs_truth"], ""))
             metrics.append((f"model: {s['name']} volume", s["volume_ml"], "ml"))
@@ -79,7 +73,7 @@ def demo_step(ctx) -> None:
             sres = None
         if sres is not None:
             seeded = segments_from_segmentation_node(sres.node, ct_node)[0]
-            d = _dice(seeded.mask, nodule.mask)
+            d = dice(seeded.mask, nodule.mask)
             seg = sres.segments[0]
             ref = "phantom truth" if case.is_phantom else f"the case's '{nodule.name}'"
             summary["seeded"] = {"kind": kind, "segment": nodule.name, "seed_ras": [round(float(v), 2) for v in seed],

@@ -154,3 +154,21 @@ def test_get_scene_never_falls_back_to_slicers_global_scene():
 
         with pytest.raises(ImagioError, match="never uses a global scene"):
             LungNavLogic()
+
+
+def test_dice_one_helper_and_its_empty_mask_conventions():
+    a = np.zeros((4, 5, 6), np.uint8)
+    b = np.zeros_like(a)
+    a[1:3, 1:3, 1:3] = 1  # 8 voxels
+    b[1:3, 1:3, 2:4] = 1  # 8 voxels, 4 shared
+    assert g.dice(a, b) == pytest.approx(0.5)
+    ref = g.make_image(a.shape[::-1], (0.7, 0.9, 2.5))
+    assert g.dice(g.copy_geometry(a, ref), b.astype(bool)) == pytest.approx(0.5)  # an image and an array
+    assert g.dice(a, a) == 1.0
+    assert g.dice(a, np.zeros_like(a), empty=1.0) == 0.0  # one empty mask: 0 whatever the convention
+    empty = np.zeros_like(a)
+    assert np.isnan(g.dice(empty, empty))  # both empty: undefined by default (the planning demo's NaN)
+    assert g.dice(empty, empty, empty=0.0) == 0.0  # the lung navigation demo's airway Dice
+    assert g.dice(empty, empty, empty=1.0) == 1.0  # the planning benchmark's per-class Dice
+    with pytest.raises(ValueError, match="different shapes"):
+        g.dice(a, a[:, :, :5])

@@ -13,10 +13,6 @@ from imagio.errors import ImagioError
 from imagio.testing import data_path
 
 
-def _dice(a, b):
-    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-
-
 def test_lung1_rtstruct_gtv_volume():
     ct = io.read_image(data_path("chest-lung1-001/image"))
     assert ct.GetSize() == (512, 512, 134)
@@ -26,7 +22,7 @@ def test_lung1_rtstruct_gtv_volume():
     assert gtv.volume_ml() == pytest.approx(156.3, rel=0.02)
     assert {s.name for s in segs} >= {"GTV-1", "Lung-Left", "Lung-Right", "Spinal-Cord"}
     derived = io.read_segmentation(data_path("chest-lung1-001/derived_labels/GTV-1.seg.nrrd"), reference=ct)
-    assert _dice(gtv.array(), derived[0].array()) >= 0.99
+    assert g.dice(gtv.array(), derived[0].array()) >= 0.99
 
 
 @pytest.mark.parametrize("case,ml", [("sarcoma-sts001", 365.3), ("sarcoma-sts002", 53.3)])
@@ -35,7 +31,7 @@ def test_sarcoma_rtstruct_matches_nifti(case, ml):
     rs = io.read_segmentation(data_path(f"{case}/dicom/mask/RS.dcm"), reference=ct)
     nifti = io.read_segmentation(data_path(f"{case}/nifti/mask/mask.nii.gz"), reference=ct)
     assert len(rs) == 1 and len(nifti) == 1
-    assert _dice(rs[0].array(), nifti[0].array()) >= 0.99
+    assert g.dice(rs[0].array(), nifti[0].array()) >= 0.99
     assert rs[0].volume_ml() == pytest.approx(ml, rel=0.02)
 
 

@@ -15,12 +15,6 @@ from IMAGIOLungNavLib.logic import LungNavLogic
 from IMAGIOLungNavLib.segment import segment_airway
 
 
-def _dice(a: sitk.Image, b: sitk.Image) -> float:
-    x = sitk.GetArrayViewFromImage(a) > 0
-    y = sitk.GetArrayViewFromImage(b) > 0
-    return 2.0 * np.count_nonzero(x & y) / (np.count_nonzero(x) + np.count_nonzero(y))
-
-
 def _hu_of(ct: sitk.Image, mask: sitk.Image) -> np.ndarray:
     return sitk.GetArrayViewFromImage(ct)[sitk.GetArrayViewFromImage(mask) > 0]
 
@@ -29,7 +23,7 @@ def test_phantom_airway_matches_truth_and_the_explosion_is_stopped(phantom):
     seg = segment_airway(phantom.ct)
     truth = phantom.segments["airway_lumen"]
     assert g.same_grid(seg.mask, phantom.ct)
-    assert _dice(seg.mask, truth.mask) >= 0.9
+    assert g.dice(seg.mask, truth.mask) >= 0.9
     # no leak: the lung parenchyma (-860 HU) explodes the region; that step was seen and refused
     assert seg.explosion_hu is not None and seg.threshold_hu < seg.explosion_hu
     assert seg.curve[-1][1] > 5 * seg.curve[-2][1]

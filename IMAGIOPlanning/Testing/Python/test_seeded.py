@@ -9,15 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from imagio.errors import ImagioError
-from imagio.geometry import centroid_ras, ijk_to_ras, lps_to_ras, make_image, rotation_matrix
+from imagio.geometry import centroid_ras, dice, ijk_to_ras, lps_to_ras, make_image, rotation_matrix
 from imagio.testing import data_path
 from IMAGIOPlanningLib.seeded import segment_from_seed
-
-
-def dice(a, b) -> float:
-    x = (sitk.GetArrayViewFromImage(a) > 0) if isinstance(a, sitk.Image) else a
-    y = (sitk.GetArrayViewFromImage(b) > 0) if isinstance(b, sitk.Image) else b
-    return 2.0 * float((x & y).sum()) / float(x.sum() + y.sum())
 
 
 def _grid(size=(90, 80, 40), spacing=(0.7, 0.8, 1.5), angle=20.0):
