@@ -47,7 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from imagio import batch
-from imagio.geometry import centroid_ras
+from imagio.geometry import centroid_ras, dilate_mm
 from imagio.io import read_image
 from imagio.testing import data_root
 
@@ -59,11 +59,6 @@ def _crop_box(mask: sitk.Image, pad_vox=(14, 22, 22)):
     lo = np.maximum(kji.min(0) - pad_vox, 0)
     hi = np.minimum(kji.max(0) + np.array(pad_vox) + 1, np.array(mask.GetSize())[::-1])
     return [int(v) for v in (hi - lo)[::-1]], [int(v) for v in lo[::-1]]
-
-
-def _grow(mask: sitk.Image, k_mm: float) -> sitk.Image:
-    d = sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return sitk.Cast(d <= k_mm, sitk.sitkUInt8)
 
 
 def build_cases(work: Path) -> Path:
@@ -86,7 +81,7 @@ def build_cases(work: Path) -> Path:
         t = sitk.RegionOfInterest(m, size, index)
         sitk.WriteImage(t, str(inp / f"{name}.nrrd"), True)
         for k in ((5, 3) if name == "consensus" else (5,)):
-            sitk.WriteImage(_grow(t, k), str(inp / f"{name}_zone{k}.nrrd"), True)
+            sitk.WriteImage(dilate_mm(t, k), str(inp / f"{name}_zone{k}.nrrd"), True)
             rows.append({"case_id": f"margin-{name}-{k}mm", "step": "margin", "tumor": f"inputs/{name}.nrrd",
                          "ablation": f"inputs/{name}_zone{k}.nrrd"})
     seed = ",".join(f"{v:.2f}" for v in centroid_ras(cons))

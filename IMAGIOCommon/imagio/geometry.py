@@ -212,8 +212,41 @@ def signed_distance_mm(mask, spacing_xyz=None) -> np.ndarray:
             raise ValueError("a numpy mask needs spacing_xyz")
         img = sitk.GetImageFromArray((np.asarray(mask) != 0).astype(np.uint8))
         img.SetSpacing([float(s) for s in spacing_xyz])
-    dmap = sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return sitk.GetArrayFromImage(dmap)
+    return sitk.GetArrayFromImage(_signed_distance_image(img))
+
+
+def _signed_distance_image(mask: sitk.Image) -> sitk.Image:
+    """:func:`signed_distance_mm` as a float32 SimpleITK image on ``mask``'s grid (non-zero voxels are the set)."""
+    return sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+
+
+# Morphology by a radius in mm. One convention: a voxel belongs to ``dilate_mm(mask, r)`` when its centre lies
+# within ``r`` mm (<=) of the centre of a voxel of the mask, and to ``erode_mm(mask, r)`` when its centre lies more
+# than ``r`` mm from the centre of every voxel outside the mask (the dual). Distances are Euclidean in physical
+# space from :func:`signed_distance_mm`, so the structuring element is an exact ball of radius r mm on any
+# (anisotropic) grid; a radius under the spacing along an axis grows nothing along that axis. Inputs: SimpleITK
+# masks (non-zero voxels are the set); outputs: uint8 0/1 images on the same grid (the input itself where the
+# operation leaves it unchanged: r <= 0, an empty mask, or erosion of a full one).
+def dilate_mm(mask: sitk.Image, radius_mm: float) -> sitk.Image:
+    """Add every voxel whose centre lies within ``radius_mm`` mm of the mask's voxel centres."""
+    if radius_mm <= 0 or not np.any(sitk.GetArrayViewFromImage(mask)):
+        return mask
+    return sitk.Cast(_signed_distance_image(mask) <= radius_mm, sitk.sitkUInt8)
+
+
+def erode_mm(mask: sitk.Image, radius_mm: float) -> sitk.Image:
+    """Keep the voxels whose centres lie more than ``radius_mm`` mm from every background voxel centre."""
+    if radius_mm <= 0:
+        return mask
+    a = sitk.GetArrayViewFromImage(mask)
+    if not np.any(a) or np.all(a):
+        return mask
+    return sitk.Cast(_signed_distance_image(sitk.Cast(mask == 0, sitk.sitkUInt8)) > radius_mm, sitk.sitkUInt8)
+
+
+def opening_mm(mask: sitk.Image, radius_mm: float) -> sitk.Image:
+    """Erode then dilate by ``radius_mm`` mm: removes the parts narrower than the ball."""
+    return dilate_mm(erode_mm(mask, radius_mm), radius_mm)
 
 
 def _mask_array(mask) -> np.ndarray:
@@ -233,3 +266,8 @@ def dice(a, b, *, empty: float = float("nan")) -> float:
         raise ValueError(f"Dice of masks of different shapes {x.shape} and {y.shape}: resample them onto one grid")
     s = int(np.count_nonzero(x)) + int(np.count_nonzero(y))
     return float(empty) if s == 0 else 2.0 * int(np.count_nonzero(x & y)) / s
+
+
+def closing_mm(mask: sitk.Image, radius_mm: float) -> sitk.Image:
+    """Dilate then erode by ``radius_mm`` mm: fills the gaps and dents narrower than the ball."""
+    return erode_mm(dilate_mm(mask, radius_mm), radius_mm)

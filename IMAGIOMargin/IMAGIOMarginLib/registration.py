@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from imagio.errors import ImagioError
-from imagio.geometry import bounds_overlap, lps_to_ras, ras_to_lps, resample_to, same_grid
+from imagio.geometry import bounds_overlap, dilate_mm, lps_to_ras, ras_to_lps, resample_to, same_grid
 
 MODES = ("none", "rigid", "deformable")
 SIMILARITY_METRIC = "normalized_cross_correlation"
@@ -359,11 +359,11 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
     moving = sitk.Clamp(sitk.Cast(moving, sitk.sitkFloat32), sitk.sitkFloat32, lo_hu, hi_hu)
     roi["voxels"] = [int(v) for v in fixed.GetSize()]
     zone_c = _on_grid(zone_post, post_ct, fixed_crop)
-    zone_grown = sitk.BinaryDilate(zone_c, [max(1, int(round(params.zone_exclusion_mm / s))) for s in fixed.GetSpacing()])
+    zone_grown = dilate_mm(zone_c, params.zone_exclusion_mm)
     region = np.ones(sitk.GetArrayViewFromImage(fixed).shape, bool)
     if organ_post is not None:
         organ = _on_grid(sitk.Cast(organ_post > 0, sitk.sitkUInt8), post_ct, fixed_crop)
-        organ = sitk.BinaryDilate(organ, [max(1, int(round(params.organ_dilation_mm / s))) for s in fixed.GetSpacing()])
+        organ = dilate_mm(organ, params.organ_dilation_mm)
         region = sitk.GetArrayFromImage(organ) > 0
         if np.count_nonzero(region) < params.min_organ_voxels:
             raise ImagioError("The organ mask hardly overlaps the region around the ablation zone",
@@ -420,8 +420,7 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
         quality["deformable_metric"] = float(reg2.GetMetricValue())
         full = sitk.CompositeTransform([rigid, bspline])
         # keep the tumour rigid: best rigid fit of the deformation over the tumour + 5 mm
-        tumor_grown = sitk.BinaryDilate(tumor_pre, [max(1, int(round(params.tumor_rigid_shell_mm / s)))
-                                                    for s in tumor_pre.GetSpacing()])
+        tumor_grown = dilate_mm(tumor_pre, params.tumor_rigid_shell_mm)
         pre_pts = _points_of(tumor_grown, seed=seed)
         inv = rigid.GetInverse()
         post_pts = np.array([inv.TransformPoint(p) for p in pre_pts])  # tumour region seen in the post frame

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from imagio import geometry
 from imagio.errors import ImagioError
 from imagio.geometry import ras_to_ijk
 from imagio.progress import Progress, ensure
@@ -113,39 +114,6 @@ class SeededResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _dist(mask: sitk.Image) -> sitk.Image:
-    """Signed distance (mm), negative inside the mask."""
-    return sitk.SignedMaurerDistanceMap(mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-
-
-def dilate(mask: sitk.Image, r: float) -> sitk.Image:
-    """Add voxels within ``r`` mm of the mask (a physical ball on any grid)."""
-    if r <= 0:
-        return mask
-    if not np.any(sitk.GetArrayViewFromImage(mask)):
-        return mask
-    return sitk.Cast(_dist(mask) <= r, sitk.sitkUInt8)
-
-
-def erode(mask: sitk.Image, r: float) -> sitk.Image:
-    """Keep voxels farther than ``r`` mm from every background voxel (the dual of :func:`dilate`)."""
-    if r <= 0:
-        return mask
-    a = sitk.GetArrayViewFromImage(mask)
-    if not np.any(a) or np.all(a):
-        return mask
-    background = sitk.Cast(mask == 0, sitk.sitkUInt8)
-    return sitk.Cast(_dist(background) > r, sitk.sitkUInt8)
-
-
-def opening(mask, r):
-    return dilate(erode(mask, r), r)
-
-
-def closing(mask, r):
-    return erode(dilate(mask, r), r)
-
-
 def _component_at(mask: sitk.Image, seed_idx, search_mm: float = 0.0) -> sitk.Image:
     """The connected component of ``mask`` at ``seed_idx`` (or the nearest one within ``search_mm``)."""
     cc = sitk.ConnectedComponent(mask, True)
@@ -188,7 +156,7 @@ def _sphere_mask(ref: sitk.Image, center_kji, r_mm: float) -> np.ndarray:
 
 
 def _inscribed_radius(comp: sitk.Image, seed_idx, near_mm: float) -> float:
-    d = sitk.GetArrayFromImage(_dist(comp))
+    d = geometry.signed_distance_mm(comp)
     i, j, k = seed_idx
     near = _sphere_mask(comp, (k, j, i), near_mm)
     inside = -d[near]
@@ -318,7 +286,7 @@ def _lung_nodule(roi, roi_arr, s_idx, seed_hu, radius_mm, cfg, info, progress, p
         radius = float(np.clip(prm.radius_factor * _inscribed_radius(comp, s_idx, prm.inscribed_search_mm),
                                prm.radius_range_mm[0], prm.radius_range_mm[1] or cfg["max_radius_mm"]))
     progress.update(0.4, "Cutting the chest wall (rolling-ball envelope)")
-    envelope = sitk.BinaryFillhole(closing(air, min(prm.envelope_factor * radius + prm.envelope_add_mm,
+    envelope = sitk.BinaryFillhole(geometry.closing_mm(air, min(prm.envelope_factor * radius + prm.envelope_add_mm,
                                                     prm.envelope_max_mm)))
     cand = _bounded(sitk.And(tissue, envelope), _sphere_mask(roi, s_idx[::-1], prm.bound_factor * radius))
     comp = _component_at(cand, s_idx, search_mm=prm.component_search_mm)
@@ -329,10 +297,10 @@ def _lung_nodule(roi, roi_arr, s_idx, seed_hu, radius_mm, cfg, info, progress, p
     r_open = float(np.clip(prm.opening_factor * inscribed, min(roi.GetSpacing()),
                            max(prm.max_opening_mm, prm.max_opening_per_radius * radius)))
     info.update(inscribed_radius_mm=inscribed, opening_radius_mm=r_open)
-    core = _component_at(opening(comp, r_open), s_idx, search_mm=max(inscribed, prm.component_search_mm))
+    core = _component_at(geometry.opening_mm(comp, r_open), s_idx, search_mm=max(inscribed, prm.component_search_mm))
     if not np.any(sitk.GetArrayViewFromImage(core)):
         core = comp
-    mask = sitk.And(dilate(core, r_open + 0.5 * min(roi.GetSpacing())), comp)
+    mask = sitk.And(geometry.dilate_mm(core, r_open + 0.5 * min(roi.GetSpacing())), comp)
     mask = sitk.BinaryFillhole(mask)
     return mask, radius
 
@@ -365,7 +333,7 @@ def _soft_lesion(roi, roi_arr, s_idx, radius_mm, cfg, info, progress, prm: SoftL
     bounded = _bounded(comp, ball)
     # half-contrast edge: widen the range towards the surrounding tissue's level, so partial-volume
     # boundary voxels that are nearer the lesion than the surroundings are kept
-    widened = dilate(bounded, prm.shell_mm)  # kept alive while its array view is read
+    widened = geometry.dilate_mm(bounded, prm.shell_mm)  # kept alive while its array view is read
     shell = (sitk.GetArrayViewFromImage(widened) > 0) & ~(sitk.GetArrayViewFromImage(bounded) > 0) & ball
     if shell.any() and SOFT_HALF_CONTRAST:
         around = float(np.median(sm[shell]))
@@ -380,9 +348,9 @@ def _soft_lesion(roi, roi_arr, s_idx, radius_mm, cfg, info, progress, prm: SoftL
     inscribed = _inscribed_radius(bounded, s_idx, max(0.5 * radius, prm.min_inscribed_mm))
     r_open = float(np.clip(SOFT_OPENING * inscribed, float(sp.min()), prm.max_opening_mm))
     info.update(inscribed_radius_mm=inscribed, opening_radius_mm=r_open)
-    core = _component_at(opening(bounded, r_open), s_idx, search_mm=max(inscribed, prm.component_search_mm))
+    core = _component_at(geometry.opening_mm(bounded, r_open), s_idx, search_mm=max(inscribed, prm.component_search_mm))
     if not np.any(sitk.GetArrayViewFromImage(core)):
         core = bounded
-    mask = sitk.And(dilate(core, r_open), bounded)
-    mask = sitk.BinaryFillhole(closing(mask, SOFT_CLOSING * float(sp.max())))
+    mask = sitk.And(geometry.dilate_mm(core, r_open), bounded)
+    mask = sitk.BinaryFillhole(geometry.closing_mm(mask, SOFT_CLOSING * float(sp.max())))
     return mask, radius

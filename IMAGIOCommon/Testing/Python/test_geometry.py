@@ -172,3 +172,38 @@ def test_dice_one_helper_and_its_empty_mask_conventions():
     assert g.dice(empty, empty, empty=1.0) == 1.0  # the planning benchmark's per-class Dice
     with pytest.raises(ValueError, match="different shapes"):
         g.dice(a, a[:, :, :5])
+
+
+def test_dilate_and_erode_mm_are_exact_balls_on_an_anisotropic_grid():
+    sp = (0.7, 0.9, 2.5)  # i, j, k
+    ref = g.make_image((31, 25, 11), sp)
+    arr = np.zeros((11, 25, 31), np.uint8)
+    arr[5, 12, 15] = 1
+    arr[5, 12, 20] = 1
+    mask = g.copy_geometry(arr, ref)
+    kk, jj, ii = np.indices(arr.shape)
+    seeds = np.argwhere(arr > 0)
+    d = np.min([np.sqrt(((ii - s[2]) * sp[0]) ** 2 + ((jj - s[1]) * sp[1]) ** 2 + ((kk - s[0]) * sp[2]) ** 2)
+                for s in seeds], axis=0)
+    for r in (1.0, 2.5, 3.1):  # 2.5 mm: the neighbours along k (at exactly r) are in
+        grown = sitk.GetArrayFromImage(g.dilate_mm(mask, r)) > 0
+        assert np.array_equal(grown, d <= r + 1e-6), r
+        assert g.dilate_mm(mask, r).GetPixelID() == sitk.sitkUInt8
+    assert not (sitk.GetArrayFromImage(g.dilate_mm(mask, 2.4))[[4, 6], 12, 15]).any()  # r under the k spacing
+    # erosion is the dual: background voxels dilated
+    big = g.dilate_mm(mask, 5.0)
+    bg = g.copy_geometry((sitk.GetArrayFromImage(big) == 0).astype(np.uint8), ref)
+    eroded = sitk.GetArrayFromImage(g.erode_mm(big, 2.0)) > 0
+    assert np.array_equal(eroded, ~(sitk.GetArrayFromImage(g.dilate_mm(bg, 2.0)) > 0))
+    # opening lies inside the mask and removes a part narrower than the ball; closing contains the mask
+    b = sitk.GetArrayFromImage(big) > 0
+    assert not np.any((sitk.GetArrayFromImage(g.opening_mm(big, 1.0)) > 0) & ~b)
+    assert np.all(sitk.GetArrayFromImage(g.closing_mm(big, 1.0))[b] > 0)
+    thin = np.zeros_like(arr)
+    thin[5, 12, 3:28] = 1
+    assert not np.any(sitk.GetArrayFromImage(g.opening_mm(g.copy_geometry(thin, ref), 1.0)))
+    # no-ops return the input itself
+    empty = g.copy_geometry(np.zeros_like(arr), ref)
+    assert g.dilate_mm(mask, 0.0) is mask and g.dilate_mm(empty, 3.0) is empty and g.erode_mm(mask, -1) is mask
+    full = g.copy_geometry(np.ones_like(arr), ref)
+    assert g.erode_mm(full, 2.0) is full
