@@ -10,7 +10,7 @@ from typing import Annotated
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -20,7 +20,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import JobWidgetMixin
+from imagio.slicer_widget import JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
+from IMAGIOMarginLib.options import Registration
 
 
 class IMAGIOMargin(ScriptedLoadableModule):
@@ -54,21 +55,21 @@ class IMAGIOMarginParameterNode:
     preCT: vtkMRMLScalarVolumeNode
     postCT: vtkMRMLScalarVolumeNode
     tumorSegmentation: vtkMRMLSegmentationNode
-    tumorSegmentName: str = ""
+    tumorSegmentID: str = ""            # segments by ID (segment selectors; never guessed from names)
     zoneSegmentation: vtkMRMLSegmentationNode
-    zoneSegmentName: str = ""
-    registration: Annotated[str, Choice(["none", "rigid", "deformable"])] = "none"
+    zoneSegmentID: str = ""
+    registration: Registration = Registration.NONE
     thresholdMm: Annotated[float, WithinRange(0.0, 30.0)] = 5.0
     sigmaMm: Annotated[float, WithinRange(0.0, 10.0)] = 1.02  # IMAGIOMarginLib.uncertainty.DEFAULT_SIGMA_MM
     rotationSigmaDeg: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
     boundarySigmaMm: Annotated[float, WithinRange(0.0, 5.0)] = 0.39  # uncertainty.SEGMENTATION_SIGMA_MM
     acceptRegistration: bool = False
     plannedZoneSegmentation: vtkMRMLSegmentationNode
-    plannedZoneSegmentName: str = ""
+    plannedZoneSegmentID: str = ""
     resultsTable: vtkMRMLTableNode
 
 
-class IMAGIOMarginWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOMarginWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -80,20 +81,27 @@ class IMAGIOMarginWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = IMAGIOMarginLogic()
-        for mode in ("none", "rigid", "deformable"):
-            self.ui.registrationComboBox.addItem(mode)
+        self.logic = IMAGIOMarginLogic()  # the registration combo box is filled from the Registration Enum
         self.setupJobs(self.ui.progressBar, self.ui.statusLabel)  # registration runs in a background process
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.connectSegmentSelectors()
         self.initializeParameterNode()
 
+    def segmentSelectors(self):
+        return (SegmentSelector(self.ui.tumorSegmentSelector, "tumorSegmentation", "tumorSegmentID"),
+                SegmentSelector(self.ui.zoneSegmentSelector, "zoneSegmentation", "zoneSegmentID"),
+                SegmentSelector(self.ui.plannedZoneSegmentSelector, "plannedZoneSegmentation", "plannedZoneSegmentID"))
+
     def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.updateSegmentSelectors()
         p = self._parameterNode
         if self.jobRunning:
             return  # Apply is Cancel while the registration runs
-        ready = bool(p and p.tumorSegmentation and p.zoneSegmentation)
-        if ready and p.registration != "none":
+        ready = bool(p and p.tumorSegmentation and p.tumorSegmentID and p.zoneSegmentation and p.zoneSegmentID)
+        if ready and p.plannedZoneSegmentation:
+            ready = bool(p.plannedZoneSegmentID)
+        if ready and p.registration is not Registration.NONE:
             ready = bool(p.preCT and p.postCT)
         self.ui.applyButton.enabled = ready
 
@@ -103,7 +111,7 @@ class IMAGIOMarginWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObserv
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Failed to assess the ablation margin.", waitCursor=True):
-            if p.registration != "none":  # registration: seconds to minutes, in a background process
+            if p.registration is not Registration.NONE:  # registration: seconds to minutes, in a background process
                 self.startJob(self.logic.startProcess(p), lambda result: self.showNodes(self.logic.addResult(p, result)),
                               button=self.ui.applyButton, what="Margin assessment failed")
                 return
@@ -131,12 +139,19 @@ class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return IMAGIOMarginParameterNode(super().getParameterNode())
 
+    def assessNodes(self, tumorSegmentation, tumorSegmentID: str, zoneSegmentation, zoneSegmentID: str,
+                    preCT=None, postCT=None, **options):
+        """The MarginResult of the segments chosen by ID in these nodes (no name or first-segment guess), in this
+        process; options as MarginLogic.assess_nodes (register_mode, planned_zone_node, planned_zone_segment_id...)."""
+        return self.impl.assess_nodes(tumorSegmentation, tumorSegmentID, zoneSegmentation, zoneSegmentID, preCT,
+                                      postCT, **options)
+
     def process(self, p):
-        """Assess the margin in this process; returns (MarginResult, MarginNodes)."""
+        """Assess the margin of the parameter node's choice in this process; returns (MarginResult, MarginNodes)."""
         from IMAGIOMarginLib.jobs import parameter_request
 
         nodes_args, options = parameter_request(p)
-        result = self.impl.assess_nodes(*nodes_args, **options)
+        result = self.assessNodes(*nodes_args, **options)
         return result, self.addResult(p, result)
 
     def startProcess(self, p):
@@ -188,6 +203,8 @@ class IMAGIOMarginTest(ScriptedLoadableModuleTest):
         logic = IMAGIOMarginLogic()
         p = logic.getParameterNode()
         p.tumorSegmentation, p.zoneSegmentation = tseg, zseg
+        p.tumorSegmentID = tseg.GetSegmentation().GetSegmentIdBySegmentName("liver_tumor")
+        p.zoneSegmentID = zseg.GetSegmentation().GetSegmentIdBySegmentName("ablation zone")
         p.preCT, p.postCT = ct, ct
         result, nodes = logic.process(p)
         d = result.to_dict()

@@ -12,6 +12,7 @@ from imagio.errors import ImagioError
 from imagio.jobs import Job
 
 from .logic import MarginLogic, MarginResult
+from .options import Registration
 
 ASSESS_JOB = "IMAGIOMarginLib.jobs.assess"
 
@@ -44,34 +45,23 @@ def start_assessment_nodes(tumor_segmentation_node, tumor_segment_id: str, zone_
     return Job(ASSESS_JOB, kwargs, python=python, prefix="imagio-margin-")
 
 
-def segment_id(segmentation_node, name: str) -> str:
-    """ID of the segment called ``name`` (or the first segment when empty) of the module's segmentation."""
-    seg = segmentation_node.GetSegmentation()
-    if seg.GetNumberOfSegments() == 0:
-        raise ImagioError(f"'{segmentation_node.GetName()}' has no segments", "Choose a segmentation with segments")
-    if not name:
-        return seg.GetNthSegmentID(0)
-    sid = seg.GetSegmentIdBySegmentName(name)
-    if not sid:
-        names = [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
-        raise ImagioError(f"No segment named '{name}'", "Segments: " + ", ".join(names))
-    return sid
-
-
 def parameter_request(p) -> tuple[tuple, dict]:
-    """The IMAGIOMargin parameter node's inputs as ``assess_nodes`` arguments: (nodes and segment IDs, options)."""
+    """The IMAGIOMargin parameter node's inputs as ``assess_nodes`` arguments: (nodes and segment IDs, options).
+
+    Segments are the ones chosen by ID in the panel's segment selectors (``assess_nodes`` refuses a missing or
+    unknown ID); no segment is guessed from its name or its place in the node here (the CLI picks by name).
+    """
     from .uncertainty import DEFAULT_SIGMA_MM, SEGMENTATION_SIGMA_MM
 
     if not p.tumorSegmentation or not p.zoneSegmentation:
         raise ImagioError("Choose the tumour and the ablation-zone segmentations")
     boundary = None if abs(p.boundarySigmaMm - SEGMENTATION_SIGMA_MM) < 1e-9 else p.boundarySigmaMm
     planned = p.plannedZoneSegmentation
-    return ((p.tumorSegmentation, segment_id(p.tumorSegmentation, p.tumorSegmentName), p.zoneSegmentation,
-             segment_id(p.zoneSegmentation, p.zoneSegmentName), p.preCT, p.postCT),
-            {"register_mode": p.registration, "threshold_mm": p.thresholdMm,
+    return ((p.tumorSegmentation, p.tumorSegmentID, p.zoneSegmentation, p.zoneSegmentID, p.preCT, p.postCT),
+            {"register_mode": Registration(p.registration).value, "threshold_mm": p.thresholdMm,
              "sigma_mm": None if abs(p.sigmaMm - DEFAULT_SIGMA_MM) < 1e-9 else p.sigmaMm,
              "rotation_sigma_deg": p.rotationSigmaDeg if p.rotationSigmaDeg > 0 else None,
              "tumor_boundary_sigma_mm": boundary, "zone_boundary_sigma_mm": boundary,
              "accept_registration": bool(p.acceptRegistration),
              "planned_zone_node": planned,
-             "planned_zone_segment_id": segment_id(planned, p.plannedZoneSegmentName) if planned else None})
+             "planned_zone_segment_id": p.plannedZoneSegmentID if planned else None})

@@ -467,9 +467,11 @@ class MarginLogic:
         def pick(node, sid, ref, role):
             if node is None:
                 raise ImagioError(f"No {role} segmentation chosen", f"Choose the {role} segmentation")
-            segment = node.GetSegmentation().GetSegment(sid) if sid else None
-            if segment is None:
-                raise ImagioError(f"No {role} segment chosen", f"Choose the {role} segment")
+            if not sid:
+                raise ImagioError(f"No {role} segment chosen in '{node.GetName()}'", f"Choose the {role} segment")
+            if node.GetSegmentation().GetSegment(sid) is None:  # by ID only: never another segment instead
+                raise ImagioError(f"The {role} segment '{sid}' is not in '{node.GetName()}'",
+                                  f"Choose the {role} segment again")
             return segments_from_segmentation_node(node, ref, segment_ids=[sid])[0]
 
         planned_node = kwargs.pop("planned_zone_node", None)

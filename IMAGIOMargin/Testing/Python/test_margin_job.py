@@ -80,7 +80,12 @@ def test_the_widget_runs_a_registration_in_the_background_and_cancel_adds_nothin
         znode = mrml.segmentation_node_from_segments(scene, [Segment("zone", ball(ref, np.array([48.0, 40.0, 25.0]),
                                                                                   14.0))], "Zone", ct)
         p = widget._parameterNode
-        p.tumorSegmentation, p.zoneSegmentation, p.preCT, p.postCT, p.registration = tnode, znode, ct, ct, "rigid"
+        from IMAGIOMarginLib.options import Registration
+
+        p.tumorSegmentation, p.zoneSegmentation, p.preCT, p.postCT = tnode, znode, ct, ct
+        p.tumorSegmentID = tnode.GetSegmentation().GetNthSegmentID(0)
+        p.zoneSegmentID = znode.GetSegmentation().GetNthSegmentID(0)
+        p.registration = Registration.RIGID
         slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
         before = scene.GetNumberOfNodes()
         label = widget.ui.applyButton.text
