@@ -41,6 +41,7 @@ from .batch_case import EVENT_TOPIC, RECORD, STAGING, complete_record, error_rec
 from .batch_manifest import read_manifest
 from .batch_report import SummaryTable, atomic_write, cohort_html, summary_row, write_batch_json
 from .errors import ImagioError
+from .progress import TerminalLine
 
 LOCK = ".batch.lock"
 #: Dask settings of the LocalCluster that `imagio batch` starts: one case per worker at a time, a case that kills
@@ -98,11 +99,12 @@ def _worker_check(out_dir: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ progress
 class _Progress:
-    """A bar on a terminal (cases done / failed / running); a few lines otherwise."""
+    """A bar on a terminal (cases done / failed / running); a few lines otherwise (through progress.TerminalLine)."""
 
     def __init__(self, total: int, stream=None, callback=None, enabled: bool = True):
-        self.total, self.stream, self.callback, self.enabled = total, stream or sys.stderr, callback, enabled
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.total, self.callback, self.enabled = total, callback, enabled
+        self.out = TerminalLine(stream or sys.stderr)
+        self.tty = self.out.live
         self.t0 = time.perf_counter()
         self.last_quarter = -1
         self.last_draw = 0.0
@@ -110,9 +112,7 @@ class _Progress:
 
     def line(self, text: str) -> None:
         if self.enabled and self.callback is None:
-            if self.tty:
-                self.stream.write("\r\033[K")
-            print(text, file=self.stream, flush=True)
+            self.out.line(text)
 
     def update(self, done: int, failed: int, running: int, force: bool = False) -> None:
         if self.callback is not None:
@@ -133,20 +133,17 @@ class _Progress:
             eta = ""
             if 0 < done < self.total:
                 eta = f", about {(self.total - done) * elapsed / done / 60:.1f} min left"
-            self.stream.write(f"\r\033[Kbatch [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} done, "
-                              f"{failed} failed, {running} running, {elapsed:.0f} s{eta}")
-            self.stream.flush()
+            self.out.draw(f"batch [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} done, "
+                          f"{failed} failed, {running} running, {elapsed:.0f} s{eta}")
             return
         quarter = int(4 * done / max(self.total, 1))
         if quarter > self.last_quarter or force:
             self.last_quarter = quarter
-            print(f"batch: {done}/{self.total} cases done, {failed} failed, {running} running ({elapsed:.0f} s)",
-                  file=self.stream, flush=True)
+            self.out.line(f"batch: {done}/{self.total} cases done, {failed} failed, {running} running ({elapsed:.0f} s)")
 
     def close(self) -> None:
-        if self.enabled and self.callback is None and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.enabled and self.callback is None:
+            self.out.end()
 
 
 # ------------------------------------------------------------------------------------------ the output folder

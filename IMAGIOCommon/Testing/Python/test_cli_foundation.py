@@ -400,3 +400,37 @@ def test_vtk_requirement_agrees_with_slicer_core():
     pins = [r.split(";")[0].replace(" ", "") for r in metadata.requires("slicer-core") or []
             if re.match(r"vtk\b", r) and "extra" not in r]
     assert ours == pins, (ours, pins)
+
+
+def test_one_terminal_writer_for_progress_and_the_batch_bar():
+    """terminal_progress and the batch bar both write through progress.TerminalLine; an open live line of either
+    is ended by end_live_lines before an error message."""
+    from imagio.batch import _Progress
+    from imagio.progress import TerminalLine, end_live_lines
+
+    class Tty(pyio.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    out = TerminalLine(tty)
+    assert out.live and not TerminalLine(pyio.StringIO()).live and TerminalLine(pyio.StringIO(), tty=True).live
+    out.draw("a")
+    out.line("note")  # erases the live line, prints a whole line
+    out.draw("b")
+    end_live_lines()
+    assert tty.getvalue() == "\r\033[Ka\r\033[Knote\n\r\033[Kb\n"
+    out.end()  # nothing open: nothing written
+    assert tty.getvalue().endswith("b\n")
+    log = pyio.StringIO()
+    TerminalLine(log).draw("live only on a terminal")
+    TerminalLine(log).line("a line")
+    assert log.getvalue() == "a line\n"
+    bar = Tty()
+    p = _Progress(4, stream=bar)
+    p.update(1, 0, 1, force=True)
+    end_live_lines()  # e.g. the batch failed: its bar is ended, not overwritten by the error
+    assert bar.getvalue().startswith("\r\033[Kbatch [") and bar.getvalue().endswith("min left\n")
+    p = _Progress(4, stream=bar)
+    p.close()  # no bar drawn: no stray newline
+    assert bar.getvalue().count("\n") == 1
