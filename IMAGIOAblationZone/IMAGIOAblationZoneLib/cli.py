@@ -14,11 +14,14 @@ Warnings (provenance of the device values, tissue, unchecked entry points) go to
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-from imagio.cli_utils import number, point
+from imagio.cli_utils import number, parse_point, point, staged_output, write_json
 from imagio.errors import ImagioError
+
+from .devices import load_library
 
 TUMOR_WORDS = ("tumor", "tumour", "nodule", "lesion", "gtv", "target")
 VESSEL_WORDS = ("vessel", "vein", "artery", "portal", "cava", "aorta")
@@ -28,10 +31,6 @@ TISSUES = ("liver", "lung", "kidney", "soft-tissue", "bone")  # devices.TISSUE_C
 
 def probe_pair(text):
     """argparse type for a placed probe "TIP:ENTRY", each R,A,S in mm -> (tip, entry) arrays."""
-    import argparse
-
-    from imagio.cli_utils import parse_point
-
     parts = str(text).split(":")
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"'{text}' is not TIP:ENTRY: write the tip and the entry point as "
@@ -185,8 +184,6 @@ def _warn(warnings) -> None:
 
 
 def _cmd_devices(args) -> int:
-    from .devices import load_library
-
     lib = load_library(args.library)
     if args.json:
         out = []
@@ -288,7 +285,6 @@ def _body(args, grid, ct_is_image):
 
 # ---------------------------------------------------------------------------------------------- zone
 def _cmd_zone(args) -> int:
-    from imagio.cli_utils import staged_output, write_json
     from imagio.io import Segment, read_segmentation
 
     from .logic import AblationZoneLogic, default_grid_around
@@ -349,7 +345,6 @@ def _cmd_plan(args) -> int:
     import numpy as np
     import SimpleITK as sitk
 
-    from imagio.cli_utils import staged_output, write_json
     from imagio.io import Segment, read_segmentation
 
     from .logic import AblationZoneLogic
@@ -398,7 +393,6 @@ def _cmd_plan(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- replan
 def _cmd_replan(args) -> int:
-    from imagio.cli_utils import staged_output, write_json
     from imagio.io import Segment, read_segmentation
 
     from .logic import AblationZoneLogic

@@ -7,6 +7,9 @@ import time
 import numpy as np
 
 from imagio.errors import ImagioError
+from imagio.io import Segment
+
+from .logic import ZONE_COLOR, AblationZoneLogic, Probe, body_from_ct
 
 DEVICE = "emprint"
 MARGIN_MM = 5.0
@@ -17,10 +20,7 @@ TISSUE_OF_SITE = {"liver": "liver", "lung": "lung", "soft_tissue": "soft-tissue"
 
 
 def demo_step(ctx) -> None:
-    from imagio.io import Segment
     from imagio.mrml import add_line, add_model, add_table, segmentation_node_from_segments
-
-    from .logic import ZONE_COLOR, AblationZoneLogic, Probe, body_from_ct
 
     t0 = time.perf_counter()
     progress = ctx.progress

@@ -18,12 +18,13 @@ import SimpleITK as sitk
 
 from imagio import geometry
 from imagio.errors import ImagioError
+from imagio.jobs import Job
 from imagio.progress import Progress, ensure
 
 from . import bioheat as bh
 from .devices import TISSUE_CHOICES, Device, ZoneSetting, get_device, load_library, scaled, setting_warnings
 from .margins import Surface, mask_margin, mask_surface, table_margin, target_mask, zones_mask
-from .planner import plan_ablation
+from .planner import PathChecker, _enclosing_centre, _frame, candidate_directions, place_probes, plan_ablation
 from .results import TUMOR_COLOR, ZONE_COLOR, PlanResult, Probe, ReplanResult, ZoneResult
 from .zone import EllipsoidZone, crop, mask_box, probe_axis, sub_grid, union_box
 
@@ -557,8 +558,6 @@ class ZoneImageLogic:
     def _added_probe(self, ctx, grid, probes, dev, residual, margin_mm, avoid, body, clearance_mm, allow_unsourced,
                      progress):
         """(zone with the added probe, the probe), or the reason why no single added probe keeps the margin."""
-        from .planner import PathChecker, candidate_directions, place_probes
-
         av = {k: _as_array(v, grid, k) for k, v in (avoid or {}).items()}
         avoid_union = None
         if av:
@@ -579,8 +578,6 @@ class ZoneImageLogic:
             for _length, u, _clear in scored[:12]:
                 progress.check()
                 # the zone centre that best holds the residual: its smallest enclosing ellipsoid centre (frame)
-                from .planner import _enclosing_centre, _frame
-
                 fr = _frame(u, cand.zone_long_mm / 2, cand.zone_short_mm / 2)
                 q = (pts - centre) @ fr
                 c = _enclosing_centre(q, q.mean(axis=0), 40) @ np.linalg.inv(fr) + centre
@@ -858,8 +855,6 @@ class ModuleSession:
 
     def start_bioheat(self, p, python: str | None = None):
         """The bioheat zone as a background job (imagio.jobs); give its result to :meth:`apply_zone`."""
-        from imagio.jobs import Job
-
         return Job(BIOHEAT_JOB, {"library_path": self.logic.library_path, **self.bioheat_request(p)}, python=python,
                    prefix="imagio-ablation-bioheat-")
 
@@ -894,8 +889,6 @@ class ModuleSession:
 
     def start_plan(self, p, python: str | None = None):
         """:meth:`plan_probes` as a background job (imagio.jobs); give its result to :meth:`apply_plan`."""
-        from imagio.jobs import Job
-
         return Job(PLAN_JOB, {"library_path": self.logic.library_path, **self.plan_request(p)}, python=python,
                    prefix="imagio-ablation-plan-")
 
@@ -938,8 +931,6 @@ class ModuleSession:
 
     def start_replan(self, p, line_nodes, python: str | None = None):
         """:meth:`replan_from_lines` as a background job (imagio.jobs); give its result to :meth:`apply_replan`."""
-        from imagio.jobs import Job
-
         return Job(REPLAN_JOB, {"library_path": self.logic.library_path, **self.replan_request(p, line_nodes)},
                    python=python, prefix="imagio-ablation-replan-")
 

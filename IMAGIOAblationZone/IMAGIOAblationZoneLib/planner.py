@@ -36,9 +36,9 @@ from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
 
 from .devices import Device, ZoneSetting
-from .margins import Margin, Surface, mask_surface, table_margin, target_mask, zones_mask
+from .margins import Margin, Surface, _cell_distance, mask_surface, table_margin, target_mask, zones_mask
 from .results import Probe as PlannedProbe
-from .zone import EllipsoidZone, crop, mask_box, probe_axis
+from .zone import EllipsoidZone, crop, mask_box, probe_axis, sub_grid
 
 #: Safety bands (mm beyond the requested margin) tried in turn for the dense covering points.
 SAFETY_STEPS_MM = (0.0, 0.5, 1.0, 2.0)
@@ -87,8 +87,6 @@ class PlanningTarget:
 
 
 def _sub_grid(grid, box):
-    from .zone import sub_grid
-
     return sub_grid(grid, box)
 
 
@@ -113,8 +111,6 @@ def _dense_points(tumor: np.ndarray, grid: sitk.Image, distance_mm: float, step_
     kji = np.argwhere(inside)
     pts = geometry.ijk_to_ras(fg, kji[:, ::-1].astype(float))
     # distance to the tumour for the band selection (0 inside): from the fine lattice again
-    from .margins import _cell_distance
-
     dist = _cell_distance(fine, fg, distance_mm)[inside]
     return pts, dist
 

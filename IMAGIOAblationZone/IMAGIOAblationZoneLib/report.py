@@ -8,6 +8,11 @@ paths, a 3D picture of tumour, zone and probes, and the probe table (also as CSV
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
+
+from imagio import report as rp
+from imagio.geometry import centroid_ras, copy_geometry
+from imagio.report import Table, step_report, write_step_report
 
 TUMOUR_COLOR = (0.95, 0.85, 0.15)
 ZONE_COLOR = (1.0, 0.55, 0.0)
@@ -61,9 +66,6 @@ def figures(ct, tumor=None, zones=(), probes=(), avoid=None, name_prefix: str = 
 
     ``zones``: (mask, label, colour) tuples; ``probes``: (tip_ras, entry_ras) pairs; ``avoid``: name -> mask.
     """
-    from imagio import report as rp
-    from imagio.geometry import centroid_ras
-
     zones = [z for z in zones if z[0] is not None and np.any(_arr(z[0]))]
     ref_mask = tumor if tumor is not None else (zones[0][0] if zones else None)
     grid = ct if ct is not None else ref_mask
@@ -118,25 +120,17 @@ def figures(ct, tumor=None, zones=(), probes=(), avoid=None, name_prefix: str = 
 
 def _as_image(x, grid):
     """A mask image from an image or a boolean array on ``grid``."""
-    import SimpleITK as sitk
-
     if isinstance(x, sitk.Image):
         return x
-    from imagio.geometry import copy_geometry
-
     return copy_geometry(np.asarray(x).astype(np.uint8), grid)
 
 
 def _arr(img):
-    import SimpleITK as sitk
-
     return sitk.GetArrayViewFromImage(img)
 
 
 def _crop_near(mask, roi, pad_mm: float = 40.0):
     """The part of a (large) structure within ``pad_mm`` of the region of interest's box, for the 3D picture."""
-    import SimpleITK as sitk
-
     if not roi:
         return mask
     box = None
@@ -159,8 +153,6 @@ def _crop_near(mask, roi, pad_mm: float = 40.0):
 
 
 def probe_table(probes_dicts: list[dict]):
-    from imagio.report import Table
-
     rows = []
     for n, p in enumerate(probes_dicts):
         rows.append({"probe": n + 1, "power_w": p.get("power_w"), "time_s": p.get("time_s"),
@@ -209,8 +201,6 @@ def _name_unit(key: str) -> tuple[str, str]:
 
 def write_plan_report(out_dir, d: dict, ct=None, tumor=None, union=None, probes=(), avoid=None, device: str = "",
                       inputs: dict | None = None) -> list:
-    from imagio.report import step_report, write_step_report
-
     zones = [(union, "planned ablation zones", ZONE_COLOR)] if union is not None else []
     rep = step_report("IMAGIO ablation plan", plan_verdict(d, device), plan_metrics(d, device),
                       figures(ct, tumor, zones, probes, avoid, "plan"), [probe_table(d.get("probes", []))],
@@ -221,8 +211,6 @@ def write_plan_report(out_dir, d: dict, ct=None, tumor=None, union=None, probes=
 
 def write_zone_report(out_dir, m: dict, ct=None, tumor=None, zone=None, tip=None, entry=None, vessels=None,
                       margin_mm: float | None = None, inputs: dict | None = None) -> list:
-    from imagio.report import step_report, write_step_report
-
     probes = [(tip, entry)] if tip is not None and entry is not None else []
     avoid = {"vessels": vessels} if vessels is not None else None
     rep = step_report("IMAGIO ablation zone", zone_verdict(m, margin_mm), zone_metrics(m, margin_mm),

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from imagio import geometry
+from imagio.io import Segment
 from imagio.result import rows
 
 from .devices import Device, ZoneSetting
@@ -122,7 +123,6 @@ class ZoneResult:
         return "\n".join([head] + [f"warning: {w}" for w in self.warnings])
 
     def add_to_scene(self, scene, reference_node=None, name: str | None = None) -> dict:
-        from imagio.io import Segment
         from imagio.mrml import add_model, add_table, mask_to_surface_ras, segmentation_node_from_segments
 
         name = name or "Ablation zone"
@@ -214,7 +214,6 @@ class PlanResult:
         return "\n".join([head, f"reason: {self.reason}"] + [f"warning: {w}" for w in self.warnings])
 
     def add_to_scene(self, scene, reference_node=None, name: str | None = None) -> dict:
-        from imagio.io import Segment
         from imagio.mrml import add_model, add_table, segmentation_node_from_segments
 
         name = name or "Planned ablation"
@@ -297,7 +296,6 @@ class ReplanResult:
         return "\n".join([head, self.reason] + [f"warning: {w}" for w in self.warnings])
 
     def add_to_scene(self, scene, reference_node=None, name: str | None = None) -> dict:
-        from imagio.io import Segment
         from imagio.mrml import add_line, add_table, segmentation_node_from_segments
 
         name = name or "Re-plan"

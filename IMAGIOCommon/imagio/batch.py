@@ -35,11 +35,14 @@ import shutil
 import sys
 import time
 import uuid
+from importlib import metadata
 from pathlib import Path
 
+from . import __version__
 from .batch_case import EVENT_TOPIC, RECORD, STAGING, complete_record, error_record, publish_record, run_case
 from .batch_manifest import read_manifest
 from .batch_report import SummaryTable, atomic_write, cohort_html, summary_row, write_batch_json
+from .cli_utils import check_out_dir, number
 from .errors import ImagioError
 from .progress import TerminalLine
 
@@ -77,10 +80,6 @@ def machine_cores() -> int:
 
 
 def versions() -> dict[str, str]:
-    from importlib import metadata
-
-    from . import __version__
-
     out = {"imagio": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for name in VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -152,8 +151,6 @@ def _written_by_batch(out: Path) -> bool:
 
 
 def _prepare_out(out: Path, manifest, resume: bool, overwrite: bool) -> None:
-    from .cli_utils import check_out_dir
-
     guarded = [out / STAGING, *(out / c.case_id for c in manifest.cases)]
     for c in manifest.cases:
         for col, paths in c.inputs.items():
@@ -513,8 +510,6 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
 
 # ------------------------------------------------------------------------------------------ command line
 def register_cli(subparsers) -> None:
-    from .cli_utils import number
-
     p = subparsers.add_parser(
         "batch", help="run any step over a CSV manifest of cases on Dask (local workers or a cluster), resumable; "
                       "writes DIR/<case_id>/<step>/, summary.csv, batch.json, cohort.html",

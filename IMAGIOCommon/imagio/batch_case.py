@@ -28,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 
+from . import __version__
+
 STAGING = ".staging"
 RECORD = "batch_case.json"
 LOG = "log.txt"
@@ -221,8 +223,6 @@ def run_case(case: dict, out_dir: str) -> dict:
     Returns the case record (also written as ``DIR/<case_id>/batch_case.json``). Never raises for a
     failing step: its exit status and one-line message go into the record.
     """
-    from . import __version__
-
     out = Path(out_dir)
     case_id, step = case["case_id"], case["step"]
     token = uuid.uuid4().hex[:12]
@@ -268,8 +268,6 @@ def run_case(case: dict, out_dir: str) -> dict:
 
 def error_record(case: dict, message: str, runtime_s: float | None = None, worker: str = "") -> dict:
     """The record of a case that never returned (its worker died): written by the client."""
-    from . import __version__
-
     return {"case_id": case["case_id"], "step": case["step"], "status": "error", "message": message,
             "exit_status": None, "runtime_s": runtime_s, "started": None, "worker": worker, "pid": None,
             "argv": case["argv"], "options_sha256": case["options_sha256"], "inputs": case["inputs"],

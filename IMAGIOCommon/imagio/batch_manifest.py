@@ -27,6 +27,7 @@ import io
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,8 +355,6 @@ def _row_to_case(case_id, step, line, values, opts: dict[str, StepOption], base:
 
 def hash_case_inputs(cases: list[CaseSpec], threads: int = 4) -> None:
     """Fill each case's input_sha256 (files shared by several cases are hashed once)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     paths = sorted({p for c in cases for ps in c.inputs.values() for p in ps})
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths) or 1))) as pool:
         digests = dict(zip(paths, pool.map(lambda p: sha256_path(Path(p)), paths), strict=True))

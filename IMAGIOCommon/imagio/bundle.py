@@ -11,9 +11,11 @@ import zipfile
 import zlib
 from pathlib import Path
 from urllib.parse import unquote
+from xml.etree import ElementTree
 
+from .cli_utils import check_readable_path
 from .errors import ImagioError
-from .guards import format_bytes
+from .guards import check_image_file, format_bytes, native_stderr
 
 
 def save_mrb(scene, path) -> Path:
@@ -114,10 +116,6 @@ def check_scene_files(mrml: Path, root: Path) -> list[Path]:
     ``root`` (also once %-decoded), or points through a symbolic link outside; and XML with entity
     declarations (entity expansion bombs).
     """
-    from xml.etree import ElementTree
-
-    from .guards import check_image_file
-
     root = Path(root).resolve()
     try:
         if mrml.stat().st_size > MAX_MRML_BYTES:
@@ -164,8 +162,6 @@ def load_mrb(path, scene=None):
     The bundle is unpacked safely (:func:`safe_extract_zip`), and the scene is imported only after
     :func:`check_scene_files` found every file it reads inside the bundle.
     """
-    from .cli_utils import check_readable_path
-    from .guards import native_stderr
     from .scene import new_scene
 
     p = Path(path)

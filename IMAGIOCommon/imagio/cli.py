@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 import signal
 import sys
@@ -20,8 +21,22 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .cli_utils import ArgumentParser, harden_parser, number
+from .batch import register_cli as register_batch  # light: dask is imported only when a batch runs
+from .cli_utils import (
+    ArgumentParser,
+    check_out_dir,
+    check_readable_path,
+    harden_parser,
+    number,
+    output_policy,
+    path_arguments,
+    staged_output,
+    write_json,
+)
+from .dicom_export import register_cli as register_export_dicom
 from .errors import Cancelled, ImagioError
+from .naming import apply_renames
+from .progress import end_live_lines
 
 #: The modules' command-line parts, in workflow order; each has ``register_cli(subparsers)``.
 #: Core commands are registered by :func:`_register_core`; add a core command there, a module here.
@@ -94,7 +109,6 @@ def _add_random_seed(p, what: str) -> None:
 
 
 def _cmd_phantom(args) -> int:
-    from .cli_utils import staged_output
     from .phantom import make_phantom, write_phantom
 
     seed = _random_seed(args, "phantom")
@@ -107,10 +121,8 @@ def _cmd_phantom(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from .cli_utils import staged_output, write_json
     from .geometry import describe_grid
     from .io import combine_segments, read_image, read_segmentation, require_nonempty, write_image, write_segmentation
-    from .naming import apply_renames
 
     ct = read_image(args.ct, args.series_uid)
     seg_paths = list(args.seg or ())
@@ -173,11 +185,7 @@ def _register_core(sub) -> None:
     p.add_argument("--tumor-segment", help="the tumour segment of --case (default: recognised by terminology or "
                    "name: GTV, tumour, lesion, nodule, mass, metastasis, ...)")
     p.set_defaults(func=_cmd_demo)
-    from .batch import register_cli as register_batch  # light: dask is imported only when a batch runs
-
     register_batch(sub)
-    from .dicom_export import register_cli as register_export_dicom
-
     register_export_dicom(sub)
 
 
@@ -201,8 +209,6 @@ def build_parser() -> ArgumentParser:
 
 def _check_arguments(args):
     """Before any work: input paths are regular files or folders; ``--out`` is usable."""
-    from .cli_utils import check_out_dir, check_readable_path, path_arguments
-
     inputs = path_arguments(args)
     for p in inputs:
         check_readable_path(p)
@@ -236,15 +242,11 @@ def _restore_signal_handlers(old) -> None:
 
 
 def _fail(message: str) -> None:
-    from .progress import end_live_lines
-
     end_live_lines()
     print(message, file=sys.stderr)
 
 
 def main(argv=None) -> int:
-    from .cli_utils import output_policy
-
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="imagio: %(message)s")
@@ -270,8 +272,6 @@ def main(argv=None) -> int:
         _fail(f"imagio: terminated by signal {e.signum}")
         return 128 + e.signum
     except BrokenPipeError:  # the reader of our output went away (e.g. `imagio ... | head`)
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except ImagioError as e:

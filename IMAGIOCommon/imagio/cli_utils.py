@@ -27,6 +27,7 @@ import stat
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import ImagioError
 
 # ---------------------------------------------------------------------------------------------- the parser
@@ -423,8 +424,6 @@ def _signals_blocked():
 
 
 def _write_marker(staging: Path) -> None:
-    from . import __version__
-
     info = {"written_by": f"imagio {__version__}", "command": " ".join(["imagio", *sys.argv[1:]])[:2000]}
     (staging / MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 

@@ -34,8 +34,9 @@ from .errors import ImagioError
 from .geometry import describe_grid
 from .io import Segment, combine_segments, read_image, read_segmentation
 from .mrml import add_fiducials, segmentation_node_from_segments, volume_node_from_image
+from .phantom import make_phantom
 from .progress import Progress, terminal_progress
-from .report import WINDOWS, Overlay, Report, slice_figure
+from .report import WINDOWS, Overlay, Report, Table, slice_figure
 from .scene import new_scene
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,6 @@ def load_case(case_dir: Path, tumor_segment: str | None = None) -> DemoCase:
 
 
 def phantom_case(seed: int = 0) -> DemoCase:
-    from .phantom import make_phantom
-
     ph = make_phantom(seed)
     case = DemoCase(f"phantom (seed {seed})", ph.ct, dict(ph.segments), ph, ph.info)
     classify_case(case)
@@ -379,8 +378,6 @@ def _case_section(ctx: DemoContext) -> None:
     roles = [{"segment": n, "role": r or "(not recognised)", "volume_ml": round(segs[n].volume_ml(), 3),
               "SNOMED CT type": naming.terminology_of(segs[n]).type.meaning}
              for n, r in case.roles.items()]
-    from .report import Table
-
     ctx.report.add_section("Case", metrics, figures=figures, text=text,
                            tables=[Table("segments", roles, "Segments and what IMAGIO takes them for")])
     ctx.summary["case"]["segments_ml"] = {n: round(s.volume_ml(), 3) for n, s in segs.items()}

@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .cli_utils import check_readable_path
 from .errors import ImagioError
+from .geometry import ijk_to_lps_matrix
+from .guards import format_bytes, native_stderr, require_memory, require_voxels
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,6 @@ def _pydicom():
 
 def list_series(folder: Path) -> dict[str, list[str]]:
     """Series UID -> sorted file names, for every image series in ``folder``."""
-    from .guards import native_stderr
-
     reader = sitk.ImageSeriesReader()
     out = {}
     with native_stderr():
@@ -135,9 +136,6 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     uniform grid with a logged warning; larger gaps, or slices much closer than the series' step, are
     refused. The volume (and any resampling target) is checked against the memory before it is read.
     """
-    from .cli_utils import check_readable_path
-    from .guards import format_bytes, native_stderr, require_memory, require_voxels
-
     for entry in sorted(Path(folder).iterdir()):  # GDCM's scan skips files beside a FIFO: refuse those first
         if not entry.is_dir():
             check_readable_path(entry, f"content of the DICOM folder {folder}")
@@ -399,8 +397,6 @@ def read_rtstruct(path: Path, reference: sitk.Image) -> list[tuple[str, tuple, n
     between the CT's slices; a ROI losing more than :data:`MAX_LOST_SHARE` of its voxels outside the CT
     (a smaller loss is logged as a warning).
     """
-    from .geometry import ijk_to_lps_matrix
-
     try:
         ds = _pydicom().dcmread(str(path))
     except Exception as e:  # noqa: BLE001
@@ -417,8 +413,6 @@ def read_rtstruct(path: Path, reference: sitk.Image) -> list[tuple[str, tuple, n
     lps_to_ijk = np.linalg.inv(ijk_to_lps_matrix(reference))
     size = reference.GetSize()
     voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
-    from .guards import require_memory
-
     rois = list(ds.get("ROIContourSequence", []))
     require_memory(len(rois) * size[0] * size[1] * size[2], f"{path}: {len(rois)} ROIs, one mask each")
     out = []
@@ -507,8 +501,6 @@ def read_dicom_seg(path: Path, reference: sitk.Image | None = None) -> list[tupl
     SEG's orientation and lie on the slice grid; two frames of one segment at one position are refused
     (never merged); a zero-frame SEG is refused; with ``reference`` the frames of reference must agree.
     """
-    from .guards import require_memory, require_voxels
-
     pydicom = _pydicom()
     try:
         ds = pydicom.dcmread(str(path), defer_size=1024)

@@ -37,12 +37,14 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, naming
+from .cli_utils import staged_output
 from .errors import ImagioError
 
 if TYPE_CHECKING:  # the heavy imports wait until an export runs (`imagio --help` stays quick)
@@ -636,9 +638,6 @@ def _read_json(path, what: str) -> dict | None:
 
 
 def _cmd_export(args) -> int:
-    import sys
-
-    from .cli_utils import staged_output
     from .io import read_segmentation
 
     margin, plan, route = (_read_json(args.margin, "margin.json"), _read_json(args.plan, "plan.json"),

@@ -63,6 +63,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from imagio.errors import ImagioError
+from imagio.geometry import same_grid
 from imagio.progress import Progress, ensure
 
 from .model_card import ModelCard, load_card
@@ -536,7 +537,6 @@ def check_images(images, card: ModelCard) -> list[sitk.Image]:
     if ref.GetDimension() != 3 or ref.GetNumberOfComponentsPerPixel() != 1:
         raise ImagioError(f"Input image is {ref.GetDimension()}D with {ref.GetNumberOfComponentsPerPixel()} "
                           "components; the model needs a 3D scalar volume", "Give a 3D CT volume")
-    from imagio.geometry import same_grid
     for im in images[1:]:
         if not same_grid(im, ref):
             raise ImagioError("The input channels are not on one grid", "Resample all channels onto the first")

@@ -26,6 +26,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from .cli_utils import check_readable_path
 from .errors import ImagioError
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,6 @@ def _detached(p: Path, name: str, inside: Path | None) -> Path:
         if not (target == root or target.is_relative_to(root)):
             raise ImagioError(f"{p}: its data file {name.strip()!r} lies outside {root}",
                               "Only files inside the bundle or folder are read")
-    from .cli_utils import check_readable_path
-
     check_readable_path(d, f"data file of {p.name}")
     return d
 

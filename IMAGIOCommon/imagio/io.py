@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import dicom
+from .cli_utils import check_readable_path
 from .dicom import MAX_LOST_SHARE, lost_share_error
 from .errors import ImagioError
 from .geometry import bounds_overlap, describe_grid, ijk_to_lps_matrix, resample_to, same_grid
@@ -55,8 +56,6 @@ class Segment:
 
 def _check_path(path) -> Path:
     """An existing regular file or folder (a FIFO or device, which would hang or stream, is refused)."""
-    from .cli_utils import check_readable_path
-
     if path is None or str(path).strip() == "":
         raise ImagioError("No path given", "Give the path of an image or segmentation file")
     return check_readable_path(path, "image or segmentation")

@@ -44,8 +44,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+import imagio
+
+from .errors import Cancelled, ImagioError
+from .progress import Progress
 
 #: Packages whose dataclasses, Enums and functions a job may name (nothing else is imported by name).
 TRUSTED_PACKAGES = ("imagio", "IMAGIOPlanningLib", "IMAGIOAblationZoneLib", "IMAGIOLungNavLib", "IMAGIOMarginLib")
@@ -223,8 +229,6 @@ def popen_options(platform: str | None = None) -> dict:
 
 def _python_path(function: str) -> str:
     """PYTHONPATH for the child: the folders holding ``imagio`` and the function's package, then the old one."""
-    import imagio
-
     dirs = [str(Path(imagio.__file__).resolve().parent.parent)]
     top = sys.modules.get(function.split(".")[0])
     if top is None:
@@ -307,8 +311,6 @@ class Job:
 
     def result(self):
         """The function's return value, rebuilt here; ImagioError when the job failed or was cancelled."""
-        from .errors import Cancelled, ImagioError
-
         if self.cancelled:
             raise Cancelled()
         res = self.outcome()
@@ -365,13 +367,6 @@ def run(work) -> int:
 
     started = time.monotonic()
     try:
-        from .errors import ImagioError
-        from .progress import Progress
-    except ImportError as e:  # pragma: no cover - a broken installation
-        _write_json(result_file, {"status": "error", "error": f"Cannot start the background process: {e}",
-                                  "kind": "internal"})
-        return 1
-    try:
         report(0.0, "Starting")
         spec = json.loads((work / "job.json").read_text())
         function = _resolve(spec["function"])
@@ -385,8 +380,6 @@ def run(work) -> int:
         _write_json(result_file, {"status": "error", "error": str(e), "kind": "user"})
         return 2
     except Exception as e:  # noqa: BLE001 - report anything to the widget instead of dying silently
-        import traceback
-
         traceback.print_exc()
         _write_json(result_file, {"status": "error", "error": f"{type(e).__name__}: {e}", "kind": "internal"})
         return 1

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from imagio import schema as S
 from imagio.errors import ImagioError
@@ -514,8 +515,6 @@ def check_intended_use(card: ModelCard, images) -> list[str]:
     the card's bounds. Body region and what the model segments are shown to the
     user, not checked (nothing in a CT volume states them reliably).
     """
-    import SimpleITK as sitk
-
     iu = card.intended
     ref = images if isinstance(images, sitk.Image) else list(images)[0]
     problems = []

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import ImagioError
+
 #: Roles, most specific first. ``lesion`` is any tumour-like target (GTV, tumour, nodule, mass,
 #: metastasis, ...); ``ablation_zone`` wins over ``lesion`` ("ablation zone of tumour 1").
 ROLES = ("ablation_zone", "planning_volume", "lesion", "airway_wall", "airway", "vessel", "lung", "liver", "body",
@@ -286,8 +288,6 @@ def choose_tumor(segments, name: str | None = None):
     Several lesion-like segments: the largest one (its choice is reported by the caller).
     Raises ImagioError when ``name`` is not there; returns None when nothing looks like a lesion.
     """
-    from .errors import ImagioError
-
     segs = _values(segments)
     if name is not None:
         for s in segs:
@@ -370,8 +370,6 @@ def lesion_site(lesion, segments=(), ct=None) -> tuple[str, str]:
 
 def apply_renames(segments, renames) -> None:
     """``OLD=NEW`` renames (case-insensitive OLD); every OLD must exist and the new names must stay unique."""
-    from .errors import ImagioError
-
     segs = _values(segments)
     for text in renames:
         old, sep, new = str(text).partition("=")

@@ -29,6 +29,7 @@ import io as _io
 import logging
 import math
 import os
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import lps_to_ras, ras_to_lps
+from . import __version__
+from .geometry import centroid_ras, ijk_to_ras, lps_to_ras, ras_to_lps
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +240,6 @@ def _near_plane(image: sitk.Image, plane: sitk.Image, pad: int = 2) -> sitk.Imag
 
 
 def _default_point(image: sitk.Image, overlays) -> np.ndarray:
-    from .geometry import centroid_ras, ijk_to_ras
-
     for ov in overlays:
         mask = ov.mask if isinstance(ov, Overlay) else ov[0]
         if np.any(sitk.GetArrayViewFromImage(mask)):
@@ -398,8 +398,6 @@ _CAPTIONS: dict[str, str] = {}
 
 def _rgb_png(rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB float (0..1) or uint8 array, written with VTK (no matplotlib needed)."""
-    import tempfile
-
     arr = (np.clip(rgb, 0, 1) * 255).astype(np.uint8) if rgb.dtype != np.uint8 else rgb
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "x.png"
@@ -995,8 +993,6 @@ def write_step_report(out_dir, report: Report) -> list[Path]:
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

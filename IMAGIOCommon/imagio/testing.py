@@ -8,7 +8,16 @@ it in CI (env ``CI`` set), so CI can never pass by skipping.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import SimpleITK as sitk
+
+from imagio.errors import ImagioError
+
+from .geometry import make_image, rotation_matrix
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,10 +50,6 @@ def data_path(relative: str) -> Path:
 def oblique_image(size=(40, 36, 30), spacing=(0.7, 0.9, 2.5), origin_ras=(-12.3, 40.1, -77.7),
                   axis=(1.0, 2.0, 3.0), angle_deg=23.0, pixel=None):
     """An empty oblique, anisotropic image for geometry tests."""
-    import SimpleITK as sitk
-
-    from .geometry import make_image, rotation_matrix
-
     return make_image(size, spacing, origin_ras, rotation_matrix(axis, angle_deg),
                       pixel if pixel is not None else sitk.sitkUInt8)
 
@@ -52,26 +57,16 @@ def oblique_image(size=(40, 36, 30), spacing=(0.7, 0.9, 2.5), origin_ras=(-12.3,
 # ---------------------------------------------------------------------------------------------- background-job tests
 def job_scale(image, factor: float, steps: int = 3, delay_s: float = 0.0, progress=None):
     """A job for the tests of :mod:`imagio.jobs`: ``image * factor`` (a SimpleITK image), reporting ``steps`` steps."""
-    import time
-
-    import SimpleITK as sitk
-
     for i in range(steps):
         if progress is not None:
             progress.update(i / steps, f"Step {i + 1} of {steps}")
         time.sleep(delay_s)
-    import sys
-
     gui = sorted(m for m in sys.modules if m.split(".")[0] in ("slicer", "vtk", "vtkmodules", "qt", "ctk"))
     return {"image": sitk.Cast(image, sitk.sitkFloat32) * float(factor), "steps": steps, "gui_modules": gui}
 
 
 def job_spawn_and_wait(pid_file: str, progress=None):
     """A job that starts a grandchild process, writes both process ids to ``pid_file`` and waits (until cancelled)."""
-    import subprocess
-    import sys
-    import time
-
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     tmp = Path(f"{pid_file}.tmp")  # written whole, then renamed: a reader never sees an empty or half file
     tmp.write_text(f"{os.getpid()} {child.pid}")
@@ -84,8 +79,6 @@ def job_spawn_and_wait(pid_file: str, progress=None):
 
 def job_refuse(what: str, progress=None):
     """A job that fails with the user error ``what`` (an ImagioError) after reporting once."""
-    from imagio.errors import ImagioError
-
     if progress is not None:
         progress.update(0.25, "Checking")
     raise ImagioError(what, "Give another input")

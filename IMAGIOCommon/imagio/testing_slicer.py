@@ -33,20 +33,26 @@ phantom, about 5 s of CPU each). A copy is independent: changing it changes no l
 from __future__ import annotations
 
 import copy
+import dataclasses
+import enum
 import functools
 import importlib
 import importlib.util
 import inspect
 import os
+import pathlib
 import sys
 import tempfile
 import time
 import types
+import typing
 import weakref
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import slicer
+
+import imagio.phantom
 
 from .testing import REPO_ROOT
 
@@ -1527,8 +1533,6 @@ class SlicerHarness:
                 setattr(slicer, k, v)
         slicer.__path__[:] = self._saved["path"]
         os.environ["PATH"] = self._saved["env_path"]
-        import imagio.phantom
-
         imagio.phantom.make_phantom = self._saved["make_phantom"]
         self.app = None
         if self._tmp is not None:
@@ -1630,8 +1634,6 @@ _PHANTOM_CACHE_SIZE = 2
 def _install_phantom_cache():
     """Replace ``imagio.phantom.make_phantom`` by a once-per-arguments build handing out deep copies;
     returns the original (restored by :meth:`SlicerHarness.stop`)."""
-    import imagio.phantom
-
     original = imagio.phantom.make_phantom
     original = getattr(original, "__wrapped__", original)
 
@@ -1733,11 +1735,6 @@ def sample_value(datatype, scene, current=None):
     Maximum), str (a Choice picks another choice), Enum, pathlib paths, MRML nodes (a new node of the
     first allowed class is added to ``scene``), list[...], and parameter packs.
     """
-    import dataclasses
-    import enum
-    import pathlib
-    import typing
-
     from slicer.parameterNodeWrapper import (
         Choice,
         Maximum,
@@ -1786,8 +1783,6 @@ def sample_value(datatype, scene, current=None):
 
 def same_value(a, b) -> bool:
     """Equality as a parameter node gives values back (nodes by ID, packs field by field)."""
-    import dataclasses
-
     if hasattr(a, "GetID") or hasattr(b, "GetID"):
         return a is not None and b is not None and a.GetID() == b.GetID()
     if isinstance(a, list) and isinstance(b, list):

@@ -21,7 +21,7 @@ from imagio.result import rows
 
 from .centerline import AirwayTree, extract_centerlines
 from .route import Route, plan_route
-from .segment import AirwaySegmentation, segment_airway
+from .segment import AirwaySegmentation, onnx_refiner, segment_airway
 
 AIRWAY_COLOR = (0.35, 0.65, 0.95)
 #: A target this far outside the air-filled lungs (mm) is refused as not a lung target.
@@ -136,7 +136,6 @@ def compute_route(ct: sitk.Image | None = None, airway: sitk.Image | None = None
     if ct is not None:
         refine = None
         if airway_model is not None:
-            from .segment import onnx_refiner
             refine = onnx_refiner(airway_model)
         segmentation = segment_airway(ct, progress=progress.sub(0.0, 0.55), refine=refine)
         airway = segmentation.mask

@@ -8,6 +8,11 @@ point and the gap line, and a 3D picture of the airway tree with the route and t
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
+
+from imagio import report as rp
+from imagio.geometry import ijk_to_ras
+from imagio.report import Table, step_report, write_step_report
 
 ROUTE_COLOR = (1.0, 0.85, 0.1)
 LESION_COLOR = (0.95, 0.3, 0.1)
@@ -51,8 +56,6 @@ def metrics(result, scope_mm: float | None = None) -> list[tuple]:
 
 def _nearest_voxel_ras(mask, point_ras) -> np.ndarray:
     """RAS centre of the mask voxel nearest to ``point_ras`` (the point itself when the mask is empty)."""
-    from imagio.geometry import ijk_to_ras
-
     kji = np.argwhere(_arr(mask) > 0)
     if len(kji) == 0:
         return np.asarray(point_ras, float)
@@ -61,14 +64,10 @@ def _nearest_voxel_ras(mask, point_ras) -> np.ndarray:
 
 
 def _arr(img):
-    import SimpleITK as sitk
-
     return sitk.GetArrayViewFromImage(img)
 
 
 def figures(result, ct=None, lesion=None, name_prefix: str = "lungnav") -> list:
-    from imagio import report as rp
-
     r = result.route
     route_pts = np.asarray(r.route_points_ras, float)
     target = np.asarray(r.target_ras, float)
@@ -113,15 +112,11 @@ def figures(result, ct=None, lesion=None, name_prefix: str = "lungnav") -> list:
 
 
 def tables(result) -> list:
-    from imagio.report import Table
-
     rows = result.branch_rows()
     return [Table("airway_branches", rows, "Airway branches (generation, length and diameter in mm)", max_rows=20)]
 
 
 def build_report(result, ct=None, lesion=None, scope_mm: float | None = None, inputs: dict | None = None):
-    from imagio.report import step_report
-
     route = result.route.contract_dict()
     warnings = list(result.route.details_dict().get("warnings", []))
     return step_report("IMAGIO lung navigation", verdict(route, scope_mm), metrics(result, scope_mm),
@@ -132,8 +127,6 @@ def build_report(result, ct=None, lesion=None, scope_mm: float | None = None, in
 
 def write_report(out_dir, result, ct=None, lesion=None, scope_mm: float | None = None,
                  inputs: dict | None = None) -> list:
-    from imagio.report import write_step_report
-
     return write_step_report(out_dir, build_report(result, ct, lesion, scope_mm, inputs))
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from imagio import geometry
+from imagio.engine import OnnxSegmenter
 from imagio.errors import ImagioError
 from imagio.progress import Progress, ensure
 
@@ -345,8 +346,6 @@ def merge_proposal(mask: sitk.Image, proposal: sitk.Image, max_piece_ml: float) 
 def onnx_refiner(card_path, label: str = "airway") -> Callable[[sitk.Image, sitk.Image], sitk.Image]:
     """A ``refine`` callable that runs an ONNX model (IMAGIOPlanning's model card and engine) on the CT region
     and proposes its label whose name contains ``label`` (or label 1 when none does)."""
-    from imagio.engine import OnnxSegmenter
-
     segmenter = OnnxSegmenter(card_path)
     names = {lab.value: lab.name for lab in segmenter.card.labels}
     value = next((v for v, n in names.items() if label.lower() in n.lower()), 1)

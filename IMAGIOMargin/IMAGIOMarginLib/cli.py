@@ -9,8 +9,11 @@ writes DIR/margin.json (metrics, units in the key names) and DIR/margin.mrb.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from imagio.cli_utils import staged_output, write_json
 from imagio.errors import ImagioError
+from imagio.progress import Progress, terminal_progress
 
 
 def _pick(path, name, reference, role):
@@ -30,8 +33,6 @@ def _landmarks(path):
 
     if path is None:
         return None
-    from pathlib import Path
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise ImagioError(f"Landmark file {p} does not exist", "Give a text file with one R,A,S point (mm) per line")
@@ -46,10 +47,8 @@ def _landmarks(path):
 
 def run(args) -> int:
     from imagio.bundle import save_mrb
-    from imagio.cli_utils import staged_output, write_json
     from imagio.io import read_image
     from imagio.mrml import volume_node_from_image
-    from imagio.progress import Progress, terminal_progress
     from imagio.scene import new_scene
 
     from .logic import MarginLogic

@@ -18,6 +18,8 @@ from imagio.errors import ImagioError
 from imagio.geometry import centroid_ras, ijk_to_ras
 from imagio.io import Segment
 
+from .logic import MarginLogic
+
 
 def synthetic_zone(tumor: sitk.Image, extra_mm: float = 8.0, offset_ras=(3.0, 0.0, 0.0)) -> sitk.Image:
     """An ellipsoidal 'ablation zone' on the tumour's grid: tumour extent + ``extra_mm``, shifted by ``offset_ras``."""
@@ -44,8 +46,6 @@ def synthetic_zone(tumor: sitk.Image, extra_mm: float = 8.0, offset_ras=(3.0, 0.
 
 
 def demo_step(ctx) -> None:
-    from .logic import MarginLogic
-
     tumor = ctx.case.tumor  # chosen once by imagio.demo (terminology, common names or --tumor-segment)
     if tumor is None:
         raise ImagioError("The case has no tumour segment", "Name it with --tumor-segment")

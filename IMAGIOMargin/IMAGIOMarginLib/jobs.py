@@ -13,6 +13,7 @@ from imagio.jobs import Job
 
 from .logic import MarginLogic, MarginResult
 from .options import Registration
+from .uncertainty import DEFAULT_SIGMA_MM, SEGMENTATION_SIGMA_MM
 
 ASSESS_JOB = "IMAGIOMarginLib.jobs.assess"
 
@@ -51,8 +52,6 @@ def parameter_request(p) -> tuple[tuple, dict]:
     Segments are the ones chosen by ID in the panel's segment selectors (``assess_nodes`` refuses a missing or
     unknown ID); no segment is guessed from its name or its place in the node here (the CLI picks by name).
     """
-    from .uncertainty import DEFAULT_SIGMA_MM, SEGMENTATION_SIGMA_MM
-
     if not p.tumorSegmentation or not p.zoneSegmentation:
         raise ImagioError("Choose the tumour and the ablation-zone segmentations")
     boundary = None if abs(p.boundarySigmaMm - SEGMENTATION_SIGMA_MM) < 1e-9 else p.boundarySigmaMm

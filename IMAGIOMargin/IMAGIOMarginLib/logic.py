@@ -21,6 +21,7 @@ from imagio.io import Segment
 from imagio.progress import ensure
 
 from .metrics import MarginMetrics, check_binary, compute_margin
+from .plan_vs_achieved import compare_plan
 from .registration import MODES, RegistrationResult, bring_tumor_to_zone, register, registration_dict
 from .uncertainty import (
     DEFAULT_SIGMA_MM,
@@ -352,8 +353,6 @@ def decide(metrics: MarginMetrics, unc: MarginUncertainty, threshold_mm: float, 
 def compare_with_plan(metrics: MarginMetrics, tumor_z: sitk.Image, zone: sitk.Image, planned: sitk.Image,
                       reg: RegistrationResult | None, threshold_mm: float):
     """Step 7 (optional): the planned zone (pre-treatment frame, moved like the tumour) against the achieved zone."""
-    from .plan_vs_achieved import compare_plan
-
     planned_z = bring_tumor_to_zone(planned, zone, reg)
     if not np.any(sitk.GetArrayViewFromImage(planned_z)):
         raise ImagioError("The planned zone falls outside the ablation-zone image",

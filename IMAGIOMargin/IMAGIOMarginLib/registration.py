@@ -35,6 +35,7 @@ import SimpleITK as sitk
 
 from imagio.errors import ImagioError
 from imagio.geometry import bounds_overlap, dilate_mm, lps_to_ras, ras_to_lps, resample_to, same_grid
+from imagio.progress import ensure
 
 MODES = ("none", "rigid", "deformable")
 SIMILARITY_METRIC = "normalized_cross_correlation"
@@ -306,8 +307,6 @@ def register(pre_ct: sitk.Image, post_ct: sitk.Image, mode: str, tumor_pre: sitk
     ``accept``: use a registration that fails the quality control (recorded as an override) instead of
     refusing it.
     """
-    from imagio.progress import ensure
-
     progress = ensure(progress)
     if mode not in MODES:
         raise ImagioError(f"Unknown registration mode '{mode}'", f"Use one of: {', '.join(MODES)}")

@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from imagio import report as rp
+from imagio.geometry import centroid_ras
+from imagio.report import Table, metrics_from_rows, step_report, write_step_report
+
+from .logic import tumour_surface_polydata
+
 VERDICT_LEVELS = {"sufficient": "ok", "insufficient": "warn", "incomplete": "bad"}
 TUMOUR_COLOR = (0.9, 0.2, 0.2)
 ZONE_COLOR = (0.2, 0.6, 0.9)
@@ -21,17 +27,12 @@ def verdict(data: dict) -> tuple[str, str]:
 
 def margin_surface(result):
     """The tumour surface (RAS) the margins were measured on, with its per-point ``margin_mm`` (as the scene's model)."""
-    from .logic import tumour_surface_polydata
-
     poly = tumour_surface_polydata(result)
     return poly, np.asarray(result.metrics.surface_margin_mm, float)
 
 
 def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
     """Slices through the thinnest point (axial, coronal), the 3D margin map and the histogram."""
-    from imagio import report as rp
-    from imagio.geometry import centroid_ras
-
     m = result.metrics
     thr = float(result.threshold_mm)
     image = ct if ct is not None else rp.blank_like(result.zone)
@@ -75,14 +76,10 @@ def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
 
 
 def metrics(result) -> list[tuple]:
-    from imagio.report import metrics_from_rows
-
     return [r for r in metrics_from_rows(result.table_rows()) if r[0] != "Verdict"]
 
 
 def tables(result) -> list:
-    from imagio.report import Table
-
     m = result.metrics
     centres = 0.5 * (m.histogram_edges_mm[:-1] + m.histogram_edges_mm[1:])
     out = [Table("margin_histogram", [{"margin_mm": round(float(c), 3), "surface_area_percent": round(float(v), 4)}
@@ -99,8 +96,6 @@ def tables(result) -> list:
 
 def build_report(result, data: dict | None = None, ct=None, inputs: dict | None = None):
     """The report of ``imagio margin``."""
-    from imagio.report import step_report
-
     data = data if data is not None else result.to_dict()
     return step_report(
         "IMAGIO margin assessment", verdict(data), metrics(result), figures(result, ct), tables(result),
@@ -116,8 +111,6 @@ def build_report(result, data: dict | None = None, ct=None, inputs: dict | None 
 
 def write_report(out_dir, result, data: dict | None = None, ct=None, inputs: dict | None = None) -> list:
     """report.html, report.pdf, metrics.csv, margin_histogram.csv into ``out_dir``."""
-    from imagio.report import write_step_report
-
     return write_step_report(out_dir, build_report(result, data, ct, inputs))
 
 

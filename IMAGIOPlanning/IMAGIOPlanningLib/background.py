@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
+from imagio.engine import Mirroring
 from imagio.errors import ImagioError
 from imagio.jobs import Job, JobStatus
 
@@ -20,8 +21,6 @@ class BackgroundJob(Job):
 
     def __init__(self, ct: sitk.Image, card_path, *, mirroring=None, largest_component: bool = False,
                  python_executable: str | None = None, work_dir=None, threads: int | None = None):
-        from imagio.engine import Mirroring
-
         super().__init__("IMAGIOPlanningLib.worker.segment",
                          {"ct": ct, "card": str(card_path), "mirroring": Mirroring.coerce(mirroring).value,
                           "largest_component": bool(largest_component), "threads": threads},

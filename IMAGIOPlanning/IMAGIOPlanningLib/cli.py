@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from imagio.cli_utils import parse_point, staged_output, write_json
 from imagio.errors import ImagioError
 from imagio.progress import Progress, end_live_lines, terminal_progress
 
@@ -57,7 +58,6 @@ def register_cli(subparsers) -> None:
 
 def cmd_segment(args) -> int:
     from imagio.bundle import save_mrb
-    from imagio.cli_utils import parse_point, staged_output, write_json
     from imagio.engine import Mirroring
     from imagio.io import read_image, write_segmentation
     from imagio.mrml import segments_from_segmentation_node, volume_node_from_image
@@ -131,8 +131,6 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from imagio.cli_utils import staged_output
-
     from .export import export_nnunet
 
     model_dir = Path(args.model_dir)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from imagio.errors import ImagioError
+from imagio.geometry import centroid_ras, dice
+from imagio.model_card import find_card_by_name
+
 SHIPPED_MODEL = "phantom-lesions"
 #: seeded-segmentation kind for the tumour's site (imagio.naming.lesion_site)
 KIND_OF_SITE = {"lung": "lung-nodule", "liver": "liver-tumor", "soft_tissue": "soft-tissue"}
 
 
 def demo_step(ctx) -> None:
-    from imagio.errors import ImagioError
-    from imagio.geometry import centroid_ras, dice
-    from imagio.model_card import find_card_by_name
     from imagio.mrml import segments_from_segmentation_node
 
     from .logic import PlanningLogic

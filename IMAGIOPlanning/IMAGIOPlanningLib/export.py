@@ -20,6 +20,7 @@ imports this module's heavy parts. Named steps:
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,8 +248,6 @@ def load_checkpoint(path: Path) -> dict:
 
 def export_fold(net, ckpt: dict, onnx_path: Path, n_in: int, patch) -> float:
     """Step 3: load one fold's weights, write the ONNX graph, return its largest logit difference from torch."""
-    import warnings
-
     import onnxruntime as ort
     import torch
 

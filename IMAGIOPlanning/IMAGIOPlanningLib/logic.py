@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from imagio.engine import Mirroring, OnnxSegmenter
 from imagio.errors import ImagioError
+from imagio.geometry import require_same_grid
 from imagio.io import PALETTE, Segment
 from imagio.jobs import Job
 from imagio.model_card import ModelCard, check_intended_use, find_card_by_name, intended_use_refusal, load_card
@@ -34,6 +36,7 @@ from imagio.progress import Progress, ensure
 from imagio.result import rows
 from imagio.scene import get_scene
 
+from .background import BackgroundJob
 from .seeded import SEGMENT_NAMES, segment_from_seed
 
 #: Slicer terminology entries (SNOMED CT) for seeded lesions.
@@ -163,8 +166,6 @@ class PlanningLogic:
                            force: bool = False, providers: list[str] | None = None, backend: str | None = None,
                            progress: Progress | None = None) -> PlanningResult:
         """Run a model card's network on ``ct``; refuses a CT outside the card's intended use unless ``force``."""
-        from imagio.engine import OnnxSegmenter
-
         progress = ensure(progress)
         card = resolve_card(model)
         _require_image(ct)
@@ -181,8 +182,6 @@ class PlanningLogic:
                            provider: str | None, details: dict | None = None,
                            warnings: list[str] | None = None) -> PlanningResult:
         """A label map (on the CT grid) as a result; also used for background-process results."""
-        from imagio.geometry import require_same_grid
-
         require_same_grid(labels, ct, "label map", "CT")
         segments, empty = segments_from_labels(labels, card)
         if not segments:
@@ -282,8 +281,6 @@ class ModuleSession:
     def segment_with_model(self, ct_node, card_path, mirroring=False, largest_component: bool = False,
                            progress_callback=None, force: bool = False) -> PlanningResult:
         """Run the model in this process (blocking)."""
-        from imagio.engine import Mirroring
-
         return self.logic.segment_with_model_nodes(ct_node, str(card_path), mirroring=Mirroring.coerce(mirroring),
                                                    largest_component=largest_component, force=force,
                                                    progress=Progress(progress_callback))
@@ -292,8 +289,6 @@ class ModuleSession:
                                  force: bool = False):
         """Start the background job; refuses a bad card or a CT outside the card's intended use unless ``force``,
         whose warnings the job then carries to :meth:`load_model_result`."""
-        from .background import BackgroundJob
-
         card = load_card(card_path)  # fail early, before a process starts, on a bad card
         ct = self.logic._ct_image(ct_node)
         warnings = intended_use_warnings(card, ct, force)

@@ -7,8 +7,13 @@ to it), a 3D picture of the segments, and the segment table (also as CSV).
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
-from imagio.report import WINDOWS
+from imagio import naming
+from imagio import report as rp
+from imagio.geometry import centroid_ras
+from imagio.io import Segment
+from imagio.report import WINDOWS, Table, step_report, write_step_report
 
 
 def verdict(result, method: str | None = None) -> tuple[str, str]:
@@ -25,20 +30,12 @@ def verdict(result, method: str | None = None) -> tuple[str, str]:
 
 def _window(ct, mask) -> tuple[float, float]:
     """The lung window for a lesion in aerated lung, else the soft-tissue window."""
-    import SimpleITK as sitk
-
-    from imagio import naming
-    from imagio.io import Segment
-
     site, _ = naming.lesion_site(Segment("lesion", sitk.Cast(mask > 0, sitk.sitkUInt8)), [], ct)
     return WINDOWS["lung"] if site == "lung" else WINDOWS["soft tissue"]
 
 
 def figures(ct, segments, seed_ras=None, truth=None, name_prefix: str = "segment", max_segments: int = 4) -> list:
     """Slices through the largest segments (and a 3D picture). ``truth``: optional (mask, label) to compare."""
-    from imagio import report as rp
-    from imagio.geometry import centroid_ras
-
     segs = sorted([s for s in segments if s.voxel_count() > 0], key=lambda s: -s.voxel_count())[:max_segments]
     out = []
     for n, s in enumerate(segs):
@@ -62,8 +59,6 @@ def figures(ct, segments, seed_ras=None, truth=None, name_prefix: str = "segment
 
 
 def segment_table(result):
-    from imagio.report import Table
-
     return Table("segments", [{"segment": s["name"], "volume_ml": s["volume_ml"], "voxels": s.get("voxel_count"),
                                "label_value": s.get("label_value")} for s in result.segments],
                  "Segments (volume in ml)")
@@ -84,8 +79,6 @@ def metrics(result) -> list[tuple]:
 
 
 def write_report(out_dir, result, segments, ct, seed_ras=None, inputs: dict | None = None) -> list:
-    from imagio.report import step_report, write_step_report
-
     rep = step_report("IMAGIO lesion segmentation", verdict(result), metrics(result),
                       figures(ct, segments, seed_ras), [segment_table(result)], inputs=inputs,
                       warnings=list(getattr(result, "warnings", []) or []),
