@@ -15,6 +15,8 @@ from imagio.cli_utils import staged_output, write_json
 from imagio.errors import ImagioError
 from imagio.progress import Progress, terminal_progress
 
+from .policy import VERDICT
+
 
 def _pick(path, name, reference, role):
     from imagio.io import find_segment, read_segmentation
@@ -139,7 +141,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
                    help="use a registration that fails its quality control (similarity worse than none, diverged, "
                    "or CTs not showing the same anatomy), which is otherwise refused (exit 2); recorded in "
                    "margin.json as registration.override")
-    p.add_argument("--threshold-mm", type=float, default=5.0, help="margin threshold for the verdict (mm, default 5)")
+    p.add_argument("--threshold-mm", type=float, default=VERDICT.threshold_mm,
+                   help=f"margin threshold for the verdict (mm, default {VERDICT.threshold_mm:g})")
     p.add_argument("--sigma-mm", type=float, default=None,
                    help="registration uncertainty per axis (mm; default: landmark RMS TRE / sqrt(3), else 1.02 from "
                         "the published mean TRE 1.62 mm)")

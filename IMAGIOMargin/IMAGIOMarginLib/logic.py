@@ -22,6 +22,7 @@ from imagio.progress import ensure
 
 from .metrics import MarginMetrics, check_binary, compute_margin
 from .plan_vs_achieved import compare_plan
+from .policy import VERDICT, VerdictPolicy
 from .registration import MODES, RegistrationResult, bring_tumor_to_zone, register, registration_dict
 from .uncertainty import (
     DEFAULT_SIGMA_MM,
@@ -193,8 +194,9 @@ def _as_mask(x, role: str) -> sitk.Image:
     return x
 
 
-def _verdict(mam: float, threshold: float, residual_ml: float, ci) -> tuple[str, str, bool]:
-    if mam < 0:
+def _verdict(mam: float, threshold: float, residual_ml: float, ci,
+             policy: VerdictPolicy = VERDICT) -> tuple[str, str, bool]:
+    if mam < policy.incomplete_below_mm:
         verdict = "incomplete"
         text = (f"Incomplete ablation: {residual_ml:.2f} ml of tumour outside the zone, "
                 f"tumour up to {-mam:.1f} mm beyond the zone surface (minimal margin {mam:.1f} mm)")
@@ -337,12 +339,12 @@ def estimate_uncertainty(metrics: MarginMetrics, threshold_mm: float, sigma: flo
 
 
 def decide(metrics: MarginMetrics, unc: MarginUncertainty, threshold_mm: float, sigma: float,
-           reg: RegistrationResult | None) -> tuple[str, str, bool, bool, list[str]]:
+           reg: RegistrationResult | None, policy: VerdictPolicy = VERDICT) -> tuple[str, str, bool, bool, list[str]]:
     """Step 6: verdict, its text, whether the interval is clear of the threshold, the registration flag."""
     verdict, text, confident = _verdict(metrics.minimal_margin_mm, threshold_mm, metrics.residual_tumor_ml,
-                                        unc.margin_ci_mm)
+                                        unc.margin_ci_mm, policy)
     reg_err = reg.error_estimate_mm if (reg is not None and reg.error_estimate_mm is not None) else sigma
-    flag = bool(reg_err >= 0.5 * abs(metrics.minimal_margin_mm))
+    flag = bool(reg_err >= policy.registration_flag_ratio * abs(metrics.minimal_margin_mm))
     notes = []
     if flag:
         notes.append(f"Registration error ({reg_err:.1f} mm) is comparable to the margin "
@@ -361,7 +363,7 @@ def compare_with_plan(metrics: MarginMetrics, tumor_z: sitk.Image, zone: sitk.Im
 
 
 def assess(tumor, zone, pre_ct: sitk.Image | None = None, post_ct: sitk.Image | None = None,
-           register_mode: str = "none", threshold_mm: float = 5.0, sigma_mm: float | None = None,
+           register_mode: str = "none", threshold_mm: float = VERDICT.threshold_mm, sigma_mm: float | None = None,
            landmarks_pre_ras=None, landmarks_post_ras=None, n_samples: int = 400, seed: int = 0,
            progress=None, organ=None, rotation_sigma_deg: float | None = None,
            tumor_boundary_sigma_mm: float | None = None, zone_boundary_sigma_mm: float | None = None,

@@ -312,3 +312,25 @@ def test_assess_is_named_steps_with_one_typed_result(pair):
     nodes = res.add_to_scene(scene)
     assert set(nodes) >= {"model", "thinnest", "table"} and scene.GetNodeByID(nodes["table"].GetID()) is not None
     assert res.warnings == res.to_dict()["notes"]
+
+
+def test_the_verdict_policy_is_one_frozen_parameter_set_read_by_the_logic_and_the_cli():
+    import argparse
+    import dataclasses
+    import inspect
+
+    from IMAGIOMarginLib import logic as lg
+    from IMAGIOMarginLib.cli import register_cli
+    from IMAGIOMarginLib.policy import VERDICT, VerdictPolicy
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        VERDICT.threshold_mm = 3.0
+    assert inspect.signature(lg.assess).parameters["threshold_mm"].default == VERDICT.threshold_mm == 5.0
+    sub = argparse.ArgumentParser().add_subparsers()
+    register_cli(sub)
+    assert sub.choices["margin"].get_default("threshold_mm") == VERDICT.threshold_mm
+    ci = (-1.0, 9.0)
+    assert lg._verdict(-0.2, 5.0, 0.01, ci)[0] == "incomplete"
+    assert lg._verdict(-0.2, 5.0, 0.01, ci, VerdictPolicy(incomplete_below_mm=-0.5))[0] == "insufficient"
+    assert lg._verdict(5.0, 5.0, 0.0, (4.0, 6.0))[0] == "sufficient"  # at the threshold: sufficient
+    assert lg._verdict(4.9, 5.0, 0.0, (4.0, 6.0))[1].endswith("contains 5 mm")  # the interval straddles it
