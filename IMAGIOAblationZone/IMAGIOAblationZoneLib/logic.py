@@ -97,7 +97,6 @@ class ZoneContext:
     tissue_warnings: list[str] = field(default_factory=list)
     tumor: np.ndarray | None = None  # bool [k, j, i]
     tumor_count: int = 0
-    tumor_box: tuple | None = None
     tumor_surface: Surface | None = None
     target: np.ndarray | None = None  # tumour + margin
     target_count: int = 0
@@ -166,7 +165,6 @@ class ZoneImageLogic:
             if t[0].any() or t[-1].any() or t[:, 0].any() or t[:, -1].any() or t[:, :, 0].any() or t[:, :, -1].any():
                 ctx.tissue_warnings.append("the tumour touches the image edge: what lies beyond (tumour, structures "
                                            "to avoid, the margin there) is not seen")
-            ctx.tumor_box = mask_box(t)
             ctx.tumor_surface = mask_surface(t, grid)
             ctx.target = target_mask(t, grid, margin_mm)
             ctx.target_count = int(ctx.target.sum())

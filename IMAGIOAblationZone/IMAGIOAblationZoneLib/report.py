@@ -16,7 +16,6 @@ from imagio.report import Table, step_report, write_step_report
 
 TUMOUR_COLOR = (0.95, 0.85, 0.15)
 ZONE_COLOR = (1.0, 0.55, 0.0)
-BIOHEAT_COLOR = (1.0, 0.2, 0.6)
 PROBE_COLOR = (0.1, 0.9, 0.2)
 AVOID_COLORS = [(0.55, 0.2, 0.95), (0.2, 0.45, 1.0), (0.85, 0.85, 0.85), (0.3, 0.8, 0.8)]
 

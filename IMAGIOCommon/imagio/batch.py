@@ -196,7 +196,7 @@ def _locked(out: Path):
         fh.close()
 
 
-def _clean_staging(out: Path, tokens_alive=()) -> None:
+def _clean_staging(out: Path) -> None:
     st = out / STAGING
     if st.is_dir():
         for p in st.iterdir():

@@ -49,11 +49,11 @@ def _describe_series(uid: str, files: list[str]) -> str:
     return f"{uid} ({len(files)} files{desc})"
 
 
-def _header(path, defer: bool = True):
+def _header(path):
     """A DICOM file's header (large values such as the pixel data deferred, not read); ImagioError if damaged."""
     pydicom = _pydicom()
     try:
-        return pydicom.dcmread(str(path), defer_size=1024 if defer else None, stop_before_pixels=not defer)
+        return pydicom.dcmread(str(path), defer_size=1024, stop_before_pixels=False)
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds for a damaged file
         raise ImagioError(f"{path} is a damaged DICOM file ({type(e).__name__}: {str(e)[:120]})",
                           "Copy or export the series again") from None

@@ -220,12 +220,6 @@ def _plane_image(origin, u, v, w, pix, nu, nv) -> sitk.Image:
     return ref
 
 
-def _plane_reference(image: sitk.Image, point_ras, axis: str, width_px: int = 512) -> sitk.Image:
-    """A one-slice LPS grid through ``point_ras`` covering the image's physical extent."""
-    origin, u, v, w, pix, nu, nv, _ = _plane_geometry(image, point_ras, axis, size_px=width_px)
-    return _plane_image(origin, u, v, w, pix, nu, nv)
-
-
 def _near_plane(image: sitk.Image, plane: sitk.Image, pad: int = 2) -> sitk.Image:
     """The part of ``image`` around a one-slice ``plane`` grid (what resampling onto it reads), geometry kept."""
     n = np.array(plane.GetSize()) - 1

@@ -485,16 +485,16 @@ class MarginLogic:
         zone = pick(zone_segmentation_node, zone_segment_id, post_ct_node, "ablation zone")
         return self.assess(tumor, zone, pre, post, **kwargs)
 
-    def add_to_scene(self, result: MarginResult, name: str = "Margin", add_segmentation: bool = True) -> MarginNodes:
+    def add_to_scene(self, result: MarginResult, name: str = "Margin") -> MarginNodes:
         """New MRML nodes for ``result`` in this Logic's scene (never modifies existing nodes)."""
-        return make_nodes(self.scene, result, name, add_segmentation)
+        return make_nodes(self.scene, result, name)
 
 
-def make_nodes(scene, result: MarginResult, name: str = "Margin", add_segmentation: bool = True) -> MarginNodes:
+def make_nodes(scene, result: MarginResult, name: str = "Margin") -> MarginNodes:
     """New MRML nodes for ``result`` in ``scene`` (never modifies existing nodes)."""
     import slicer
 
-    from imagio.mrml import add_color_map, add_fiducials, add_model, add_table
+    from imagio.mrml import add_color_map, add_fiducials, add_model, add_table, segmentation_node_from_segments
 
     m = result.metrics
     thr = result.threshold_mm
@@ -526,13 +526,9 @@ def make_nodes(scene, result: MarginResult, name: str = "Margin", add_segmentati
     chart.SetTitle("Tumour surface margin")
     chart.SetXAxisTitle("signed margin (mm)")
     chart.SetYAxisTitle("tumour surface (%)")
-    seg_node = None
-    if add_segmentation:
-        from imagio.mrml import segmentation_node_from_segments
-
-        seg_node = segmentation_node_from_segments(scene, [
-            Segment("tumour (on zone grid)", result.tumor_on_zone, (0.9, 0.2, 0.2), 1),
-            Segment("ablation zone", result.zone, (0.2, 0.6, 0.9), 2)], f"{name} masks")
+    seg_node = segmentation_node_from_segments(scene, [
+        Segment("tumour (on zone grid)", result.tumor_on_zone, (0.9, 0.2, 0.2), 1),
+        Segment("ablation zone", result.zone, (0.2, 0.6, 0.9), 2)], f"{name} masks")
     plan_table = None
     if result.plan_vs_achieved is not None:
         plan_table = add_table(scene, f"{name} plan vs achieved (mm, mm2, %)", result.plan_vs_achieved.table_rows())

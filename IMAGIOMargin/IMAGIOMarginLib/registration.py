@@ -77,8 +77,6 @@ class RegistrationParameters:
     # with 5 mm slices keeps its few slices at the coarse levels (ITK's shrink factor 4 made 20 mm slices of it
     # and CRLM-1004's registration of the CT to itself drifted: NCC 1.000 -> 0.981).
     rigid_levels_mm: tuple[float, ...] = (4.0, 2.0, 0.0)
-    shrink_factors: tuple[int, ...] = (4, 2, 1)  # the B-spline stage's ITK pyramid (deformable_*)
-    smoothing_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
     # CT values outside this window (HU) are clamped before the metric: padding outside the scan's field of view
     # (-2048, -3024 on CRLM-1004) and metal would stretch the histogram so that soft tissue falls into a few bins.
     intensity_window_hu: tuple[float, float] = (-1000.0, 1500.0)
