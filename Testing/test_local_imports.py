@@ -30,10 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"imagio": ROOT / "IMAGIOCommon" / "imagio"}
 PACKAGES.update({p.name: p for p in sorted(ROOT.glob("IMAGIO*/IMAGIO*Lib")) if p.is_dir()})
-EXEMPT = {ROOT / "IMAGIOCommon" / "imagio" / "slicer_widget.py",
-          # being edited by the lead (its distance transform, issue 16 item 8): its two local imports (numpy,
-          # imagio.geometry) go to the top with that change, then this entry goes
-          ROOT / "IMAGIOMargin" / "IMAGIOMarginLib" / "metrics.py"}
+EXEMPT = {ROOT / "IMAGIOCommon" / "imagio" / "slicer_widget.py"}
 
 OPTIONAL = {"openvino", "highdicom", "dask", "distributed", "torch", "nnunetv2", "pandas", "matplotlib",
             "skimage", "onnx", "pytest", "tqdm", "blosc2", "threadpoolctl", "nibabel", "skan"}

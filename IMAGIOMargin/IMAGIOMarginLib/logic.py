@@ -67,6 +67,12 @@ class MarginResult:
         reg = registration_dict(self.registration)  # status, method, similarity, rigid parameters, QC, ROI
         return {
             "minimal_margin_mm": round(m.minimal_margin_mm, 3),
+            # the MAM is the margin map's minimum plus its grid-phase correction (metrics, step 5b)
+            "minimal_margin_uncorrected_mm": round(float(m.minimal_margin_uncorrected_mm), 3)
+            if m.minimal_margin_uncorrected_mm is not None else None,
+            "grid_correction_mm": round(m.grid_correction_mm, 3),
+            "grid_correction_se_mm": round(m.grid_correction_se_mm, 3),
+            "grid_correction_replicates": m.grid_replicates,
             "coverage_percent": round(m.coverage_percent, 3),
             "shell_coverage_percent": {k: round(v, 3) for k, v in m.shell_coverage_percent.items()},
             "residual_tumor_ml": round(m.residual_tumor_ml, 4),

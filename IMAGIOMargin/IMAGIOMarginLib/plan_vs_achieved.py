@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from imagio.geometry import ijk_to_ras
 
-from .metrics import MarginMetrics, margin_map_to
+from .metrics import MarginMetrics, margin_to
 
 SHORTFALL_TOLERANCE_MM = 0.5
 SECTORS = (("Right", 0, 1.0), ("Left", 0, -1.0), ("Anterior", 1, 1.0), ("Posterior", 1, -1.0),
@@ -67,7 +67,7 @@ def compare_plan(metrics: MarginMetrics, tumor: sitk.Image, achieved: sitk.Image
     voxel_ml = float(np.prod(achieved.GetSpacing())) / 1000.0
     not_ablated = float(np.count_nonzero(p & ~a)) * voxel_ml
     not_planned = float(np.count_nonzero(a & ~p)) * voxel_ml
-    planned_map = margin_map_to(metrics, planned)
+    planned_map, planned_minimal = margin_to(metrics, planned)
     achieved_map = metrics.surface_margin_mm
     diff = achieved_map - planned_map
     ras = ijk_to_ras(tumor, metrics.surface_ijk)
@@ -96,7 +96,7 @@ def compare_plan(metrics: MarginMetrics, tumor: sitk.Image, achieved: sitk.Image
     return PlanVsAchieved(
         planned_not_ablated_ml=not_ablated, ablated_not_planned_ml=not_planned,
         planned_volume_ml=float(np.count_nonzero(p)) * voxel_ml,
-        planned_minimal_margin_mm=float(planned_map.min()), achieved_minimal_margin_mm=float(achieved_map.min()),
+        planned_minimal_margin_mm=planned_minimal, achieved_minimal_margin_mm=float(metrics.minimal_margin_mm),
         planned_margin_mm=planned_map, achieved_minus_planned_mm=diff, sectors=rows,
         shortfall_percent=100.0 * float(w[short].sum()) / float(w.sum()),
     )

@@ -129,7 +129,8 @@ def margin_uncertainty(metrics: MarginMetrics, threshold_mm: float, sigma_mm: fl
         ends = np.searchsorted(vals, samples + moves + 4.0 * diagonal + float(np.abs(corr).max()), side="right")
         for n in np.flatnonzero(ends > n_first):
             samples[n] = min(samples[n], float(sample(n, slice(n_first, int(ends[n]))).min()))
-        samples = np.clip(samples, -field.cap_mm, field.cap_mm)
+        # the minimum of a moved map carries the same grid-phase bias as the unmoved one (metrics, step 5b)
+        samples = np.clip(samples + float(getattr(metrics, "grid_correction_mm", 0.0)), -field.cap_mm, field.cap_mm)
     samples = samples - d_t + d_z
     a = (1.0 - confidence) / 2.0
     lo, hi = (float(v) for v in np.quantile(samples, [a, 1.0 - a]))

@@ -169,6 +169,7 @@ def run_case(name: str, spacing, zones) -> list[dict]:
         raster_cov = 100.0 * np.count_nonzero(t_arr & z_arr) / np.count_nonzero(t_arr)
         rows.append({"case": name, "grid_mm": "x".join(f"{v:g}" for v in spacing), "k_mm": k, "shift_mm": s,
                      "truth_mm": k - s, "mam_mm": m.minimal_margin_mm, "error_mm": m.minimal_margin_mm - (k - s),
+                     "raw_error_mm": m.minimal_margin_uncorrected_mm - (k - s), "replicates": m.grid_replicates,
                      "coverage_percent": m.coverage_percent, "raster_coverage_percent": raster_cov,
                      "residual_ml": m.residual_tumor_ml})
     return rows
@@ -182,49 +183,59 @@ def table():
         rows += run_case(name, ANISO, ANISO_ZONES)
     for r in rows:
         print(f"{r['case']:18s} {r['grid_mm']:11s} k {r['k_mm']:4.1f} shift {r['shift_mm']:3.1f} truth "
-              f"{r['truth_mm']:+5.1f} MAM {r['mam_mm']:+7.3f} error {r['error_mm']:+.3f} mm coverage "
+              f"{r['truth_mm']:+5.1f} MAM {r['mam_mm']:+7.3f} error {r['error_mm']:+.3f} mm (uncorrected "
+              f"{r['raw_error_mm']:+.3f}, {r['replicates']} replicates) coverage "
               f"{r['coverage_percent']:6.2f} % (raster {r['raster_coverage_percent']:6.2f} %)")
     return rows
 
 
 def test_isotropic_oblique_grids(table):
-    """Mean signed error (all zones) within the issue's +-0.15 mm; grown zones' mean within 0.3 mm and every case
-    within 0.6 mm (what is reached today; the issue's 0.15 / 0.3 mm: the strict xfails below)."""
+    """Issue 10 on the isotropic 1 mm grids: mean signed error (all zones) and the grown zones' mean within +-0.15 mm;
+    every case within 0.6 mm (the issue's 0.3 mm on every case: the strict xfail below)."""
     iso = [r for r in table if r["grid_mm"] == "1x1x1"]
     errors = np.array([r["error_mm"] for r in iso])
     assert len({r["case"] for r in iso}) >= 6
     assert abs(errors.mean()) <= 0.15
     grown = np.array([r["error_mm"] for r in iso if r["shift_mm"] == 0])
-    assert abs(grown.mean()) <= 0.3
+    assert abs(grown.mean()) <= 0.15, grown
     assert np.abs(errors).max() <= 0.6, [r for r in iso if abs(r["error_mm"]) > 0.6]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 target |MAM - truth| <= 0.3 mm on every case is not met yet: the "
-                   "0.82 ml LUNG nodule (radius ~6 mm, 6 voxels) with a shifted zone is +0.5 mm, STS-002 grown -0.3 mm")
+def test_grid_phase_correction_removes_the_minimum_bias(table):
+    """Without the grid-phase correction the grown zones' minimum is biased low (the minimum picks the worst of
+    the map's residual quantisation error); the correction moves every grown case towards the truth on average."""
+    grown = [r for r in table if r["grid_mm"] == "1x1x1" and r["shift_mm"] == 0]
+    raw = np.array([r["raw_error_mm"] for r in grown])
+    corrected = np.array([r["error_mm"] for r in grown])
+    assert raw.mean() < -0.15  # the bias the issue describes
+    assert np.abs(corrected).mean() < 0.6 * np.abs(raw).mean()
+    assert all(2 <= r["replicates"] <= 8 for r in table)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 10 target |MAM - truth| <= 0.3 mm on every case is not met: the 0.82 "
+                   "ml LUNG nodule (radius ~6 mm) with shifted zones is +0.54 and +0.42 mm (its thin bumps, a voxel "
+                   "or two wide, are flattened by the fit; the grid-phase replicates cannot see what the mask lost)")
 def test_isotropic_every_case_within_issue_target(table):
     """Issue 10: |MAM - k| <= 0.3 mm on every case (not met: see the reason)."""
     iso = [r for r in table if r["grid_mm"] == "1x1x1"]
     assert max(abs(r["error_mm"]) for r in iso) <= 0.3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 target: grown zones' mean signed error within +-0.15 mm; today "
-                   "-0.23 mm (the minimum of the surface map still picks residual sub-voxel noise)")
-def test_isotropic_grown_mean_within_issue_target(table):
-    grown = [r["error_mm"] for r in table if r["grid_mm"] == "1x1x1" and r["shift_mm"] == 0]
-    assert abs(float(np.mean(grown))) <= 0.15
-
-
 def test_anisotropic_oblique_grids(table):
-    """Every case within 0.8 mm (reached today; the issue's 0.3 x 2.5 = 0.75 mm: the strict xfail below)."""
+    """Issue 10: every anisotropic case within 0.3 x the largest spacing (0.75 mm on 0.8 x 0.9 x 2.5 mm)."""
     an = [r for r in table if r["grid_mm"] != "1x1x1"]
-    assert max(abs(r["error_mm"]) for r in an) <= 0.8
+    assert max(abs(r["error_mm"]) for r in an) <= 0.3 * max(ANISO), [r for r in an if abs(r["error_mm"]) > 0.75]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 target 0.3 x the largest spacing (0.75 mm) on every anisotropic "
-                   "case: liver P3 nodule 1 (2.5 ml) grown by 5 mm is -0.77 mm on 2.5 mm slices")
-def test_anisotropic_every_case_within_issue_target(table):
-    an = [r for r in table if r["grid_mm"] != "1x1x1"]
-    assert max(abs(r["error_mm"]) for r in an) <= 0.3 * max(ANISO)
+def test_margin_is_deterministic():
+    """The grid-phase replicates use a fixed seed: the same masks give the same margin, to the bit."""
+    mask = sitk.ReadImage(str(data_path(CASES["liver-p3-nodule1"])))
+    poly, lps = continuous_tumour(mask)
+    truth = Truth(poly, lps, ISO)
+    tumor, zone = truth.level_raster(0.0), truth.level_raster(5.0)
+    a, b = compute_margin(tumor, zone, 5.0), compute_margin(tumor, zone, 5.0)
+    assert a.minimal_margin_mm == b.minimal_margin_mm and a.grid_correction_mm == b.grid_correction_mm
+    assert a.minimal_margin_mm == pytest.approx(a.minimal_margin_uncorrected_mm + a.grid_correction_mm, abs=1e-12)
 
 
 def test_coverage_and_residual(table):
