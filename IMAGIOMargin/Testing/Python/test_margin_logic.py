@@ -49,6 +49,10 @@ def test_assess_outputs_and_uncertainty(pair):
     assert d["verdict"] == "insufficient"
     assert d["coverage_percent"] == 100.0 and d["residual_tumor_ml"] == 0.0
     assert set(d["shell_coverage_percent"]) == {"0", "3", "5", "10"}
+    # the MAM is the map's minimum plus its grid-phase correction, both in margin.json
+    assert d["minimal_margin_mm"] == pytest.approx(d["minimal_margin_uncorrected_mm"] + d["grid_correction_mm"],
+                                                   abs=2e-3)
+    assert 2 <= d["grid_correction_replicates"] <= 8 and 0.0 <= d["grid_correction_se_mm"] < 0.2
     lo, hi = d["margin_ci_mm"]
     assert lo <= d["minimal_margin_mm"] <= hi and lo < hi  # the interval always contains the measurement
     assert 0.0 <= d["p_margin_ge_threshold"] < 0.5
