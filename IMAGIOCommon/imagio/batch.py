@@ -233,6 +233,28 @@ def _connect(scheduler: str):
                           "Start one with `dask scheduler` and `dask worker ADDRESS`, or check the address") from None
 
 
+def _events(client, topic: str) -> list[dict]:
+    try:
+        evs = client.get_events(topic)
+    except Exception:  # noqa: BLE001 - events only refine a message
+        return []
+    return [m for _, m in evs if isinstance(m, dict)]
+
+
+def _starts_by_worker(client, batch_token: str) -> dict[str, list[dict]]:
+    """This batch's case-start events (worker, case_id, nthreads), per worker in the order they started."""
+    by_worker: dict[str, list[dict]] = {}
+    for e in _events(client, EVENT_TOPIC):
+        if e.get("batch") == batch_token:
+            by_worker.setdefault(e.get("worker"), []).append(e)
+    return by_worker
+
+
+def _last_cases(starts: list[dict], nthreads) -> set[str]:
+    """The cases a worker started last, as many as it has threads: the ones it runs (or ran when it died)."""
+    return {e.get("case_id") for e in starts[-max(int(nthreads or 1), 1):]}
+
+
 def _running_cases(client, batch_token: str) -> set[str]:
     """The cases running now: on each live worker, the cases it started last (as many as it has threads). A case
     whose worker died, or that its worker has finished, is not running, even while its future is pending
@@ -241,23 +263,11 @@ def _running_cases(client, batch_token: str) -> set[str]:
         alive = client.scheduler_info().get("workers", {})
     except Exception:  # noqa: BLE001 - the count only feeds the progress line
         return set()
-    by_worker: dict[str, list[str]] = {}
-    for e in _events(client, EVENT_TOPIC):
-        if e.get("batch") == batch_token:
-            by_worker.setdefault(e.get("worker"), []).append(e.get("case_id"))
     running: set[str] = set()
-    for worker, cases in by_worker.items():
+    for worker, starts in _starts_by_worker(client, batch_token).items():
         if worker in alive:
-            running.update(cases[-max(int(alive[worker].get("nthreads") or 1), 1):])
+            running |= _last_cases(starts, alive[worker].get("nthreads"))
     return running
-
-
-def _events(client, topic: str) -> list[dict]:
-    try:
-        evs = client.get_events(topic)
-    except Exception:  # noqa: BLE001 - events only refine a message
-        return []
-    return [m for _, m in evs if isinstance(m, dict)]
 
 
 def _deaths_while_running(client, batch_token: str, case_id: str) -> int:
@@ -268,17 +278,8 @@ def _deaths_while_running(client, batch_token: str, case_id: str) -> int:
         alive = set(client.scheduler_info().get("workers", {}))
     except Exception:  # noqa: BLE001 - without the list, count the case as running (no retry)
         return 1
-    by_worker: dict[str, list[dict]] = {}
-    for e in _events(client, EVENT_TOPIC):
-        if e.get("batch") == batch_token:
-            by_worker.setdefault(e.get("worker"), []).append(e)
-    deaths = 0
-    for worker, starts in by_worker.items():
-        if worker in alive:
-            continue
-        last = starts[-max(int(starts[-1].get("nthreads") or 1), 1):]
-        deaths += any(e.get("case_id") == case_id for e in last)
-    return deaths
+    return sum(case_id in _last_cases(starts, starts[-1].get("nthreads"))
+               for worker, starts in _starts_by_worker(client, batch_token).items() if worker not in alive)
 
 
 def _death_message(client, batch_token: str, case_id: str, exc: BaseException, limits: dict) -> str:
@@ -441,9 +442,10 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
     by_key = {f"imagio-batch-{s['case_id']}-{batch_token[:8]}": s for s in todo}
     # results are fetched as soon as a case ends and the future is released then: a worker that dies later
     # cannot make the scheduler run a finished case again
-    completed = as_completed([client.submit(run_case, {**s, "batch_token": batch_token}, str(out), pure=False,
-                                            key=key) for key, s in by_key.items()],
-                             with_results=True, raise_errors=False)
+    def submit(spec, key):
+        return client.submit(run_case, {**spec, "batch_token": batch_token}, str(out), pure=False, key=key)
+
+    completed = as_completed([submit(s, key) for key, s in by_key.items()], with_results=True, raise_errors=False)
     pending = set(by_key)
     failed = sum(1 for r in records.values() if r.get("status") == "error")
     done = already
@@ -474,8 +476,7 @@ def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, alrea
                                   "running another case; running it again")
                         by_key[key] = s
                         pending.add(key)
-                        completed.add(client.submit(run_case, {**s, "batch_token": batch_token}, str(out),
-                                                    pure=False, key=key))
+                        completed.add(submit(s, key))
                         continue
                     if isinstance(result, KilledWorker):
                         msg = _death_message(client, batch_token, s["case_id"], result, limits)

@@ -419,18 +419,26 @@ def signed_margin(zone_surface: FittedSurface, zone_poly, points_xyz: np.ndarray
     return np.where(zone_surface.inside(ijk), d, -d)
 
 
-def map_minimum(tumor: FittedSurface, zone: FittedSurface, inner_lo_kji=None, inner_hi_kji=None) -> float:
-    """The minimum of the margin map (steps 4-5 at the map's scale) of two fitted surfaces, over the tumour surface
-    points within the voxel box ``inner_lo..inner_hi`` of the fields' region (all without a box); inf if none."""
+def surface_map(tumor: FittedSurface, zone: FittedSurface):
+    """Steps 4-5: the tumour surface mesh and its margin map at the smoothing's scale: (points mm, triangles, areas
+    mm^2 per point, signed margin mm per point); empty arrays without a tumour surface. The map is read at the
+    smoothing's scale: the surfaces are only known at that scale, and the minimum of a map with sub-voxel noise
+    picks its worst case."""
     pts, tris = mesh_arrays(surface_mesh(tumor))
     if len(pts) == 0:
-        return float("inf")
-    vals = average_on_surface(pts, vertex_areas(pts, tris), signed_margin(zone, surface_mesh(zone), pts),
-                              map_radius_mm(tumor.spacing_kji))
-    if inner_lo_kji is not None:
+        return pts, tris, np.zeros(0), np.zeros(0)
+    areas = vertex_areas(pts, tris)
+    vals = average_on_surface(pts, areas, signed_margin(zone, surface_mesh(zone), pts), map_radius_mm(tumor.spacing_kji))
+    return pts, tris, areas, vals
+
+
+def map_minimum(tumor: FittedSurface, zone: FittedSurface, inner_lo_kji=None, inner_hi_kji=None) -> float:
+    """The minimum of the margin map of two fitted surfaces, over the tumour surface points within the voxel box
+    ``inner_lo..inner_hi`` of the fields' region (all without a box); inf if none."""
+    pts, _, _, vals = surface_map(tumor, zone)
+    if inner_lo_kji is not None and len(pts):
         kji = pts[:, ::-1] / tumor.spacing_kji
-        keep = np.all((kji >= inner_lo_kji) & (kji <= inner_hi_kji), axis=1)
-        vals = vals[keep]
+        vals = vals[np.all((kji >= inner_lo_kji) & (kji <= inner_hi_kji), axis=1)]
     return float(vals.min()) if len(vals) else float("inf")
 
 
@@ -482,6 +490,20 @@ def grid_phase_bias(tumor: FittedSurface, zone: FittedSurface, points_xyz: np.nd
     if len(r) < 2:
         return 0.0, 0.0, len(r)
     return float(r.mean() - minimum), float(r.std(ddof=1) / np.sqrt(len(r))), len(r)
+
+
+def corrected_minimum(tumor: FittedSurface, zone: FittedSurface, points_xyz: np.ndarray, values: np.ndarray,
+                      progress=None) -> tuple[float, float, float, int, str | None]:
+    """Step 5b applied: (MAM mm, correction mm, its standard error mm, replicates, note or None). The correction
+    is -bias (:func:`grid_phase_bias`) unless larger than PHASE_MAX_CORRECTION_VOXELS of the largest spacing."""
+    minimum = float(np.min(values))
+    bias, se, replicates = grid_phase_bias(tumor, zone, points_xyz, values, progress)
+    limit = PHASE_MAX_CORRECTION_VOXELS * float(np.max(tumor.spacing_kji))
+    if abs(bias) <= limit:
+        return minimum - bias, -bias, se, replicates, None
+    return minimum, 0.0, se, replicates, (f"The grid-phase correction of the minimal margin ({-bias:+.2f} mm) is "
+                                          f"larger than {limit:.2f} mm and was not applied: the masks are too "
+                                          "coarse for a sub-voxel margin")
 
 
 def solid_volumes(tumor: FittedSurface, zone: FittedSurface, lo_kji: np.ndarray, hi_kji: np.ndarray
@@ -593,18 +615,12 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
         progress.update(0.15, "Fitting sub-voxel surfaces")
         t_surf = fit_surface(_crop_padded(t_full, lo, hi), spacing_kji, start_ijk)
         z_surf = fit_surface(_crop_padded(z_full, lo, hi), spacing_kji, start_ijk)
-        t_poly = surface_mesh(t_surf)
-        pts, tris = mesh_arrays(t_poly)
+        progress.update(0.35, "Distance to the ablation-zone surface")
+        pts, tris, areas, vals = surface_map(t_surf, z_surf)
         if len(pts) == 0:
             raise ImagioError(f"The tumour mask ({int(np.count_nonzero(t_full))} voxels) is too small to have a "
                               "surface at this grid's resolution",
                               "Check the tumour segment; a tumour needs a few voxels across")
-        progress.update(0.35, "Distance to the ablation-zone surface")
-        z_poly = surface_mesh(z_surf)
-        areas = vertex_areas(pts, tris)
-        # the margin map at the smoothing's scale: the surfaces are only known at that scale, and the minimum
-        # of a map with sub-voxel noise picks its worst case
-        vals = average_on_surface(pts, areas, signed_margin(z_surf, z_poly, pts), map_radius_mm(spacing_kji))
         mam = float(vals.min())
         if abs(mam) < cap or whole:
             break
@@ -615,14 +631,8 @@ def compute_margin(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float = 5.
     correction = correction_se = 0.0
     replicates = 0
     if abs(mam) < cap:
-        bias, correction_se, replicates = grid_phase_bias(t_surf, z_surf, pts, vals, progress)
-        limit = PHASE_MAX_CORRECTION_VOXELS * float(np.max(spacing_kji))
-        if abs(bias) <= limit:
-            correction = -bias
-        else:
-            notes.append(f"The grid-phase correction of the minimal margin ({-bias:+.2f} mm) is larger than "
-                         f"{limit:.2f} mm and was not applied: the masks are too coarse for a sub-voxel margin")
-        mam = mam_raw + correction
+        mam, correction, correction_se, replicates, note = corrected_minimum(t_surf, z_surf, pts, vals, progress)
+        notes.extend([note] if note else [])
 
     progress.update(0.55, "Volumes and coverage")
     tumor_mm3, residual_mm3 = solid_volumes(t_surf, z_surf, bbox[0], bbox[1])
@@ -695,11 +705,8 @@ def margin_to(metrics: MarginMetrics, other_zone: sitk.Image) -> tuple[np.ndarra
     vals = signed_margin(z_surf, surface_mesh(z_surf), pts)
     vals = average_on_surface(pts, metrics.surface_area_mm2, vals, map_radius_mm(spacing_kji))
     minimum = float(vals.min())
-    if abs(minimum) < metrics.cap_mm and metrics.grid_replicates:
-        t_arr = sitk.GetArrayViewFromImage(metrics.tumor_mask) if metrics.tumor_mask is not None else None
-        if t_arr is not None:
-            t_surf = fit_surface(_crop_padded(t_arr, lo, hi), spacing_kji, start_ijk)
-            bias, _, _ = grid_phase_bias(t_surf, z_surf, pts, vals)
-            if abs(bias) <= PHASE_MAX_CORRECTION_VOXELS * float(np.max(spacing_kji)):
-                minimum -= bias
+    if abs(minimum) < metrics.cap_mm and metrics.grid_replicates and metrics.tumor_mask is not None:
+        t_surf = fit_surface(_crop_padded(sitk.GetArrayViewFromImage(metrics.tumor_mask), lo, hi), spacing_kji,
+                             start_ijk)
+        minimum = corrected_minimum(t_surf, z_surf, pts, vals)[0]
     return np.clip(vals, -metrics.cap_mm, metrics.cap_mm), float(np.clip(minimum, -metrics.cap_mm, metrics.cap_mm))
