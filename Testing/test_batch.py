@@ -400,3 +400,176 @@ def test_resume_after_a_killed_batch(cohort, tmp_path):
     info = json.loads((out / "batch.json").read_text())
     assert {c["case_id"]: c["recomputed"] for c in info["cases"]} == {
         "lidc-margin-5": False, "lidc-margin-3": True, "lidc-plan": True, "lidc-seg": False}
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C, every step kind
+@pytest.fixture(scope="module")
+def more_steps(cohort):
+    """Rows of the other step kinds on real data, and each one's command run directly: a bronchoscopic route
+    (Med-MPD lungs P1 airway tree to its nodule), an ablation zone and a replan on the LIDC nodule, a margin on
+    the STS-002 sarcoma's RTSTRUCT GTV with a zone 7 mm around it, and the DICOM SEG + SR export of both."""
+    pytest.importorskip("highdicom")
+    from imagio import io
+
+    root = cohort["root"]
+    data = root / "data"
+    sts_dir = data_path("sarcoma-sts002/dicom/image")
+    rt = data_path("sarcoma-sts002/dicom/mask/RS.dcm")
+    ct = io.read_image(sts_dir)
+    gtv = io.read_segmentation(rt, reference=ct)[0]
+    dist = sitk.SignedMaurerDistanceMap(gtv.mask, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    io.write_segmentation(data / "sts_zone7.seg.nrrd", [io.Segment("ablation zone", sitk.Cast(dist <= 7.0, sitk.sitkUInt8),
+                                                                   (0.2, 0.6, 0.9))], ct)
+    c = np.array([float(v) for v in next(r for r in csv.reader(open(cohort["manifest"])) if r[0] == "lidc-seg")[5]
+                  .split(",")])
+    up = np.array([0.0, 0.0, 1.0])
+    tip_c, entry_c = c - 11.55 * up, c + 80.0 * up      # the Emprint zone's centre lies 11.55 mm behind its tip
+    tip_off = tip_c + np.array([6.0, 0.0, 0.0])           # 6 mm beside the nodule: the replan has a residual
+    pt = lambda p: ",".join(f"{v:.2f}" for v in p)  # noqa: E731
+    airway = data_path("medmpd-lungs-p1/bronchialTree.nii.gz")
+    lesion = data_path("medmpd-lungs-p1/nodule.nii.gz")
+    direct = root / "direct"
+    argv = {
+        "lung-route": ["lungnav", "--airway", airway, "--lesion", lesion],
+        "lidc-margin-5": None,  # in the cohort already
+        "lidc-zone": ["ablation", "zone", "--device", "emprint", "--power", "100", "--time", "300",
+                      f"--tip={pt(tip_c)}", f"--entry={pt(entry_c)}", "--tumor", data / "tumor.nrrd"],
+        "lidc-replan": ["ablation", "replan", "--tumor", data / "tumor.nrrd", f"--probe={pt(tip_off)}:{pt(entry_c)}",
+                        "--device", "emprint", "--power", "100", "--time", "300", "--margin-mm", "5"],
+        "sts002-margin": ["margin", "--tumor", rt, "--ablation", data / "sts_zone7.seg.nrrd", "--pre-ct", sts_dir,
+                          "--post-ct", sts_dir],
+        "sts002-dicom": ["export-dicom", "--ct", sts_dir, "--seg", rt, data / "sts_zone7.seg.nrrd",
+                         "--margin", direct / "sts002-margin" / "margin.json"],
+    }
+    dirs = {"lidc-margin-5": cohort["direct"]["lidc-margin-5"]}
+    for case, a in argv.items():
+        if a is not None:
+            dirs[case] = direct / case
+            assert main([*map(str, a), "--out", str(dirs[case])]) == 0, case
+    manifest = root / "more.csv"
+    manifest.write_text(
+        "case_id,step,tumor,ablation,pre_ct,post_ct,airway,lesion,ct,seg,margin,device,power,time,tip,entry,probe,"
+        "margin_mm\n"
+        f"lung-route,lungnav,,,,,{airway},{lesion},,,,,,,,,,\n"
+        "lidc-margin-5,margin,data/tumor.nrrd,data/zone5.nrrd,,,,,,,,,,,,,,\n"
+        f'lidc-zone,ablation-zone,data/tumor.nrrd,,,,,,,,,emprint,100,300,"{pt(tip_c)}","{pt(entry_c)}",,\n'
+        f'lidc-replan,ablation-replan,data/tumor.nrrd,,,,,,,,,emprint,100,300,,,"{pt(tip_off)}:{pt(entry_c)}",5\n'
+        f"sts002-margin,margin,{rt},data/sts_zone7.seg.nrrd,{sts_dir},{sts_dir},,,,,,,,,,,,\n"
+        f"sts002-dicom,export-dicom,,,,,,,{sts_dir},{rt};data/sts_zone7.seg.nrrd,direct/sts002-margin/margin.json,"
+        ",,,,,,\n")
+    step = {"lung-route": "lungnav", "lidc-margin-5": "margin", "lidc-zone": "ablation-zone",
+            "lidc-replan": "ablation-replan", "sts002-margin": "margin", "sts002-dicom": "export-dicom"}
+    return {"manifest": manifest, "direct": dirs, "step": step, "sts_dir": sts_dir}
+
+
+STEP_JSON = {**MAIN_JSON, "lungnav": "route.json", "ablation-zone": "ablation.json", "ablation-replan": "replan.json",
+             "export-dicom": "export.json"}
+UID_KEYS = {"sop_instance_uid", "series_instance_uid"}  # new UIDs for every DICOM object written
+
+
+def _same_as_direct(more, out: Path, rows: dict) -> None:
+    """Every case of the `more_steps` manifest: its JSON equals the direct command's, its summary numbers too."""
+    from imagio import dicom_export
+
+    def strip(d):
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if k not in UID_KEYS}
+        return [strip(v) for v in d] if isinstance(d, list) else d
+
+    for case, ref_dir in more["direct"].items():
+        step = more["step"][case]
+        ref = json.loads((ref_dir / STEP_JSON[step]).read_text())
+        got = json.loads((out / case / step / STEP_JSON[step]).read_text())
+        assert strip(_strip(got)) == strip(_strip(ref)), case
+        row = rows[case]
+        if step == "margin":
+            assert float(row["minimal_margin_mm"]) == ref["minimal_margin_mm"]
+            assert float(row["coverage_percent"]) == ref["coverage_percent"]
+        elif step == "lungnav":
+            assert float(row["route_length_mm"]) == ref["path_length_mm"]
+            assert row["reachable"] == ("true" if ref["reachable"] else "false")
+            assert float(row["gap_to_target_mm"]) == ref["gap_to_target_mm"]
+        elif step in ("ablation-zone", "ablation-replan"):
+            for key in ("coverage_percent", "minimal_margin_mm", "zone_volume_ml"):
+                assert float(row[key]) == ref[key], (case, key)
+            if step == "ablation-replan":
+                assert float(row["residual_target_ml"]) == ref["residual_target_ml"] > 0  # the probe is 6 mm off
+        else:  # export-dicom: the same segments and numbers in the DICOM objects, read back
+            assert int(row["segment_count"]) == len(ref["segments"]) == 2
+            assert float(row["volume_ml"]) == pytest.approx(sum(s["volume_ml"] for s in ref["segments"]), abs=1e-4)
+            assert int(row["measurement_count"]) == len(ref["measurements"])
+            if "seg" in ref["validation"]:
+                assert row["dciodvfy_seg_errors"] == row["dciodvfy_sr_errors"] == "0"
+            a = dicom_export.read_back(out / case / step, more["sts_dir"])
+            b = dicom_export.read_back(ref_dir, more["sts_dir"])
+            assert a["voxels"] == b["voxels"] and a["numbers"] == b["numbers"]
+            margin = json.loads((more["direct"]["sts002-margin"] / "margin.json").read_text())
+            assert a["numbers"]["imagio"][("MAM", "GTV_Mass_CT")][0] == pytest.approx(margin["minimal_margin_mm"])
+
+
+def test_ctrl_c_during_a_batch_then_resume(more_steps, tmp_path):
+    """Ctrl-C (SIGINT to the batch's process group, as a terminal sends it) while cases run on 2 workers: exit 130,
+    the finished cases kept and summarised as ok (also one published but not yet fetched), the running ones not
+    published, no staging left; --resume then runs only the rest, and every step's result (route, zone, replan,
+    margins, DICOM export) equals its command run directly."""
+    from imagio import batch
+
+    out = tmp_path / "batch"
+    cases = list(more_steps["step"])
+    err_log = tmp_path / "stderr.txt"
+    with open(err_log, "w") as err:
+        p = subprocess.Popen([sys.executable, "-m", "imagio.cli", "batch", "--manifest", str(more_steps["manifest"]),
+                              "--out", str(out), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=err,
+                             start_new_session=True)
+        try:
+            deadline = time.time() + 300
+            running: list[str] = []
+            while time.time() < deadline:
+                done = {f.parent.name for f in out.glob("*/batch_case.json")}
+                running = [d.name.rsplit(".", 1)[0] for d in (out / ".staging").glob("*.*")
+                           if d.name.rsplit(".", 1)[0] not in done] if (out / ".staging").is_dir() else []
+                if len(done) >= 2 and running:
+                    break
+                time.sleep(0.05)
+            os.killpg(p.pid, signal.SIGINT)  # Ctrl-C
+            rc = p.wait(timeout=120)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=30)
+    stderr = err_log.read_text()
+    assert rc == 130, stderr
+    assert "interrupted; finished cases are kept" in stderr and "imagio: interrupted" in stderr
+    assert "Traceback" not in stderr and "already in use" not in stderr, stderr
+    assert running, "no case was running when Ctrl-C came"
+    finished = sorted(f.parent.name for f in out.glob("*/batch_case.json"))
+    assert 2 <= len(finished) < len(cases), finished
+    # no half case: every case folder holds its record and all its files; nothing else is left
+    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == finished  # .staging removed too
+    token = set()
+    for c in finished:
+        rec = json.loads((out / c / "batch_case.json").read_text())
+        assert rec["status"] == "ok", rec
+        token.add(rec["batch"])
+        for rel, size in rec["outputs"].items():
+            assert (out / c / rel).stat().st_size == size
+    assert len(token) == 1
+    rows = _read_summary(out)  # written at the interruption: finished cases ok, the others named as not run
+    assert list(rows) == cases
+    assert {c for c, r in rows.items() if r["status"] == "ok"} == set(finished)
+    for c in set(cases) - set(finished):
+        assert rows[c]["status"] == "error" and rows[c]["message"] == "not run: the batch was interrupted"
+    assert json.loads((out / "batch.json").read_text())["counts"]["ok"] == len(finished)
+    stamp = {c: [(f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted((out / c).rglob("*"))] for c in finished}
+
+    table = batch.run(more_steps["manifest"], out, resume=True, workers=2, progress=False)
+    assert table.exit_status == 0, [r for r in table if r["status"] == "error"]
+    assert {r["case_id"] for r in table if r["status"] == "skipped"} == set(finished)
+    assert {r["case_id"] for r in table if r["status"] == "ok"} == set(cases) - set(finished)
+    for c in finished:  # not recomputed
+        assert [(f.stat().st_ino, f.stat().st_mtime_ns) for f in sorted((out / c).rglob("*"))] == stamp[c]
+    assert not (out / ".staging").exists()
+    _same_as_direct(more_steps, out, _read_summary(out))
+    page = (out / "cohort.html").read_text()
+    route = json.loads((more_steps["direct"]["lung-route"] / "route.json").read_text())
+    assert "Route reachability" in page and f"{int(route['reachable'])} of 1 target(s) reachable" in page

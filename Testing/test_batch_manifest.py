@@ -165,14 +165,20 @@ def test_non_empty_out_needs_resume(files, capsys):
 
 
 def test_every_step_maps_to_a_command_or_is_refused_by_name(files):
+    import argparse
+
     parser = build_parser()
-    present = {s for s in STEP_COMMANDS if step_parser(parser, s) is not None}
-    # the commands that exist on main today; ablation-replan and export-dicom are being built (issues 12, 14)
-    assert {"segment", "lungnav", "margin", "ablation-zone", "ablation-plan", "demo"} <= present
-    for step in set(STEP_COMMANDS) - present:
-        with pytest.raises(ImagioError, match=f"step '{step}' needs `imagio {' '.join(STEP_COMMANDS[step])}`"):
-            read_manifest(_write(files, f"case_id,step\nc1,{step}\n"))
+    # every step of issue 15's list is a command of this imagio
+    assert {s for s in STEP_COMMANDS if step_parser(parser, s) is not None} == set(STEP_COMMANDS) == {
+        "segment", "lungnav", "margin", "ablation-zone", "ablation-plan", "ablation-replan", "export-dicom", "demo"}
     assert set(HEADLINES) == set(STEP_COMMANDS)
+    # an imagio without a step's command (e.g. a trimmed build) refuses that row by name
+    trimmed = argparse.ArgumentParser(prog="imagio")
+    sub = trimmed.add_subparsers()
+    sub.add_parser("margin").add_argument("--out")
+    for step in ("export-dicom", "ablation-replan"):
+        with pytest.raises(ImagioError, match=f"step '{step}' needs `imagio {' '.join(STEP_COMMANDS[step])}`"):
+            read_manifest(_write(files, f"case_id,step\nc1,{step}\n"), root_parser=trimmed)
 
 
 def test_headline_numbers_are_read_from_the_step_json(tmp_path):
@@ -196,6 +202,18 @@ def test_headline_numbers_are_read_from_the_step_json(tmp_path):
     (x / "replan.json").write_text('{"residual_ml": 1.5, "feasible": true, "probes": 2, "run_time_s": 1, '
                                    '"minimal_margin_mm": 2.0, "note": "n"}')
     assert headline_numbers("ablation-replan", x) == {"residual_ml": 1.5, "feasible": True, "minimal_margin_mm": 2.0}
+    # export-dicom: the exported segments, the SR's measurements and dciodvfy's own errors
+    e = tmp_path / "export-dicom"
+    e.mkdir()
+    (e / "export.json").write_text('{"segments": [{"label": "GTV", "volume_ml": 53.2954}, {"label": "zone", '
+                                   '"volume_ml": 120.5}], "measurements": [{}, {}, {}], "seg": {"frames": 40}, '
+                                   '"validation": {"seg": {"errors": []}, "sr": {"errors": ["Error - x"]}}}')
+    assert headline_numbers("export-dicom", e) == {"volume_ml": 173.7954, "segment_count": 2, "segments": "GTV; zone",
+                                                   "measurement_count": 3, "seg_frames": 40, "dciodvfy_seg_errors": 0,
+                                                   "dciodvfy_sr_errors": 1}
+    (e / "export.json").write_text('{"segments": [], "measurements": [], "validation": {"dciodvfy": "not found"}}')
+    assert headline_numbers("export-dicom", e) == {"volume_ml": None, "segment_count": 0, "segments": "",
+                                                   "measurement_count": 0, "seg_frames": None}
 
 
 def test_batch_imports_without_dask_and_says_what_to_install(files):

@@ -17,7 +17,10 @@ worker processes (default: the machine's cores), one case at a time per
 worker, with a memory limit per worker; with ``--scheduler tcp://host:port``
 on an existing cluster, whose workers must see DIR and the inputs at the same
 paths (a shared filesystem). Exit status: 0 when every case succeeded, 1 when
-some failed (the summary is still written), 2 for a bad manifest or request.
+some failed (the summary is still written), 2 for a bad manifest or request,
+130 after Ctrl-C (143 after SIGTERM): the cases that finished are kept and
+summarised as ok, the others as not run (our own workers are stopped before
+their staging folders are removed), and ``--resume`` runs only those.
 
 Python: ``imagio.batch.run(manifest, out, client=None, ...)`` returns the
 :class:`~imagio.batch_report.SummaryTable`. dask and distributed are the
@@ -27,6 +30,7 @@ optional ``batch`` extra: they are imported only here, when a batch runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -217,8 +221,11 @@ def _local_cluster(workers: int | None, memory_limit_gb: float | None, threads_p
                                      "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     limit = f"{memory_limit_gb}GiB" if memory_limit_gb else "auto"
     with dask.config.set(LOCAL_DASK_CONFIG):
+        # no dashboard; the scheduler's HTTP server (always started) on a free loopback port, not on 8787, which a
+        # running dashboard or another cluster may hold ("Port 8787 is already in use" on the terminal)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=limit,
-                               dashboard_address=None, silence_logs=logging.CRITICAL, env=env)
+                               dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                               silence_logs=logging.CRITICAL, env=env)
         client = Client(cluster)
     return client, cluster
 
@@ -355,17 +362,44 @@ def run(manifest, out, client=None, *, workers: int | None = None, scheduler: st
             if todo:
                 if client is None:  # a case of the earlier batch disappeared meanwhile
                     client, engine = _open_engine(client, scheduler, workers, memory_limit_gb, own)
-                interrupted = _run_cases(client, out, todo, records, recomputed, engine, prog, len(records))
+                batch_token = uuid.uuid4().hex
+                interrupted = _run_cases(client, out, todo, records, recomputed, engine, prog, len(records),
+                                         batch_token)
+                if interrupted is not None:
+                    # our own workers stop before their staging folders are removed; a cluster we do not own
+                    # may still be running cases (Dask cannot stop a running task): their staging stays
+                    _close(own)
+                    _collect_published(out, todo, records, recomputed, batch_token)
             else:
                 prog.update(len(specs), 0, 0, force=True)
-            table = _finish(out, m, specs, records, recomputed, engine, prog, t_start, resume)
+            clean = interrupted is None or engine.get("kind") == "LocalCluster"
+            table = _finish(out, m, specs, records, recomputed, engine, prog, t_start, resume, clean)
     finally:
-        for obj in reversed(own):
-            with contextlib.suppress(Exception):
-                obj.close()
+        _close(own)
     if interrupted is not None:
         raise interrupted
     return table
+
+
+def _close(own: list) -> None:
+    """Close the client and cluster that this batch made (the LocalCluster's workers end), once."""
+    while own:
+        with contextlib.suppress(Exception):
+            own.pop().close()
+
+
+def _collect_published(out: Path, todo, records, recomputed, batch_token: str) -> None:
+    """After an interruption: the cases that this batch published but whose results had not been fetched yet."""
+    for s in todo:
+        if s["case_id"] in records:
+            continue
+        try:
+            rec = json.loads((out / s["case_id"] / RECORD).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("batch") == batch_token:
+            records[s["case_id"]] = rec
+            recomputed[s["case_id"]] = True
 
 
 def _open_engine(client, scheduler, workers, memory_limit_gb, own: list):
@@ -384,10 +418,11 @@ def _open_engine(client, scheduler, workers, memory_limit_gb, own: list):
                     "threads_per_worker": 1, "cores_per_case": max(1, machine_cores() // n)}
 
 
-def _finish(out: Path, m, specs, records, recomputed, engine, prog, t_start, resume) -> SummaryTable:
+def _finish(out: Path, m, specs, records, recomputed, engine, prog, t_start, resume, clean=True) -> SummaryTable:
     """Write summary.csv, batch.json and cohort.html (each atomically); the summary table."""
     prog.close()
-    _clean_staging(out)
+    if clean:  # no case of this batch runs any more
+        _clean_staging(out)
     rows = []
     for s in specs:
         rec = records.get(s["case_id"])
@@ -423,11 +458,10 @@ def _finish(out: Path, m, specs, records, recomputed, engine, prog, t_start, res
     return table
 
 
-def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, already: int):
+def _run_cases(client, out: Path, todo, records, recomputed, engine, prog, already: int, batch_token: str):
     """Submit the cases, follow them to the end; the interruption (Ctrl-C, SIGTERM) if one came, else None."""
     from distributed import KilledWorker, as_completed
 
-    batch_token = uuid.uuid4().hex
     info = client.run(_worker_check, str(out))
     if not info:
         raise ImagioError("The Dask cluster has no workers", "Start workers with `dask worker SCHEDULER_ADDRESS`")
@@ -518,7 +552,8 @@ def register_cli(subparsers) -> None:
                     "ablation-plan, ablation-replan, export-dicom, demo) and the step's options with underscores "
                     "(pre_ct for --pre-ct). Relative paths are relative to the manifest's folder; empty cells are "
                     "left out; several values of one option are separated by ';'. Exit 0: every case ok; 1: some "
-                    "failed (summary still written); 2: bad manifest.")
+                    "failed (summary still written); 2: bad manifest; 130: interrupted (finished cases kept, "
+                    "--resume runs the rest).")
     p.add_argument("--manifest", required=True, help="CSV file: case_id,step,<option>,...")
     # dest batch_out: the batch applies its own --out policy (--resume continues a non-empty folder)
     p.add_argument("--out", dest="batch_out", required=True,

@@ -8,7 +8,10 @@ output) and ``batch_case.json`` (status, one-line message, headline numbers,
 input hashes, the files written and their sizes), and is then renamed to
 ``DIR/<case_id>`` in one step. A case folder therefore either holds a
 finished run with its record, or does not exist: a killed worker or batch
-leaves only its staging folder behind, which never looks complete.
+leaves only its staging folder behind, which never looks complete. The
+staging folder holds a ``.running`` marker that is removed just before the
+rename: a staging folder that the batch cleaned away while the case still ran
+(an interrupted batch on a cluster it does not own) is never published.
 
 Nothing here imports dask: on a Dask worker the start of a case is announced
 as a worker event (topic ``imagio-batch``), elsewhere the function runs as is.
@@ -33,6 +36,7 @@ from . import __version__
 STAGING = ".staging"
 RECORD = "batch_case.json"
 LOG = "log.txt"
+MARKER = ".running"
 EVENT_TOPIC = "imagio-batch"
 
 #: step -> (its JSON file, headline keys: summary column -> key in that JSON)
@@ -55,7 +59,7 @@ HEADLINES: dict[str, tuple[str, dict[str, str]]] = {
         "tumor_coverage_percent": "tumor_coverage_percent", "minimal_margin_mm": "minimal_margin_mm",
         "margin_mm": "margin_mm", "zone_volume_ml": "zone_volume_ml"}),
     "ablation-replan": ("replan.json", {}),
-    "export-dicom": ("export.json", {}),
+    "export-dicom": ("export.json", {}),  # its own reader below: segments, measurements, dciodvfy errors
     "segment": ("segment.json", {}),
     "demo": ("summary.json", {}),
 }
@@ -164,6 +168,18 @@ def headline_numbers(step: str, step_dir: Path) -> dict:
         out = {"volume_ml": round(float(sum(vols)), 4) if vols else None, "segment_count": len(segs),
                "segments": "; ".join(str(s.get("name")) for s in segs)}
         return out
+    if step == "export-dicom":
+        segs = [s for s in d.get("segments", []) if isinstance(s, dict)]
+        vols = [s.get("volume_ml") for s in segs if isinstance(s.get("volume_ml"), (int, float))]
+        v = d.get("validation") if isinstance(d.get("validation"), dict) else {}
+        out = {"volume_ml": round(float(sum(vols)), 4) if vols else None, "segment_count": len(segs),
+               "segments": "; ".join(str(s.get("label")) for s in segs),
+               "measurement_count": len(d.get("measurements") or []),
+               "seg_frames": (d.get("seg") or {}).get("frames")}
+        for part in ("seg", "sr"):  # dciodvfy's own errors (not those the CT has too); absent when not validated
+            if isinstance(v.get(part), dict):
+                out[f"dciodvfy_{part}_errors"] = len(v[part].get("errors") or [])
+        return out
     if step == "margin" and isinstance(d.get("p_margin_ge_threshold"), (int, float)):
         out = {col: _scalar(d.get(key)) for col, key in keys.items() if key in d}
         out["p_margin_ge_threshold_percent"] = round(100.0 * d["p_margin_ge_threshold"], 3)
@@ -228,6 +244,8 @@ def run_case(case: dict, out_dir: str) -> dict:
     token = uuid.uuid4().hex[:12]
     stage = out / STAGING / f"{case_id}.{token}"
     stage.mkdir(parents=True)
+    marker = stage / MARKER  # removed just before publishing: a staging folder cleaned away meanwhile is never published
+    marker.write_text(token)
     worker = _announce(case, token)
     step_dir = stage / step
     argv = [*case["argv"], f"--out={step_dir}"]
@@ -259,9 +277,14 @@ def run_case(case: dict, out_dir: str) -> dict:
         "worker": worker, "pid": os.getpid(), "argv": argv[:-1], "options_sha256": case["options_sha256"],
         "inputs": case["inputs"], "numbers": headline_numbers(step, step_dir) if step_dir.is_dir() else {},
         "outputs": {f"{step}/{k}": v for k, v in _files(step_dir).items()} if step_dir.is_dir() else {},
-        "imagio_version": __version__,
+        "imagio_version": __version__, "batch": case.get("batch_token"),
     }
     write_record(stage, record)
+    try:
+        marker.unlink()
+    except FileNotFoundError:  # the batch removed this staging folder (it was interrupted): publish nothing
+        shutil.rmtree(stage, ignore_errors=True)
+        raise RuntimeError(f"case {case_id}: its staging folder was removed before it finished; not published") from None
     publish(stage, out / case_id)
     return record
 
