@@ -9,9 +9,13 @@ lattice points of two iso-surfaces) is biased low: the MAM is a minimum, and
 a minimum over quantisation noise picks its worst case (-0.5 to -0.9 mm on
 1 mm grids). Here each mask gets a smooth sub-voxel surface first:
 
-1. *smooth*: the 0/1 mask is convolved with a Gaussian of standard deviation
-   ``SMOOTHING_VOXELS`` voxels along each grid axis (sigma_a = 2 h_a, in mm),
-   which averages the staircase over several steps;
+1. *smooth*: the 0/1 mask is convolved with a Gaussian of the same width in
+   millimetres along every axis, ``SMOOTHING_VOXELS`` voxels of the finest axis,
+   but never less than ``MIN_SMOOTHING_VOXELS`` voxel of an axis
+   (sigma_a = max(2 min(h), h_a)): it averages the staircase over several steps
+   (one voxel of sigma damps the sampling frequency by exp(-2 pi^2)) without
+   smearing detail along thick slices (2 h_a there widened a one-slice
+   protrusion by 3 mm; see the module README);
 2. *undo the shrinkage*: smoothing moves curved level sets inwards (sigma^2 / R
    for a sphere of radius R); the field ``G`` starts as the smoothed mask ``f``
    and is refined ``FIT_ITERATIONS`` times, ``G <- G + (f - smooth(pv(G)))``
@@ -183,7 +187,8 @@ def trilinear(volume: np.ndarray, kji: np.ndarray) -> np.ndarray:
     return c0 + (c1 - c0) * fk
 
 
-SMOOTHING_VOXELS = 2.0  # Gaussian sigma per grid axis, in voxels of that axis
+SMOOTHING_VOXELS = 2.0  # Gaussian sigma in voxels of the finest axis, the same in mm along every axis ...
+MIN_SMOOTHING_VOXELS = 1.0  # ... but at least this many voxels of each axis (thick slices)
 FIT_ITERATIONS = 3
 MAP_VOXELS = 1.25  # the margin map is read as the area-weighted mean within this many voxels
 SUPERSAMPLE = 2  # volume integration: samples per voxel and axis
@@ -263,7 +268,13 @@ def check_pair(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float) -> tupl
 
 
 def smoothing_sigma_mm(spacing_kji: np.ndarray) -> np.ndarray:
-    return SMOOTHING_VOXELS * np.asarray(spacing_kji, float)
+    """Gaussian sigma (mm) per axis: SMOOTHING_VOXELS of the finest spacing, at least MIN_SMOOTHING_VOXELS of each.
+
+    Isotropic grids: 2 voxels along every axis. On 0.8 x 0.9 x 2.5 mm: 1.6, 1.6, 2.5 mm (was 1.6, 1.8, 5.0 mm).
+    At most SMOOTHING_VOXELS voxels of any axis, which the regions' padding (3 SMOOTHING_VOXELS voxels) relies on.
+    """
+    sp = np.asarray(spacing_kji, float)
+    return np.maximum(SMOOTHING_VOXELS * float(sp.min()), MIN_SMOOTHING_VOXELS * sp)
 
 
 def map_radius_mm(spacing_kji: np.ndarray) -> float:
@@ -300,7 +311,7 @@ def _partial_volume(g: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
 
 
 def fit_surface(mask_roi: np.ndarray, spacing_kji: np.ndarray, start_ijk: np.ndarray) -> FittedSurface:
-    """Step 3: a smooth surface whose Gaussian smoothing matches the smoothed mask (sigma_a = SMOOTHING_VOXELS h_a).
+    """Step 3: a smooth surface whose Gaussian smoothing matches the smoothed mask (sigma: smoothing_sigma_mm).
 
     ``f`` = the 0/1 mask smoothed by the Gaussian: the quantisation of the staircase is averaged out, but
     curved level sets of ``f`` have moved (sigma^2 / R inwards for a sphere of radius R). The surface is the
