@@ -18,6 +18,7 @@ from .logic import tumour_surface_polydata
 VERDICT_LEVELS = {"sufficient": "ok", "insufficient": "warn", "incomplete": "bad"}
 TUMOUR_COLOR = (0.9, 0.2, 0.2)
 ZONE_COLOR = (0.2, 0.6, 0.9)
+SURFACE_COLOR = (1.0, 1.0, 1.0)
 
 
 def verdict(data: dict) -> tuple[str, str]:
@@ -29,6 +30,36 @@ def margin_surface(result):
     """The tumour surface (RAS) the margins were measured on, with its per-point ``margin_mm`` (as the scene's model)."""
     poly = tumour_surface_polydata(result)
     return poly, np.asarray(result.metrics.surface_margin_mm, float)
+
+
+def surface_cut(poly, point_ras, axis: str) -> np.ndarray:
+    """The cut of a surface mesh (RAS mm) by the slice plane through ``point_ras`` (``axis``: axial, coronal or
+    sagittal): its polylines as one (n, 3) RAS array, NaN rows between separate lines (empty when it misses)."""
+    import vtk
+    from vtk.util import numpy_support
+
+    normal = {"axial": (0.0, 0.0, 1.0), "coronal": (0.0, 1.0, 0.0), "sagittal": (1.0, 0.0, 0.0)}[axis]
+    plane = vtk.vtkPlane()
+    plane.SetOrigin(*[float(v) for v in point_ras])
+    plane.SetNormal(*normal)
+    cutter = vtk.vtkCutter()
+    cutter.SetCutFunction(plane)
+    cutter.SetInputData(poly)
+    stripper = vtk.vtkStripper()
+    stripper.SetInputConnection(cutter.GetOutputPort())
+    stripper.JoinContiguousSegmentsOn()
+    stripper.Update()
+    out = stripper.GetOutput()
+    if out.GetNumberOfPoints() == 0:
+        return np.zeros((0, 3))
+    pts = numpy_support.vtk_to_numpy(out.GetPoints().GetData()).astype(float)
+    cells = out.GetLines()
+    offsets = numpy_support.vtk_to_numpy(cells.GetOffsetsArray())
+    ids = numpy_support.vtk_to_numpy(cells.GetConnectivityArray())
+    parts = []
+    for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
+        parts += [pts[ids[lo:hi]], np.full((1, 3), np.nan)]
+    return np.vstack(parts[:-1])
 
 
 def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
@@ -44,15 +75,18 @@ def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
     marker = rp.Marker(thin, f"thinnest point (margin {mam:.1f} mm)", (0.1, 1.0, 0.1))
     roi = [result.tumor_on_zone, result.zone]
     background = "CT" if ct is not None else "no CT given: masks on a grey background"
+    poly, values = margin_surface(result)
     out = []
     for axis in ("axial", "coronal"):
+        cut = rp.Polyline(surface_cut(poly, thin, axis), "sub-voxel tumour surface", SURFACE_COLOR, 1.3)
         out.append(rp.slice_figure(
-            image, overlays, thin, axis, win, markers=[marker], roi=roi, pad_mm=10.0,
-            unit="HU" if ct is not None else None,
+            image, overlays, thin, axis, win, markers=[marker], polylines=[cut] if len(cut.points_ras) else [],
+            roi=roi, pad_mm=10.0, unit="HU" if ct is not None else None,
             caption=f"{axis.capitalize()} slice through the thinnest point ({background}): tumour (red outline) and "
-                    f"ablation zone (blue outline); the cross marks where the margin is smallest, {mam:.1f} mm "
-                    f"(negative: tumour outside the zone).", name=f"{name_prefix}_{axis}"))
-    poly, values = margin_surface(result)
+                    f"ablation zone (blue outline) as drawn on the voxels; the thin white line is the sub-voxel "
+                    f"tumour surface the margins are measured on, cut by this plane; the cross marks where the "
+                    f"margin is smallest, {mam:.1f} mm (negative: tumour outside the zone), and lies on that line.",
+            name=f"{name_prefix}_{axis}"))
     cmap = rp.margin_colormap(thr)
     centre = centroid_ras(result.tumor_on_zone)
     view = rp.view_towards(thin - centre)
