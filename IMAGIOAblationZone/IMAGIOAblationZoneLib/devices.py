@@ -19,20 +19,24 @@ result says so (``ZoneSetting.interpolated``, ``ZoneSetting.note``) and
 carries the provenance of the entries it came from. Settings outside the
 table raise :class:`~imagio.errors.ImagioError`.
 
-The file is checked against a declarative schema (``SETTING_SCHEMA`` and
-friends below: types, ranges, finite numbers, allowed values) before use.
+The file is read bounded (:func:`imagio.schema.load_json`) and checked against the declarative tables
+(``SETTING_SCHEMA`` and friends below: types, ranges, finite numbers, allowed values) through
+:mod:`imagio.schema`, the validator model cards use, before use.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from imagio import schema as S
 from imagio.errors import ImagioError
 
 DEFAULT_LIBRARY = Path(__file__).with_name("devices.json")
+#: A device library is a table of settings (the bundled one is ~21 kB); a larger file is not read.
+MAX_LIBRARY_BYTES = 1 << 20
 MODALITIES = ("microwave", "radiofrequency", "cryo")
 #: Tissues a zone can be planned in (``--tissue``); also the ``organ`` a setting was measured in.
 TISSUE_CHOICES = ("liver", "lung", "kidney", "soft-tissue", "bone")
@@ -40,7 +44,7 @@ _SIZE_KEYS = ("zone_long_mm", "zone_short_mm", "tip_offset_mm")
 _SETTING_KEYS = ("power_w", "time_s", *_SIZE_KEYS)
 
 # ---------------------------------------------------------------------------------------------- schema
-# Declarative description of the file (kept in one place so it can move to imagio.schema unchanged):
+# Declarative description of the file, checked through imagio.schema (see _rule):
 # name -> (type, required, constraints). Types: "number" (finite), "string", "bool", "list", "object",
 # "null-or-number", "null-or-string". Constraints: min, max (inclusive), gt (exclusive), choices.
 REFERENCE_SCHEMA = {
@@ -83,38 +87,30 @@ DEVICE_SCHEMA = {
 }
 
 
-def _check(obj, schema: dict, where: str) -> None:
-    """Check ``obj`` against a declarative ``schema``; ImagioError naming the first problem."""
-    if not isinstance(obj, dict):
-        raise ImagioError(f"{where} is not a JSON object", "See the bundled devices.json for the layout")
-    unknown = sorted(set(obj) - set(schema))
-    if unknown:
-        raise ImagioError(f"{where} has unknown field(s) {', '.join(unknown)}",
-                          "Allowed: " + ", ".join(schema))
-    for key, (kind, required, rule) in schema.items():
-        if key not in obj:
-            if required:
-                raise ImagioError(f"{where} lacks '{key}'", "Every entry needs: "
-                                  + ", ".join(k for k, v in schema.items() if v[1]))
-            continue
-        v = obj[key]
-        if kind.startswith("null-or-") and v is None:
-            continue
-        base = kind.removeprefix("null-or-")
-        ok = {"number": isinstance(v, (int, float)) and not isinstance(v, bool),
-              "string": isinstance(v, str), "bool": isinstance(v, bool), "list": isinstance(v, list),
-              "object": isinstance(v, dict)}[base]
-        if not ok:
-            raise ImagioError(f"{where}: '{key}' is {v!r}, not a {base}", f"Give '{key}' as a JSON {base}")
-        if base == "number":
-            if not math.isfinite(float(v)):
-                raise ImagioError(f"{where}: '{key}' is not a finite number", f"Give a finite '{key}'")
-            if "min" in rule and v < rule["min"] or "max" in rule and v > rule["max"] or "gt" in rule and v <= rule["gt"]:
-                lo = f"> {rule['gt']:g}" if "gt" in rule else f">= {rule.get('min', -math.inf):g}"
-                raise ImagioError(f"{where}: '{key}' = {v:g} is out of range",
-                                  f"Give '{key}' {lo} and <= {rule.get('max', math.inf):g}")
-        if "choices" in rule and v not in rule["choices"]:
-            raise ImagioError(f"{where}: '{key}' is {v!r}", f"Use one of {', '.join(map(str, rule['choices']))}")
+def _rule(kind: str, rule: dict) -> S.Rule:
+    """One field of the tables above as an :mod:`imagio.schema` rule (the validator model cards use too)."""
+    base = kind.removeprefix("null-or-")
+    if "choices" in rule:
+        r = S.Enum(*rule["choices"])
+    elif base == "number":
+        lo = rule.get("gt", rule.get("min"))
+        r = S.Num(min=lo, max=rule.get("max"), min_inclusive="gt" not in rule)
+    else:
+        r = {"string": S.Str(), "bool": S.Bool(), "list": S.List(), "object": S.Obj({})}[base]
+    return S.Optional(r) if kind.startswith("null-or-") else r
+
+
+@functools.cache
+def _schema(name: str) -> S.Obj:
+    table = {"reference": REFERENCE_SCHEMA, "source": SOURCE_SCHEMA, "setting": SETTING_SCHEMA,
+             "device": DEVICE_SCHEMA}[name]
+    return S.Obj({k: _rule(kind, rule) for k, (kind, _, rule) in table.items()},
+                 required=[k for k, (_, req, _) in table.items() if req], extra="forbid")
+
+
+def _check(obj, schema: str, where: str) -> None:
+    """``obj`` checked against the ``schema`` table (imagio.schema); the one-line ImagioError naming the key."""
+    S.validate(_schema(schema), obj, source=where, hint="See the bundled devices.json for the layout")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -357,14 +353,14 @@ def setting_warnings(device: Device, setting: ZoneSetting, tissue: str | None = 
 
 # ---------------------------------------------------------------------------------------------- loading
 def _parse_device(obj: dict, refs: dict, where: str) -> Device:
-    _check(obj, DEVICE_SCHEMA, f"Device entry {obj.get('id', '?')!r} in {where}" if isinstance(obj, dict) else where)
+    _check(obj, "device", f"Device entry {obj.get('id', '?')!r} in {where}" if isinstance(obj, dict) else where)
     did = obj["id"]
     if not obj["settings"]:
         raise ImagioError(f"Device '{did}' in {where} has no settings", "Add at least one setting")
     settings, keys = [], set()
     for n, s in enumerate(obj["settings"]):
         here = f"Setting {n + 1} of device '{did}' in {where}"
-        _check(s, SETTING_SCHEMA, here)
+        _check(s, "setting", here)
         if s["zone_short_mm"] > s["zone_long_mm"] * 1.5:
             raise ImagioError(f"{here} has an implausible zone {s['zone_long_mm']} x {s['zone_short_mm']} mm",
                               "Give zone_long_mm and zone_short_mm as full axes in mm")
@@ -382,7 +378,7 @@ def _parse_device(obj: dict, refs: dict, where: str) -> Device:
             raise ImagioError(f"{here} is marked verified but has no source", "Cite its source or set verified false")
         srcs = []
         for m, src in enumerate(s["sources"]):
-            _check(src, SOURCE_SCHEMA, f"{here}, source {m + 1}")
+            _check(src, "source", f"{here}, source {m + 1}")
             if src["ref"] not in refs:
                 raise ImagioError(f"{here} cites unknown reference '{src['ref']}'",
                                   "Add it to 'references': " + (", ".join(refs) or "none defined"))
@@ -404,20 +400,16 @@ def _parse_device(obj: dict, refs: dict, where: str) -> Device:
 def load_library(path: str | Path | None = None) -> dict[str, Device]:
     """Devices by id from ``path`` (default: the bundled ``devices.json``), checked against the schema."""
     p = Path(path) if path is not None else DEFAULT_LIBRARY
-    if not p.is_file():
+    if not p.exists():
         raise ImagioError(f"Device library {p} does not exist", "Give the path of a devices JSON file")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"), parse_constant=lambda c: float(c))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ImagioError(f"Device library {p} is not valid JSON ({exc})",
-                          "Fix the file or use the bundled library") from exc
+    data = S.load_json(p, MAX_LIBRARY_BYTES, what="Device library")  # bounded, strict (no NaN), regular file
     if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
         raise ImagioError(f"Device library {p} has no 'devices' list", "See the bundled devices.json for the layout")
     refs = data.get("references", {})
     if not isinstance(refs, dict):
         raise ImagioError(f"'references' in {p} is not an object", "Give references as {id: {...}}")
     for rid, r in refs.items():
-        _check(r, REFERENCE_SCHEMA, f"Reference '{rid}' in {p}")
+        _check(r, "reference", f"Reference '{rid}' in {p}")
         if r["kind"] != "repository" and not any(k in r for k in ("doi", "pmid", "pmc", "ifu_document", "url")):
             raise ImagioError(f"Reference '{rid}' in {p} has no identifier",
                               "Give a DOI, PMID/PMC, IFU document number and revision, or the URL it was read at")

@@ -134,3 +134,59 @@ def test_window_count_is_bounded_before_the_run(tmp_path, attack):
     out = tmp_path / "out"
     r = attack.run("segment", "--ct", ct, "--model", card, "--out", out, "--quiet", timeout=20)
     attack.refused(r, out, "windows", attack.digest(card.parent), card.parent)
+
+
+# ---------------------------------------------------------------------------------------------- device libraries
+# The other JSON document a command reads (`imagio ablation zone|plan|replan|devices --library`): read bounded
+# and checked by the same imagio.schema as the cards.
+from IMAGIOAblationZoneLib.devices import DEFAULT_LIBRARY  # noqa: E402
+
+ZONE = ["ablation", "zone", "--device", "emprint", "--power", "75", "--time", "300", "--tip", "1,2,3",
+        "--entry", "1,2,60"]
+
+
+def _library(edit=None, text=None):
+    def make(d):
+        p = d / "devices.json"
+        if text is not None:
+            p.write_text(text)
+            return p
+        lib = json.loads(DEFAULT_LIBRARY.read_text())
+        edit(lib)
+        p.write_text(json.dumps(lib))
+        return p
+    return make
+
+
+def _setting(**kw):
+    return _library(lambda lib: lib["devices"][0]["settings"][0].update(kw))
+
+
+def _lib_fifo(d):
+    p = d / "devices.json"
+    os.mkfifo(p)
+    return p
+
+
+LIBRARY_ROWS = [
+    ("zone of negative size", _setting(zone_short_mm=-3.0), "zone_short_mm"),
+    ("time as a string", _setting(time_s="300"), "time_s"),
+    ("NaN literal", lambda d: _literal(_setting(power_w=75.125)(d), "75.125", "NaN"), "NaN is not a JSON number"),
+    ("1e309 literal (inf)", lambda d: _literal(_setting(power_w=75.125)(d), "75.125", "1e309"), "power_w"),
+    ("unknown modality", _library(lambda lib: lib["devices"][0].update(modality="laser")), "modality"),
+    ("devices not a list", _library(lambda lib: lib.update(devices={"emprint": {}})), "devices"),
+    ("one device id twice", _library(lambda lib: lib["devices"].append(lib["devices"][0])), "appears twice"),
+    ("nested 100000 deep", _library(text='{"devices": ' + "[" * 100_000 + "]" * 100_000 + "}"), "devices.json"),
+    ("not JSON", _library(text="{devices: ["), "not readable JSON"),
+    ("library of 2 MB", _library(lambda lib: lib.update(about="x" * (2 << 20))), "more than the 1.0 MB allowed"),
+    ("library is a named pipe", _lib_fifo, "named pipe"),
+]
+
+
+@pytest.mark.parametrize("name, make, needle", LIBRARY_ROWS, ids=[r[0] for r in LIBRARY_ROWS])
+def test_broken_device_library_is_refused(tmp_path, attack, name, make, needle):
+    lib = make(tmp_path)
+    before = attack.digest(tmp_path)
+    out = tmp_path / "out"
+    r = attack.main(*ZONE, "--library", lib, "--out", out)
+    attack.refused(r, out, needle, before, tmp_path)

@@ -142,11 +142,11 @@ def test_user_library_extends_without_code(tmp_path):
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda d: d["devices"][0]["settings"][0].update(zone_long_mm=math.inf), "not a finite number"),
-    (lambda d: d["devices"][0]["settings"][0].update(zone_short_mm=-3), "out of range"),
-    (lambda d: d["devices"][0]["settings"][0].update(power_w="100"), "not a number"),
-    (lambda d: d["devices"][0]["settings"][0].update(colour="red"), "unknown field"),
-    (lambda d: d["devices"][0]["settings"][0].pop("tissue"), "lacks 'tissue'"),
+    (lambda d: d["devices"][0]["settings"][0].update(zone_long_mm=math.inf), "Infinity is not a JSON number"),
+    (lambda d: d["devices"][0]["settings"][0].update(zone_short_mm=-3), "zone_short_mm: must be a number more than 0"),
+    (lambda d: d["devices"][0]["settings"][0].update(power_w="100"), "power_w: must be a number"),
+    (lambda d: d["devices"][0]["settings"][0].update(colour="red"), "colour: is not a known key"),
+    (lambda d: d["devices"][0]["settings"][0].pop("tissue"), "tissue: is required but missing"),
     (lambda d: d["devices"][0]["settings"][0].update(organ="brain"), "organ"),
     (lambda d: d["devices"][0]["settings"][0].update(sources=[]), "verified but has no source"),
     (lambda d: d["devices"][0]["settings"][0]["sources"][0].update(ref="nowhere"), "unknown reference"),
