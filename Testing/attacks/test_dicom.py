@@ -178,6 +178,19 @@ def test_one_missing_slice_is_resampled_with_a_warning(tmp_path, attack, series_
     assert not any(m in r.stderr for m in ("WARNING: In", "itk::"))
 
 
+def test_itk_warning_is_captured_and_reworded(tmp_path, attack, series_files):
+    """Item 6 (ITK output): a missing slice makes ITK's ImageSeriesReader print 'WARNING: In ...
+    itkImageSeriesReader.hxx ... Non uniform sampling or missing slices detected'. With --debug that raw text is
+    shown (the row provokes it); without, only IMAGIO's own line about the resampling."""
+    ct = _slices(_remove(1))(series_files, tmp_path)
+    r = attack.run("--debug", "convert", "--ct", ct, "--out", tmp_path / "dbg", timeout=120)
+    assert r.returncode == 0 and "Non uniform sampling or missing slices detected" in r.stderr, r.stderr[-2000:]
+    r = attack.run("convert", "--ct", ct, "--out", tmp_path / "out", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [line for line in r.stderr.splitlines() if line.strip()] == [
+        "imagio: Non-uniform slice spacing (3.27-6.54 mm): resampled to 48 slices of 3.27 mm"], r.stderr
+
+
 # ---------------------------------------------------------------------------------------------- RTSTRUCT
 @pytest.fixture(scope="module")
 def rtstruct():

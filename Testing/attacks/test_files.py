@@ -204,3 +204,18 @@ def test_header_bombs_use_no_more_memory_than_a_small_valid_file(tmp_path, attac
         assert rc == 2, name
         print(f"{name}: peak {peak:.0f} MB (peer {peer:.0f} MB)")
         assert peak <= peer + 64, (name, peak, peer)  # declared 2 GB to 2 PB: nothing of it allocated
+
+
+def test_native_library_output_is_captured(tmp_path, attack):
+    """Item 6 (ITK/MetaIO output): a compressed MetaImage cut in half makes ITK's MetaImageIO print its own
+    error on the process's stderr. With --debug that raw text is shown (so the row does provoke it); without,
+    the user sees IMAGIO's one line only."""
+    ct = tmp_path / "ct.mha"
+    attack.write_ct(ct, compress=True)
+    attack.cut(ct, 0.5)
+    before = attack.digest(ct)
+    r = attack.run("--debug", "convert", "--ct", ct, "--out", tmp_path / "dbg", timeout=120)
+    assert "native library output" in r.stderr and "MetaImageIO" in r.stderr, r.stderr[-2000:]
+    r = attack.run("convert", "--ct", ct, "--out", tmp_path / "out", timeout=120)
+    line = attack.refused(r, tmp_path / "out", "cut short", before, ct)
+    assert "MetaImageIO" not in r.stderr and "ITK ERROR" not in r.stderr, line
