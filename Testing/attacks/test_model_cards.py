@@ -90,11 +90,12 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def small_ct(tmp_path_factory):
+    import numpy as np
     import SimpleITK as sitk
 
     d = tmp_path_factory.mktemp("ct")
-    p = d / "ct.nrrd"
-    img = sitk.Image([40, 40, 30], sitk.sitkInt16)
+    p = d / "ct.nrrd"  # not constant (a constant CT is refused before any card value is used)
+    img = sitk.GetImageFromArray(np.random.default_rng(0).integers(-1000, 400, (30, 40, 40)).astype(np.int16))
     img.SetSpacing((2.0, 2.0, 2.5))
     sitk.WriteImage(img, str(p))
     return p
@@ -105,7 +106,8 @@ def test_broken_card_is_refused(tmp_path, attack, small_ct, name, make, needle):
     card = make(tmp_path)
     before = attack.digest(card.parent, small_ct)
     out = tmp_path / "out"
-    r = attack.main("segment", "--ct", small_ct, "--model", card, "--out", out)
+    # --force: past the card's intended use (this CT's spacing is outside it), so only the card check stands
+    r = attack.main("segment", "--ct", small_ct, "--model", card, "--force", "--out", out)
     attack.refused(r, out, needle, before, card.parent, small_ct)
 
 
