@@ -45,8 +45,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--model-dir", required=True, help="nnU-Net v2 trained-model folder (plans.json, dataset.json, "
                    "fold_X/checkpoint_*.pth)")
     p.add_argument("--folds", "--fold", nargs="+", dest="folds", metavar="FOLD",
-                   help="folds to export into one card, e.g. 0 1 2 3 4 or all (default: every fold_* folder with the "
-                        "checkpoint); the engine averages them as nnUNetv2_predict -f does")
+                   help="folds to export into one card, e.g. 0 1 2 3 4, or all for fold_all (default: every numbered "
+                        "fold_* folder with the checkpoint, else fold_all); the engine averages them as "
+                        "nnUNetv2_predict -f does")
     p.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name")
     p.add_argument("--configuration", default="3d_fullres", help="plans configuration (default 3d_fullres)")
     p.add_argument("--name", help="model name (default: the dataset name)")

@@ -20,6 +20,7 @@ imports this module's heavy parts. Named steps:
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ DEFAULT_RESAMPLING = "resample_data_or_seg_to_shape"
 #: the intended-use ranges are the training data's, widened by these factors (spacing, field of view)
 SPACING_MARGIN = (0.8, 1.25)
 FOV_MARGIN = (0.5, 2.0)
+log = logging.getLogger(__name__)
 PALETTE = [(0.9, 0.35, 0.2), (0.3, 0.6, 0.9), (0.4, 0.8, 0.3), (0.9, 0.8, 0.2), (0.7, 0.4, 0.8)]
 
 
@@ -128,7 +130,12 @@ def _find_folds(model_dir: Path, folds, checkpoint: str) -> dict[str, Path]:
         if not found:
             raise ImagioError(f"No fold_*/{checkpoint} in {model_dir}",
                               "Give an nnU-Net v2 trained-model folder, or pick the checkpoint with --checkpoint")
-        folds = found
+        # nnUNetv2_predict's default is the cross-validation folds (-f 0 1 2 3 4); fold_all (trained on every
+        # case) is used alone, when it is the only one or when asked for (--folds all), never mixed in unasked
+        numbered = [f for f in found if f != "all"]
+        folds = numbered or found
+        if numbered and "all" in found:
+            log.info("%s also has fold_all; not included (pick it with --folds all)", model_dir)
     out = {}
     for f in [str(f) for f in folds]:
         ck = model_dir / f"fold_{f}" / checkpoint

@@ -74,6 +74,23 @@ def test_export_refusals_without_torch(tmp_path):
         read_model_folder(d)
 
 
+def test_fold_all_alone_or_when_asked_never_mixed_in(tmp_path):
+    """nnUNetv2_predict's default folds are the cross-validation ones; fold_all is its own model (-f all)."""
+    from IMAGIOPlanningLib.export import read_model_folder
+
+    d = model_folder(tmp_path)
+    (d / "fold_0").rename(d / "fold_all")
+    (d / "fold_all" / "checkpoint_final.pth").write_bytes(b"x")
+    assert list(read_model_folder(d).folds) == ["all"]            # only fold_all: it is the model
+    for f in ("0", "1"):
+        (d / f"fold_{f}").mkdir()
+        (d / f"fold_{f}" / "checkpoint_final.pth").write_bytes(b"x")
+    assert list(read_model_folder(d).folds) == ["0", "1"]         # as nnUNetv2_predict -f 0 1: fold_all left out
+    assert list(read_model_folder(d, folds=["all"]).folds) == ["all"]
+    assert read_model_folder(d, folds=["all"]).folds["all"] == d / "fold_all" / "checkpoint_final.pth"
+    assert list(read_model_folder(d, folds=["0", "1", "all"]).folds) == ["0", "1", "all"]
+
+
 def test_intended_use_comes_from_the_fingerprint(tmp_path):
     from IMAGIOPlanningLib.export import intended_use_from, read_model_folder
 
