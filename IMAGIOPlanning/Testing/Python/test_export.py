@@ -128,7 +128,7 @@ def _nnunet_folder(tmp_path, torch, *, folds=(0,), regions=False):
     heads = 2 if regions else 3
     weights = []
     for f in folds:
-        torch.manual_seed(10 + f)
+        torch.manual_seed(10 + (f if isinstance(f, int) else 7))
         net = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                      cm.network_arch_init_kwargs_req_import, 1, heads, allow_init=True,
                                      deep_supervision=False)
@@ -177,6 +177,9 @@ EXPORT_CASES = {
     "CT 3.3 mm slices (separate z)": dict(shape=(16, 60, 64), spacing=(0.9, 0.9, 3.3), mirroring=False),
     "two folds averaged": dict(shape=(40, 60, 60), spacing=(1.1, 1.1, 1.2), mirroring=False, folds=(0, 1)),
     "region-based": dict(shape=(36, 60, 60), spacing=(0.9, 0.9, 1.4), mirroring=False, regions=True),
+    # a folder with fold_0 and fold_all, exported with --folds all: nnUNetv2_predict -f all
+    "fold_all (--folds all)": dict(shape=(30, 60, 60), spacing=(1.0, 1.0, 1.6), mirroring=False, folds=(0, "all"),
+                                   export=["--folds", "all"], use=("all",)),
 }
 
 
@@ -191,12 +194,15 @@ def test_exported_model_gives_nnunets_labels(tmp_path, case):
     torch.set_num_threads(2)
     d, net, weights = _nnunet_folder(tmp_path, torch, folds=c.get("folds", (0,)), regions=c.get("regions", False))
     out = tmp_path / "onnx"
-    assert main(["export-onnx", "--model-dir", str(d), "--out", str(out)]) == 0
+    assert main(["export-onnx", "--model-dir", str(d), "--out", str(out), *c.get("export", [])]) == 0
     card_path = next(out.glob("*.json"))
     card = json.loads(card_path.read_text())
     assert card["source"]["max_abs_logit_diff_onnx_vs_torch"] < 1e-3
     assert card["mirror_axes_kji"] == [0, 1, 2] and card["clinical_use"] is False
-    assert [f["fold"] for f in card.get("folds", [])] == ([str(f) for f in c["folds"]] if "folds" in c else [])
+    used = [str(f) for f in c.get("use", c.get("folds", (0,)))]
+    assert card["source"]["folds"] == used  # the card lists the folds
+    assert [f["fold"] for f in card.get("folds", [])] == (used if len(used) > 1 else [])
+    weights = [w for f, w in zip(c.get("folds", (0,)), weights, strict=True) if str(f) in used]
     ct, arr = _ct(c["shape"], c["spacing"], 1)
     ours = sitk.GetArrayFromImage(OnnxSegmenter(card_path, backend="onnxruntime").predict(
         ct, mirroring=c["mirroring"]).labels)
