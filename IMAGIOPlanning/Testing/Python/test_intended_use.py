@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html import escape
 
 import numpy as np
 import pytest
@@ -58,6 +59,8 @@ def test_force_runs_and_carries_the_warning(tmp_path, lidc_crop, capsys):
     assert "voxel spacing" in summary["warnings"][0]
     assert "warning: run outside the model's intended use" in captured.err
     assert "WARNING" in captured.out  # the summary text leads with it
+    html = (out / "report.html").read_text()  # and the report shows the reason
+    assert all(escape(w, quote=False) in html or escape(w) in html for w in summary["warnings"])
 
 
 def test_logic_result_is_a_step_result_and_node_carries_warnings(lidc_crop):
