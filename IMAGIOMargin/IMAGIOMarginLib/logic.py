@@ -130,6 +130,8 @@ class MarginResult:
                  f"sigma {u.sigma_mm:g} mm: {self.sigma_source}); "
                  f"P(margin >= {self.threshold_mm:g} mm) = {100 * u.p_margin_ge_threshold:.1f} %",
                  f"coverage {m.coverage_percent:.2f} %, residual tumour {m.residual_tumor_ml:.3f} ml"]
+        if self.grid_correction_text():
+            lines.insert(2, self.grid_correction_text())
         lines += [f"note: {n}" for n in self.warnings]
         return "\n".join(lines)
 
@@ -138,11 +140,26 @@ class MarginResult:
         nodes = make_nodes(scene, self, name or "Margin")
         return {k: getattr(nodes, k) for k in MarginNodes.__dataclass_fields__}
 
+    def grid_correction_text(self) -> str:
+        """How the MAM was read: the margin map's minimum plus its grid-phase correction ("" where none was made)."""
+        m = self.metrics
+        if m.minimal_margin_uncorrected_mm is None:
+            return ""
+        return (f"Minimal margin {m.minimal_margin_mm:.2f} mm = uncorrected {m.minimal_margin_uncorrected_mm:.2f} mm, "
+                f"grid correction {m.grid_correction_mm:+.2f} \u00b1 {m.grid_correction_se_mm:.2f} mm (SE, "
+                f"{m.grid_replicates} grid-phase replicates)")
+
     def table_rows(self) -> list[dict]:
         """(metric, value, unit) rows for a table node or a report."""
         m, u = self.metrics, self.uncertainty
         rows = [
             ("Minimal ablative margin", m.minimal_margin_mm, "mm"),
+        ]
+        if m.minimal_margin_uncorrected_mm is not None:
+            rows += [("Minimal margin, uncorrected (margin map minimum)", m.minimal_margin_uncorrected_mm, "mm"),
+                     ("Grid-phase correction", m.grid_correction_mm, "mm"),
+                     ("Grid-phase correction SE", m.grid_correction_se_mm, "mm")]
+        rows += [
             ("Margin 95% interval low", u.margin_ci_mm[0], "mm"),
             ("Margin 95% interval high", u.margin_ci_mm[1], "mm"),
             (f"P(margin >= {self.threshold_mm:g} mm)", 100.0 * u.p_margin_ge_threshold, "%"),

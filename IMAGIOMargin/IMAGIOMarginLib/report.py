@@ -133,7 +133,8 @@ def build_report(result, data: dict | None = None, ct=None, inputs: dict | None 
     data = data if data is not None else result.to_dict()
     return step_report(
         "IMAGIO margin assessment", verdict(data), metrics(result), figures(result, ct), tables(result),
-        notes=[f"Registration sigma {data['sigma_mm']:g} mm per axis ({data['sigma_source']}).",
+        notes=[*([result.grid_correction_text() + "."] if result.grid_correction_text() else []),
+               f"Registration sigma {data['sigma_mm']:g} mm per axis ({data['sigma_source']}).",
                f"Rotation sigma {data['uncertainty']['rotation_sigma_deg']:g} deg "
                f"({data['uncertainty']['rotation_source']}).",
                f"Boundary sigma: tumour {data['uncertainty']['tumor_boundary_sigma_mm']:g} mm, zone "

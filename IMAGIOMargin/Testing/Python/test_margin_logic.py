@@ -53,6 +53,20 @@ def test_assess_outputs_and_uncertainty(pair):
     assert d["minimal_margin_mm"] == pytest.approx(d["minimal_margin_uncorrected_mm"] + d["grid_correction_mm"],
                                                    abs=2e-3)
     assert 2 <= d["grid_correction_replicates"] <= 8 and 0.0 <= d["grid_correction_se_mm"] < 0.2
+    # and the Slicer panel, its table and the report say so: uncorrected X mm, grid correction Y +- SE mm
+    from IMAGIOMarginLib.logic import panel_text
+    from IMAGIOMarginLib.report import build_report
+    m = res.metrics
+    line = (f"uncorrected {m.minimal_margin_uncorrected_mm:.2f} mm, grid correction {m.grid_correction_mm:+.2f} "
+            f"\u00b1 {m.grid_correction_se_mm:.2f} mm")
+    assert line in panel_text(res) and line in res.summary_text()
+    rows = {r["metric"]: float(r["value"]) for r in res.table_rows() if r["metric"] != "Verdict"}
+    assert rows["Minimal margin, uncorrected (margin map minimum)"] == pytest.approx(
+        d["minimal_margin_uncorrected_mm"], abs=5e-3)
+    assert rows["Grid-phase correction"] == pytest.approx(d["grid_correction_mm"], abs=5e-3)
+    assert rows["Grid-phase correction SE"] == pytest.approx(d["grid_correction_se_mm"], abs=5e-3)
+    report = build_report(res)
+    assert any(line in n for sec in report.sections for n in sec.notes)
     lo, hi = d["margin_ci_mm"]
     assert lo <= d["minimal_margin_mm"] <= hi and lo < hi  # the interval always contains the measurement
     assert 0.0 <= d["p_margin_ge_threshold"] < 0.5
