@@ -715,8 +715,11 @@ def histogram_figure(values, bins=20, xlabel: str = "value", weights=None, ylabe
             edgecolor="white")
     if vline is not None:
         ax.axvline(vline, color="#c00", linestyle="--", linewidth=1.5)
-        if vline_label:
-            ax.text(vline, ax.get_ylim()[1] * 0.95, " " + vline_label, color="#c00", va="top", fontsize=9)
+        if vline_label:  # above the tallest bar, on white: readable wherever the line falls
+            top = ax.get_ylim()[1]
+            ax.set_ylim(0.0, top * 1.15)
+            ax.text(vline, top * 1.13, " " + vline_label, color="#c00", va="top", fontsize=9,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.0})
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.spines[["top", "right"]].set_visible(False)
