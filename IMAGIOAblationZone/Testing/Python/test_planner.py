@@ -117,31 +117,43 @@ def test_bad_planning_numbers_are_refused(kwargs, message):
         AblationZoneLogic(new_scene()).plan(grid, tumor, "emprint", **kwargs)
 
 
-@pytest.fixture(scope="module")
-def p3():
-    base = data_path("medmpd-liver-p3")
-    out = {}
-    for nod in ("nodule1", "nodule2"):
-        ref = sitk.ReadImage(str(base / f"{nod}.nii.gz"), sitk.sitkUInt8)
-        avoid = {}
-        for name in ("portalvein", "hepaticvein", "hepaticartery"):
-            m = sitk.ReadImage(str(base / f"{name}.nii.gz"), sitk.sitkUInt8)
-            avoid[name] = sitk.GetArrayFromImage(geometry.resample_to(m, ref)) > 0
-        out[nod] = (ref, avoid)
-    return out
+MEDMPD_LIVER = [("medmpd-liver-p1", "nodule"), ("medmpd-liver-p2", "nodule1"), ("medmpd-liver-p2", "nodule2"),
+                ("medmpd-liver-p3", "nodule1"), ("medmpd-liver-p3", "nodule2"), ("medmpd-liver-p4", "nodule")]
 
 
-@pytest.mark.parametrize("nodule", ["nodule1", "nodule2"])
-def test_plans_on_real_liver_tumours_keep_the_margin_checked_independently(p3, nodule):
-    ref, avoid = p3[nodule]
+def _medmpd(case: str, nodule: str):
+    """A Med-MPD liver tumour on its own grid and its vessels (hepatic artery, hepatic vein, portal vein, whatever
+    the case spells them) to keep the paths from."""
+    base = data_path(case)
+    ref = sitk.ReadImage(str(base / f"{nodule}.nii.gz"), sitk.sitkUInt8)
+    avoid = {}
+    for f in sorted(base.glob("*.nii.gz")):
+        if "artery" in f.name.lower() or "vein" in f.name.lower():
+            avoid[f.name.split(".")[0]] = sitk.GetArrayFromImage(
+                geometry.resample_to(sitk.ReadImage(str(f), sitk.sitkUInt8), ref)) > 0
+    assert len(avoid) == 3
+    return ref, avoid
+
+
+@pytest.mark.parametrize("case,nodule", MEDMPD_LIVER)
+def test_plans_on_real_liver_tumours_keep_the_margin_checked_independently(case, nodule):
+    """Every Med-MPD liver tumour: a feasible plan keeps 5 mm by the planner and by IMAGIOMargin's metric of the
+    rasterised zones; an infeasible one says why and reports the true margin of its best plan."""
+    ref, avoid = _medmpd(case, nodule)
     tumor = sitk.GetArrayFromImage(ref) > 0
     plan = AblationZoneLogic(new_scene()).plan(ref, ref, "emprint", 5.0, avoid, tumor_name=nodule)
     assert plan.tissue == "liver" and any("liver assumed" in w for w in plan.warnings)  # 'nodule' says no organ
+    assert all(p.min_clearance_mm >= 3.0 for p in plan.probes)
     if plan.feasible:
         assert_keeps_margin(plan, tumor, ref)
-        assert all(p.min_clearance_mm >= 3.0 for p in plan.probes)
-    else:  # infeasible plans say why, with the true margin of the best one
-        assert "keeps a minimal margin of" in plan.reason and plan.minimal_margin_mm < 5.0
+        return
+    # infeasible plans say why, with the true margin of the best one, checked independently as well
+    d = plan.to_dict()
+    assert not d["margin_kept"] and d["probe_count"] >= 1 and d["minimal_margin_mm"] < 5.0
+    assert "No plan with at most 5 probe(s)" in plan.reason and "keeps a minimal margin of" in plan.reason
+    assert f"{d['minimal_margin_mm']:.2f} mm" in plan.reason
+    indep = independent_margin(tumor, ref, plan.probes)
+    assert abs(indep - d["minimal_margin_mm"]) <= max(ref.GetSpacing()) / 2 + d["margin_tolerance_mm"]
 
 
 def test_bioheat_check_of_a_plan_next_to_a_vessel():

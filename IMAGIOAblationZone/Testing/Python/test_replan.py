@@ -9,6 +9,7 @@ from imagio.errors import ImagioError
 from imagio.phantom import make_phantom
 from imagio.scene import new_scene
 from IMAGIOAblationZoneLib.logic import AblationZoneLogic
+from IMAGIOAblationZoneLib.margins import zones_mask
 from IMAGIOMarginLib.metrics import compute_margin
 
 AVOID = ("hepatic_vessels", "ribs", "lungs")
@@ -21,7 +22,12 @@ def planned():
     avoid = {n: ph.segments[n].mask for n in AVOID}
     plan = logic.plan(ph.ct, ph.segments["liver_tumor"].mask, "emprint", 5.0, avoid, ph.segments["body"].array(),
                       tissue="liver")
-    assert plan.feasible
+    # the plan keeps its 5 mm: by the planner and independently (IMAGIOMargin's metric of the rasterised zones)
+    tumor = ph.segments["liver_tumor"].mask
+    indep = compute_margin(tumor, geometry.copy_geometry(
+        zones_mask([p.zone() for p in plan.probes], ph.ct).astype(np.uint8), ph.ct)).minimal_margin_mm
+    assert plan.feasible and plan.minimal_margin_mm >= 5.0 and indep >= 5.0 - max(ph.ct.GetSpacing()) / 2, indep
+    assert all(p.min_clearance_mm >= 3.0 for p in plan.probes)
     return ph, logic, avoid, plan
 
 
