@@ -425,14 +425,7 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
                            f"No straight path from the target centre keeps {clearance_mm:g} mm from {avoid_names} "
                            f"(tried {tried} directions within {max_tilt_deg:g} deg of the axial plane)",
                            target, details, time.perf_counter() - t_start)
-    # the shortest clear paths, and the clear directions best aligned with the target's long axis (the zones'
-    # long axis along the target's helps an elongated target)
-    cand = scored[:candidates]
-    pts = target.dense_points(SAFETY_STEPS_MM[0])[0]
-    axis = np.linalg.eigh(np.cov((pts - pts.mean(axis=0)).T))[1][:, -1]
-    for x in sorted(scored, key=lambda x: -abs(float(x[1] @ axis)))[:4]:
-        if not any(x[1] is c[1] for c in cand):
-            cand.append(x)
+    cand = probe_axes(scored, target, candidates)
     a, b = largest.zone_long_mm / 2, largest.zone_short_mm / 2
     rng = np.random.default_rng(seed)
     best: tuple | None = None  # (dense points missed, probes, n, PlanCheck or None)
@@ -451,21 +444,7 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
             found = []
             for _length, u, _clear in cand:
                 progress.check()
-                frame = _frame(u, a, b)
-                q = (sample - target.centroid_ras) @ frame
-                centres_q, rad = cover(q, n, rng)
-                for _round in range(4):  # active set: add the dense points the unit balls miss
-                    if rad > 1.0 + 1e-9:
-                        break
-                    qd = (dense - target.centroid_ras) @ frame
-                    dd = _assign(qd, centres_q)[1]
-                    miss = np.flatnonzero(dd > 1.0)
-                    if not len(miss):
-                        break
-                    worst = miss[np.argsort(-dd[miss])[:2000]]
-                    q = np.concatenate([q, qd[worst]])
-                    centres_q, rad = cover(q, n, rng, init=centres_q)
-                centres = centres_q @ np.linalg.inv(frame) + target.centroid_ras
+                centres = cover_along(u, a, b, n, sample, dense, target.centroid_ras, rng)
                 probes = place_probes(centres, u, largest, checker, clearance_mm, scored)
                 if probes is None:
                     continue
@@ -503,14 +482,55 @@ def plan_ablation(grid: sitk.Image, tumor: np.ndarray, device: Device, margin_mm
     _missed, probes, n, chk = best
     if chk is None:
         chk = check_plan(probes, target, target.dense_points(SAFETY_STEPS_MM[0])[0])
-    reason = (f"No plan with at most {max_probes} probe(s) of {device.id} (largest zone {largest.zone_long_mm:g} x "
-              f"{largest.zone_short_mm:g} mm, {largest.volume_ml:.1f} ml) keeps {margin_mm:g} mm around the tumour "
-              f"({target.target_ml:.1f} ml with the margin, up to {target.extent_mm:.0f} mm across)"
-              + (f" with paths keeping {clearance_mm:g} mm from {avoid_names}" if avoid else "")
-              + f": the best found, {len(probes)} probe(s), keeps a minimal margin "
-              f"of {chk.margin.minimal_margin_mm:.2f} mm and covers {chk.coverage_percent:.1f} % of tumour + "
-              f"{margin_mm:g} mm")
+    reason = infeasible_reason(device, largest, target, margin_mm, max_probes, clearance_mm,
+                               avoid_names if avoid else "", probes, chk)
     return PlanOutcome(False, probes, chk, reason, target, details, time.perf_counter() - t_start)
+
+
+def probe_axes(scored: list, target: PlanningTarget, candidates: int) -> list:
+    """The probe directions tried: the ``candidates`` shortest clear paths, and the four clear directions best
+    aligned with the target's long axis (the zones' long axis along the target's helps an elongated target)."""
+    cand = scored[:candidates]
+    pts = target.dense_points(SAFETY_STEPS_MM[0])[0]
+    axis = np.linalg.eigh(np.cov((pts - pts.mean(axis=0)).T))[1][:, -1]
+    for x in sorted(scored, key=lambda x: -abs(float(x[1] @ axis)))[:4]:
+        if not any(x[1] is c[1] for c in cand):
+            cand.append(x)
+    return cand
+
+
+def cover_along(u: np.ndarray, a: float, b: float, n: int, sample: np.ndarray, dense: np.ndarray,
+                centroid_ras: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Step 3 for one probe direction ``u``: ``n`` zone centres (RAS) covering the sample, in the frame where the
+    zone (semi-axes ``a`` along ``u``, ``b`` across) is a unit ball; then up to four active-set rounds adding the
+    dense points the balls miss (the 2000 farthest each round) and solving again."""
+    frame = _frame(u, a, b)
+    q = (sample - centroid_ras) @ frame
+    centres_q, rad = cover(q, n, rng)
+    for _round in range(4):
+        if rad > 1.0 + 1e-9:
+            break
+        qd = (dense - centroid_ras) @ frame
+        dd = _assign(qd, centres_q)[1]
+        miss = np.flatnonzero(dd > 1.0)
+        if not len(miss):
+            break
+        worst = miss[np.argsort(-dd[miss])[:2000]]
+        q = np.concatenate([q, qd[worst]])
+        centres_q, rad = cover(q, n, rng, init=centres_q)
+    return centres_q @ np.linalg.inv(frame) + centroid_ras
+
+
+def infeasible_reason(device: Device, largest: ZoneSetting, target: PlanningTarget, margin_mm: float,
+                      max_probes: int, clearance_mm: float, avoid_names: str, probes: list, chk: PlanCheck) -> str:
+    """Why no plan is feasible, with the best plan's true (analytic) margin and coverage."""
+    return (f"No plan with at most {max_probes} probe(s) of {device.id} (largest zone {largest.zone_long_mm:g} x "
+            f"{largest.zone_short_mm:g} mm, {largest.volume_ml:.1f} ml) keeps {margin_mm:g} mm around the tumour "
+            f"({target.target_ml:.1f} ml with the margin, up to {target.extent_mm:.0f} mm across)"
+            + (f" with paths keeping {clearance_mm:g} mm from {avoid_names}" if avoid_names else "")
+            + f": the best found, {len(probes)} probe(s), keeps a minimal margin "
+            f"of {chk.margin.minimal_margin_mm:.2f} mm and covers {chk.coverage_percent:.1f} % of tumour + "
+            f"{margin_mm:g} mm")
 
 
 def _sample(points: np.ndarray, band: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:
