@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ablation.py [--out bench_ablation.json] [--quick] [--part PART ...]
 
---part (repeatable: validation, bioheat, live, plans, combined; default all) runs only those parts; "combined"
+--part (repeatable: validation, bioheat, live, plans, combined, replan; default all) runs only those parts; "combined"
 needs the plans and runs them too.
 
 Needs the real data (IMAGIO_DATA, default ../shared/data) and scipy (peer only).
@@ -16,7 +16,10 @@ Needs the real data (IMAGIO_DATA, default ../shared/data) and scipy (peer only).
    bioheat model, all heating together (perfused tissue; and with the vessels as heat sinks).
 1b. Combined heating (all probes at once) against the union of single-probe bioheat zones: zone volume,
    coverage of tumour + 5 mm and minimal margin, on the 2- and 3-probe plans and on synthetic probe pairs and
-   triples 10-20 mm apart.
+   triples 10-20 mm apart; and on real 3-probe plans (the phantom's liver tumour and Med-MPD p3 nodule2 planned
+   for a 7 mm margin: no 5 mm plan has 3 probes).
+1c. Re-planning: the phantom's liver plan with each probe in turn moved 8 mm sideways: residual, proposal, margin
+   after it by the re-planner and independently.
 2. Live update on a clinical CT grid (medmpd-liver-p2, 512 x 512 x 87, 0.78 x 0.78 x 2.5 mm, with its tumour
    and vessels): a probe dragged over 40 positions; per update: table zone (bounding box only), coverage,
    margin, structure fractions, and the segment + model nodes. Peer: the same zone and metrics recomputed on
@@ -54,7 +57,7 @@ from IMAGIOAblationZoneLib import bioheat as bh  # noqa: E402
 from IMAGIOAblationZoneLib.logic import AblationZoneLogic  # noqa: E402
 from IMAGIOAblationZoneLib.zone import EllipsoidZone  # noqa: E402
 
-VESSEL_WORDS = ("artery", "vein")
+VESSEL_WORDS = ("artery", "vein", "vessel")  # Med-MPD hepaticArtery/Vein, portalVein; the phantom hepatic_vessels
 
 
 def _read_mask(path: Path, ref: sitk.Image | None = None) -> np.ndarray:
@@ -194,6 +197,32 @@ def bench_combined_heating(quick: bool) -> list[dict]:
             continue
         rows.append({"case": name, **_combined_vs_union(logic, ref, tumor, plan.probes, plan.device, tissue)})
         print(f"combined {rows[-1]}", flush=True)
+    # a real 3-probe plan: no 5 mm plan above has 3 probes, the phantom's liver tumour planned for 7 mm has
+    if not quick:
+        from imagio.phantom import make_phantom
+
+        ph = make_phantom(0)
+        tumor = ph.segments["liver_tumor"].array()
+        avoid = {n: ph.segments[n].array() for n in ("hepatic_vessels", "ribs", "lungs")}
+        plan = logic.plan(ph.ct, tumor, "emprint", 7.0, avoid, ph.segments["body"].array(), clearance_mm=3.0,
+                          tissue="liver")
+        d = plan.to_dict()
+        rows.append({"case": "phantom/liver_tumor planned for a 7 mm margin (CT body outline as skin)",
+                     "plan_feasible": d["feasible"], "plan_minimal_margin_mm": d["minimal_margin_mm"],
+                     **_combined_vs_union(logic, ph.ct, tumor, plan.probes, plan.device, "liver", margin_mm=7.0)})
+        print(f"combined {rows[-1]}", flush=True)
+        base = data_root() / "medmpd-liver-p3"
+        if base.is_dir():  # and Med-MPD p3 nodule2 (2 probes for 5 mm) planned for 7 mm: 3 probes
+            ref = sitk.ReadImage(str(base / "nodule2.nii.gz"), sitk.sitkUInt8)
+            tumor = sitk.GetArrayFromImage(ref) > 0
+            avoid = {f.name.split(".")[0]: _read_mask(f, ref) for f in sorted(base.glob("*.nii.gz"))
+                     if any(w in f.name.lower() for w in VESSEL_WORDS)}
+            plan = logic.plan(ref, tumor, "emprint", 7.0, avoid, clearance_mm=3.0, tissue="liver")
+            d = plan.to_dict()
+            rows.append({"case": "medmpd-liver-p3/nodule2 planned for a 7 mm margin",
+                         "plan_feasible": d["feasible"], "plan_minimal_margin_mm": d["minimal_margin_mm"],
+                         **_combined_vs_union(logic, ref, tumor, plan.probes, plan.device, "liver", margin_mm=7.0)})
+            print(f"combined {rows[-1]}", flush=True)
     # synthetic: 2 and 3 parallel Emprint 100 W / 10 min probes, 10-20 mm apart, in perfused liver
     grid = geometry.make_image([120, 120, 90], [1.0, 1.0, 1.0], origin_ras=[59.5, 59.5, -44.5],
                                direction_ras=geometry.CT_AXES_RAS)
@@ -216,8 +245,9 @@ def bench_combined_heating(quick: bool) -> list[dict]:
     return rows
 
 
-def _combined_vs_union(logic, ref, tumor, probes, dev, tissue) -> dict:
-    ctx = logic.prepare(ref, tumor, margin_mm=5.0, tissue=tissue)
+def _combined_vs_union(logic, ref, tumor, probes, dev, tissue, margin_mm: float = 5.0) -> dict:
+    """Coverage of tumour + ``margin_mm`` (the plan's margin) and the minimal margin, combined vs union."""
+    ctx = logic.prepare(ref, tumor, margin_mm=margin_mm, tissue=tissue)
     t0 = time.perf_counter()
     both = logic.bioheat_zones(ctx, probes, dev, perfusion=True)
     t_both = time.perf_counter() - t0
@@ -238,10 +268,54 @@ def _combined_vs_union(logic, ref, tumor, probes, dev, tissue) -> dict:
         cov[f"{label}_coverage_percent"] = round(100.0 * float((z & ctx.target).sum()) / ctx.target_count, 2)
         cov[f"{label}_tumor_coverage_percent"] = round(100.0 * float((z & ctx.tumor).sum()) / ctx.tumor_count, 2)
         cov[f"{label}_minimal_margin_mm"] = round(mask_margin(z, ref, ctx.tumor_surface).minimal_margin_mm, 2)
-    return {"probes": len(probes), "settings": [p.setting.label for p in probes], **cov,
+    return {"probes": len(probes), "settings": [p.setting.label for p in probes], "margin_mm": margin_mm, **cov,
             "union_inside_combined": bool(not (union & ~full).any()),
             "combined_over_union_volume": round(cov["combined_zone_ml"] / max(cov["union_zone_ml"], 1e-9), 3),
             "combined_s": round(t_both, 1), "singles_s": round(t_single, 1)}
+
+
+# ------------------------------------------------------------------------------------------------ 1c. re-planning
+def bench_replan() -> dict:
+    """The phantom's liver tumour planned for 5 mm, then each planned probe in turn moved 8 mm sideways (tip and
+    entry, perpendicular to the probe and to S): the residual tumour + 5 mm as placed, the proposal, and the
+    margin after it, by the re-planner and independently (IMAGIOMargin's metric of the rasterised zones)."""
+    from imagio.phantom import make_phantom
+    from IMAGIOMarginLib.metrics import compute_margin
+
+    ph = make_phantom(0)
+    tumor = ph.segments["liver_tumor"].mask
+    avoid = {n: ph.segments[n].mask for n in ("hepatic_vessels", "ribs", "lungs")}
+    body = ph.segments["body"].array()
+    logic = AblationZoneLogic(new_scene())
+    plan = logic.plan(ph.ct, tumor, "emprint", 5.0, avoid, body, tissue="liver")
+    out = {"plan_probes": len(plan.probes), "plan_minimal_margin_mm": round(plan.minimal_margin_mm, 2),
+           "half_largest_spacing_mm": round(max(ph.ct.GetSpacing()) / 2, 3), "cases": []}
+    for i, p0 in enumerate(plan.probes):
+        u = (p0.tip_ras - p0.entry_ras) / np.linalg.norm(p0.tip_ras - p0.entry_ras)
+        side = np.cross(u, [0.0, 0.0, 1.0])
+        side /= np.linalg.norm(side)
+        placed = [(p.tip_ras + 8.0 * side, p.entry_ras + 8.0 * side) if j == i else (p.tip_ras, p.entry_ras)
+                  for j, p in enumerate(plan.probes)]
+        t0 = time.perf_counter()
+        res = logic.replan(ph.ct, tumor, placed, "emprint", p0.setting.power_w, p0.setting.time_s, 5.0, avoid, body,
+                           tissue="liver")
+        wall = time.perf_counter() - t0
+        d = res.to_dict()
+        after = d.get("after_proposal") or {}
+        indep = (round(compute_margin(tumor, res.proposal_zone.full_mask()).minimal_margin_mm, 2)
+                 if res.proposal_zone is not None else None)
+        prop = d["proposal"] or {}
+        out["cases"].append({
+            "moved_probe": i + 1, "moved_mm": 8.0, "margin_as_placed_mm": d["minimal_margin_mm"],
+            "tumor_coverage_as_placed_percent": d["coverage_percent"],
+            "target_coverage_as_placed_percent": d["margin_coverage_percent"],
+            "residual_target_ml": d["residual_target_ml"], "residual_tumor_ml": d["residual_tumor_ml"],
+            "proposal_kind": prop.get("kind"), "proposal": prop,
+            "after_residual_target_ml": after.get("residual_target_ml"),
+            "after_minimal_margin_mm": after.get("minimal_margin_mm"), "after_independent_margin_mm": indep,
+            "reason": d["reason"], "run_time_s": round(wall, 1)})
+        print(f"replan {out['cases'][-1]}", flush=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ 2. live update
@@ -542,7 +616,7 @@ def bench_validation(figures: Path | None = None) -> dict:
     return val
 
 
-PARTS = ("validation", "bioheat", "live", "plans", "combined")
+PARTS = ("validation", "bioheat", "live", "plans", "combined", "replan")
 
 
 def _plans_summary(plans: list[dict]) -> dict:
@@ -598,6 +672,8 @@ def main() -> int:
         print(json.dumps(result["plans_summary"], indent=1), flush=True)
     if "combined" in parts:
         result["combined_heating_vs_union"] = bench_combined_heating(args.quick)
+    if "replan" in parts:
+        result["replan_probe_moved_8_mm"] = bench_replan()
     result["total_s"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out} in {result['total_s']} s")

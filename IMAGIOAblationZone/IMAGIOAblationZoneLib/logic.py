@@ -561,19 +561,25 @@ class ZoneImageLogic:
         if av:
             avoid_union = np.any(list(av.values()), axis=0) & ~ctx.tumor
         checker = PathChecker(grid, avoid_union, body)
-        # directions: clear paths from the residual's centre
+        # directions: clear paths from the residual's centre, then from the tumour's centre (a residual crescent
+        # next to a rib or the lung can have no clear path from its own centre while the added zone's tip, which
+        # lies towards the tumour, has one; every placed path is checked again from its own tip)
         kji = np.argwhere(residual)
-        centre = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float)).mean(axis=0)
-        holder = type("T", (), {"centroid_ras": centre})()
-        scored, tried = candidate_directions(holder, checker, clearance_mm, 45.0)
+        pts = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float))
+        centre = pts.mean(axis=0)
+        tumour_centre = geometry.ijk_to_ras(grid, np.argwhere(ctx.tumor)[:, ::-1].astype(float)).mean(axis=0)
+        scored, tried = [], 0
+        for origin in (centre, tumour_centre):
+            found, n = candidate_directions(type("T", (), {"centroid_ras": origin})(), checker, clearance_mm, 45.0)
+            scored += found[:12]
+            tried += n
         if not scored:
             return (f"The probes as placed leave {float(residual.sum()) * geometry.voxel_volume_ml(grid):.2f} ml of "
-                    f"tumour + {margin_mm:g} mm, and no straight path from its centre keeps {clearance_mm:g} mm from "
-                    f"the avoid structures (tried {tried} directions): re-position a probe")
-        pts = geometry.ijk_to_ras(grid, kji[:, ::-1].astype(float))
+                    f"tumour + {margin_mm:g} mm, and no straight path from its centre or the tumour's keeps "
+                    f"{clearance_mm:g} mm from the avoid structures (tried {tried} directions): re-position a probe")
         best = None
         for cand in dev.by_volume(allow_unsourced)[::-1][:3]:  # the largest settings first
-            for _length, u, _clear in scored[:12]:
+            for _length, u, _clear in scored:
                 progress.check()
                 # the zone centre that best holds the residual: its smallest enclosing ellipsoid centre (frame)
                 fr = _frame(u, cand.zone_long_mm / 2, cand.zone_short_mm / 2)

@@ -31,14 +31,19 @@ def planned():
     return ph, logic, avoid, plan
 
 
-def test_a_probe_misplaced_by_8_mm_leaves_a_residual_that_the_proposal_covers(planned):
+@pytest.mark.parametrize("moved", [0, 1])
+def test_a_probe_misplaced_by_8_mm_leaves_a_residual_that_the_proposal_covers(planned, moved):
+    """Either of the plan's two probes moved 8 mm sideways (the second one's residual lies where no path from its
+    own centre is clear: the added probe's directions come from the tumour's centre as well)."""
     ph, logic, avoid, plan = planned
     tumor = ph.segments["liver_tumor"].mask
-    p0 = plan.probes[0]
+    assert len(plan.probes) == 2
+    p0 = plan.probes[moved]
     u = (p0.tip_ras - p0.entry_ras) / np.linalg.norm(p0.tip_ras - p0.entry_ras)
     side = np.cross(u, [0.0, 0.0, 1.0])
     side /= np.linalg.norm(side)
-    placed = [(p0.tip_ras + 8.0 * side, p0.entry_ras + 8.0 * side)] + [(p.tip_ras, p.entry_ras) for p in plan.probes[1:]]
+    placed = [(p.tip_ras + 8.0 * side, p.entry_ras + 8.0 * side) if i == moved else (p.tip_ras, p.entry_ras)
+              for i, p in enumerate(plan.probes)]
     s = p0.setting
     res = logic.replan(ph.ct, tumor, placed, "emprint", s.power_w, s.time_s, 5.0, avoid, ph.segments["body"].array(),
                        tissue="liver")
