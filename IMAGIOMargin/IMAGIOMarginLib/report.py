@@ -77,6 +77,7 @@ def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
     background = "CT" if ct is not None else "no CT given: masks on a grey background"
     poly, values = margin_surface(result)
     out = []
+    outside = "" if mam >= 0 else " (negative: tumour outside the zone)"
     for axis in ("axial", "coronal"):
         cut = rp.Polyline(surface_cut(poly, thin, axis), "sub-voxel tumour surface", SURFACE_COLOR, 1.3)
         out.append(rp.slice_figure(
@@ -85,7 +86,7 @@ def figures(result, ct=None, window=None, name_prefix: str = "margin") -> list:
             caption=f"{axis.capitalize()} slice through the thinnest point ({background}): tumour (red outline) and "
                     f"ablation zone (blue outline) as drawn on the voxels; the thin white line is the sub-voxel "
                     f"tumour surface the margins are measured on, cut by this plane; the cross marks where the "
-                    f"margin is smallest, {mam:.1f} mm (negative: tumour outside the zone), and lies on that line.",
+                    f"margin is smallest, {mam:.1f} mm{outside}, and lies on that line.",
             name=f"{name_prefix}_{axis}"))
     cmap = rp.margin_colormap(thr)
     centre = centroid_ras(result.tumor_on_zone)
