@@ -36,7 +36,9 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 from importlib import metadata
@@ -210,6 +212,22 @@ def _clean_staging(out: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the engine
+@contextlib.contextmanager
+def _children_ignore_sigint():
+    """SIGINT ignored while the LocalCluster's worker processes start, so that they inherit "ignored" (kept across
+    exec; Python then installs no KeyboardInterrupt handler). A terminal's Ctrl-C reaches the whole process group:
+    only the batch must act on it (it closes its cluster, which ends the workers); a worker that took it printed a
+    KeyboardInterrupt traceback from inside Dask. A Ctrl-C during the cluster's start (a few seconds) is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _local_cluster(workers: int | None, memory_limit_gb: float | None, threads_per_case: int | None = None):
     import dask
     from distributed import Client, LocalCluster
@@ -220,7 +238,7 @@ def _local_cluster(workers: int | None, memory_limit_gb: float | None, threads_p
     env = {k: str(threads) for k in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS",
                                      "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
     limit = f"{memory_limit_gb}GiB" if memory_limit_gb else "auto"
-    with dask.config.set(LOCAL_DASK_CONFIG):
+    with dask.config.set(LOCAL_DASK_CONFIG), _children_ignore_sigint():
         # no dashboard; the scheduler's HTTP server (always started) on a free loopback port, not on 8787, which a
         # running dashboard or another cluster may hold ("Port 8787 is already in use" on the terminal)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=limit,
