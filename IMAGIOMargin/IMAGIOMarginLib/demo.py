@@ -64,8 +64,9 @@ def demo_step(ctx) -> None:
     metrics = [(r["metric"], r["value"], r["unit"]) for r in result.table_rows() if r["metric"] != "Verdict"]
     ctx.report.add_section(
         f"Ablation margin ({tumor.name}, {source})", metrics,
-        text=f"{data['verdict_text']}. {result.grid_correction_text()}. Sigma {data['sigma_mm']:g} mm "
-             f"({data['sigma_source']}). {data['convention']}".replace(". . ", ". "))
+        text=". ".join(part for part in (data["verdict_text"], result.grid_correction_text(),
+                                         f"Sigma {data['sigma_mm']:g} mm ({data['sigma_source']})",
+                                         data["convention"]) if part))
     ctx.summary["margin"] = {k: data[k] for k in (
         "minimal_margin_mm", "coverage_percent", "shell_coverage_percent", "residual_tumor_ml", "thinnest_point_ras",
         "margin_ci_mm", "p_margin_ge_threshold", "verdict", "threshold_mm", "sigma_mm")}

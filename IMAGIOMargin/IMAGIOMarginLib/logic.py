@@ -35,12 +35,14 @@ from .uncertainty import (
 )
 
 CONVENTION = ("Surfaces are sub-voxel surfaces fitted to the binary masks: each mask smoothed by a Gaussian of the same "
-              "width in mm along every axis (2 voxels of the finest axis, at least 1 voxel of each), the surface refined until its own smoothed partial-volume image matches the smoothed mask, "
-              "its 0.5 level set as a triangle mesh. Margins are distances (mm) from the tumour surface to the zone "
-              "surface, positive inside the zone, read at the smoothing's scale (area-weighted mean within 1.25 "
-              "voxels). Coverage and residual tumour: volumes of the same solids. Shell r mm: voxel centres within "
-              "r mm of the tumour solid (tumour included). The minimal margin is the margin map's minimum plus a grid-phase "
-              "correction: the measured minimum minus the mean minimum over 4-8 replicates on sub-voxel-shifted grids, with its standard error (not applied, with a note, where larger than half the coarsest spacing).")
+              "width in mm along every axis (2 voxels of the finest axis, at least 1 voxel of each), the surface refined "
+              "until its own smoothed partial-volume image matches the smoothed mask, its 0.5 level set as a triangle mesh. "
+              "Margins are distances (mm) from the tumour surface to the zone surface, positive inside the zone, read at "
+              "the smoothing's scale (area-weighted mean within 1.25 voxels). Coverage and residual tumour: volumes of the "
+              "same solids. Shell r mm: voxel centres within r mm of the tumour solid (tumour included). The minimal margin "
+              "is the margin map's minimum plus a grid-phase correction: the measured minimum minus the mean minimum over "
+              "4-8 replicates on sub-voxel-shifted grids, with its standard error (not applied, with a note, where larger "
+              "than half the coarsest spacing).")
 
 
 @dataclass
@@ -131,8 +133,9 @@ class MarginResult:
                  f"sigma {u.sigma_mm:g} mm: {self.sigma_source}); "
                  f"P(margin >= {self.threshold_mm:g} mm) = {100 * u.p_margin_ge_threshold:.1f} %",
                  f"coverage {m.coverage_percent:.2f} %, residual tumour {m.residual_tumor_ml:.3f} ml"]
-        if self.grid_correction_text():
-            lines.insert(2, self.grid_correction_text())
+        correction = self.grid_correction_text()
+        if correction:
+            lines.insert(2, correction)
         lines += [f"note: {n}" for n in self.warnings]
         return "\n".join(lines)
 
