@@ -27,7 +27,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
+from imagio.dicom_export import DicomExportLogicMixin
+from imagio.slicer_widget import DicomExportWidgetMixin, JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
 from IMAGIOAblationZoneLib.devices import load_library
 from IMAGIOAblationZoneLib.options import Tissue, ZoneModel
 
@@ -82,7 +83,7 @@ class IMAGIOAblationZoneParameterNode:
     resultsTable: vtkMRMLTableNode
 
 
-class IMAGIOAblationZoneWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOAblationZoneWidget(DicomExportWidgetMixin, SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -98,6 +99,7 @@ class IMAGIOAblationZoneWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLo
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOAblationZoneLogic()  # the combo boxes are filled from the Choice annotations
         self.setupJobs(self.ui.progressBar, self.ui.statusLabel)
+        self.setupDicomExport(moduleButtons=(self.ui.applyButton, self.ui.planButton, self.ui.replanButton))
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.planButton.connect("clicked(bool)", self.onPlanButton)
@@ -110,7 +112,7 @@ class IMAGIOAblationZoneWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLo
 
     def onSceneStartClose(self, caller, event) -> None:
         self.observeProbe(None)  # remove the observer from the closing scene's line (it must not survive it)
-        JobWidgetMixin.onSceneStartClose(self, caller, event)
+        DicomExportWidgetMixin.onSceneStartClose(self, caller, event)
         self._zoneModel = None
         if self.logic:
             self.logic.forgetScene()
@@ -215,7 +217,7 @@ class IMAGIOAblationZoneWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLo
         self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
 
 
-class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
+class IMAGIOAblationZoneLogic(DicomExportLogicMixin, ScriptedLoadableModuleLogic):
     """Thin adapter: the parameter node in, IMAGIOAblationZoneLib.logic.ModuleSession on slicer.mrmlScene."""
 
     def __init__(self) -> None:
@@ -257,6 +259,7 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
         """The planned zone, probe lines and table of a finished plan job."""
         self.impl.apply_plan(p, plan)
         logging.info(self.lastSummary)
+        self.setExportResults("plan", *planExportData(p, plan))
         return plan
 
     def startBioheat(self, p):
@@ -274,6 +277,21 @@ class IMAGIOAblationZoneLogic(ScriptedLoadableModuleLogic):
     def applyReplan(self, p, result):
         """The zones, lines and table of a finished re-plan job (returns the ReplanResult)."""
         return self.impl.apply_replan(p, result)
+
+
+def planExportData(p, plan) -> tuple:
+    """``(plan.json content, description)`` of a finished probe plan, for the DICOM SR (as ``imagio ablation plan``
+    writes it, with the tumour segment's name the SR groups its numbers under)."""
+    data = plan.to_dict()
+    segment = (p.segmentation.GetSegmentation().GetSegment(p.tumorSegmentID)
+               if p.segmentation is not None and p.tumorSegmentID else None)
+    tumor = segment.GetName() if segment is not None else ""
+    data["inputs"] = {"tumor_segment": tumor}
+    mam = data["minimal_margin_mm"]
+    text = (f"the last probe plan (tumour '{tumor}': {data['probe_count']} probes, coverage of tumour + "
+            f"{data['margin_mm']:g} mm {data['coverage_percent']:.2f} %, planned minimal margin "
+            + ("none" if mam is None else f"{mam:.2f} mm") + ")")
+    return data, text
 
 
 class IMAGIOAblationZoneTest(ScriptedLoadableModuleTest):

@@ -21,7 +21,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
+from imagio.dicom_export import DicomExportLogicMixin
+from imagio.slicer_widget import DicomExportWidgetMixin, JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
 
 
 class IMAGIOLungNav(ScriptedLoadableModule):
@@ -53,7 +54,7 @@ class IMAGIOLungNavParameterNode:
     scopeDiameterMm: Annotated[float, WithinRange(0.5, 12.0)] = 4.2
 
 
-class IMAGIOLungNavWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOLungNavWidget(DicomExportWidgetMixin, SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -67,6 +68,7 @@ class IMAGIOLungNavWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadabl
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOLungNavLogic()
         self.setupJobs(self.ui.progressBar, self.ui.resultLabel)
+        self.setupDicomExport(moduleButtons=(self.ui.applyButton,))
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.connectSegmentSelectors()
@@ -104,11 +106,11 @@ class IMAGIOLungNavWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadabl
 
     def onRouteDone(self, result) -> None:
         """The background job's LungNavResult: its nodes go into the scene, its summary into the panel."""
-        self.logic.addResult(result, self._parameterNode.ctVolume)
+        self.logic.addResult(result, self._parameterNode.ctVolume, self._parameterNode)
         self.ui.resultLabel.text = result.summary_text()
 
 
-class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
+class IMAGIOLungNavLogic(DicomExportLogicMixin, ScriptedLoadableModuleLogic):
     """Thin adapter: Slicer's scene and parameter node over IMAGIOLungNavLib.logic.LungNavLogic."""
 
     def __init__(self) -> None:
@@ -148,9 +150,25 @@ class IMAGIOLungNavLogic(ScriptedLoadableModuleLogic):
         return self._lib().start_nodes(**self._nodeArgs(ctNode, airwayNode, targetNode, lesionNode,
                                                         scopeDiameterMm, airwaySegmentID, lesionSegmentID))
 
-    def addResult(self, result, ctNode=None) -> dict:
-        """The new nodes of a finished job's LungNavResult."""
-        return self._lib().add_nodes(result, reference_node=ctNode)
+    def addResult(self, result, ctNode=None, p=None) -> dict:
+        """The new nodes of a finished job's LungNavResult; its route becomes the DICOM SR's numbers."""
+        nodes = self._lib().add_nodes(result, reference_node=ctNode)
+        self.setExportResults("route", *routeExportData(p, result))
+        return nodes
+
+
+def routeExportData(p, result) -> tuple:
+    """``(route.json content, description)`` of a planned route, for the DICOM SR (``imagio lungnav``'s route.json,
+    with the lesion segment's name the SR groups its numbers under)."""
+    data = result.route.contract_dict()
+    segment = None
+    if p is not None and p.lesionSegmentation is not None and p.lesionSegmentID:
+        segment = p.lesionSegmentation.GetSegmentation().GetSegment(p.lesionSegmentID)
+    data["inputs"] = {"lesion_segment": segment.GetName() if segment is not None else ""}
+    r = result.route
+    text = (f"the last route (length {r.path_length_mm:.1f} mm, exit generation {r.generation}, gap to the target "
+            f"{r.gap_to_target_mm:.1f} mm)")
+    return data, text
 
 
 class IMAGIOLungNavTest(ScriptedLoadableModuleTest):

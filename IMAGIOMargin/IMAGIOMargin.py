@@ -20,7 +20,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 import imagio  # noqa: F401  (the IMAGIOCommon module puts it on sys.path)
-from imagio.slicer_widget import JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
+from imagio.dicom_export import DicomExportLogicMixin
+from imagio.slicer_widget import DicomExportWidgetMixin, JobWidgetMixin, SegmentSelector, SegmentSelectorsMixin
 from IMAGIOMarginLib.options import Registration
 
 
@@ -69,7 +70,7 @@ class IMAGIOMarginParameterNode:
     resultsTable: vtkMRMLTableNode
 
 
-class IMAGIOMarginWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOMarginWidget(DicomExportWidgetMixin, SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -83,6 +84,7 @@ class IMAGIOMarginWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadable
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOMarginLogic()  # the registration combo box is filled from the Registration Enum
         self.setupJobs(self.ui.progressBar, self.ui.statusLabel)  # registration runs in a background process
+        self.setupDicomExport(moduleButtons=(self.ui.applyButton,))
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.connectSegmentSelectors()
@@ -126,7 +128,7 @@ class IMAGIOMarginWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadable
         self.logic.showHistogram(nodes.plot_chart)
 
 
-class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
+class IMAGIOMarginLogic(DicomExportLogicMixin, ScriptedLoadableModuleLogic):
     """Thin adapter: Slicer nodes in, IMAGIOMarginLib.logic.MarginLogic on slicer.mrmlScene."""
 
     def __init__(self) -> None:
@@ -169,12 +171,30 @@ class IMAGIOMarginLogic(ScriptedLoadableModuleLogic):
 
         self.lastSummary = panel_text(result)
         logging.info(self.lastSummary)
+        self.setExportResults("margin", *marginExportData(p, result))
         return nodes
 
     @staticmethod
     def showHistogram(chartNode) -> None:
         """Show the margin histogram chart in the layout's plot view."""
         slicer.modules.plots.logic().ShowChartInLayout(chartNode)
+
+
+def marginExportData(p, result) -> tuple:
+    """``(margin.json content, description)`` of a finished assessment, for the DICOM SR (as ``imagio margin``
+    writes it, with the tumour and zone segment names the SR groups its numbers under)."""
+
+    def name(node, segmentID):
+        segment = node.GetSegmentation().GetSegment(segmentID) if node is not None and segmentID else None
+        return segment.GetName() if segment is not None else ""
+
+    data = result.to_dict()
+    tumor, zone = name(p.tumorSegmentation, p.tumorSegmentID), name(p.zoneSegmentation, p.zoneSegmentID)
+    data["inputs"] = {"tumor_segment": tumor, "ablation_segment": zone}
+    text = (f"the last margin assessment (tumour '{tumor}', zone '{zone}': minimal margin "
+            f"{data['minimal_margin_mm']:.2f} mm, coverage {data['coverage_percent']:.2f} %, residual tumour "
+            f"{data['residual_tumor_ml']:.3f} ml, shell coverages in %)")
+    return data, text
 
 
 class IMAGIOMarginTest(ScriptedLoadableModuleTest):

@@ -6,13 +6,10 @@ inference runs in a separate process (IMAGIOPlanningLib/worker.py, started with 
 Slicer never freezes; Apply turns into Cancel while it runs.
 """
 
-import importlib
-import importlib.util
 import logging
 import pathlib
 from typing import Annotated
 
-import qt
 import slicer
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -29,8 +26,10 @@ try:  # the shared core is put on sys.path by the hidden IMAGIOCommon module
 except ImportError:
     pass
 
+from imagio.dicom_export import DicomExportLogicMixin
 from imagio.jobs import python_executable
-from imagio.slicer_widget import JobWidgetMixin
+from imagio.slicer_widget import DicomExportWidgetMixin, JobWidgetMixin, offerPackages, packageAvailable
+from imagio.slicer_widget import requiredPackages as sharedRequiredPackages
 from IMAGIOPlanningLib.options import LesionKind, Method
 
 #: what the model needs inside Slicer and Slicer does not bundle (installed only with the user's consent)
@@ -59,45 +58,22 @@ class IMAGIOPlanning(ScriptedLoadableModule):
 
 
 def onnxRuntimeAvailable() -> bool:
-    importlib.invalidate_caches()
-    return importlib.util.find_spec("onnxruntime") is not None
+    return packageAvailable("onnxruntime")
 
 
 def requiredPackages(path=REQUIREMENTS) -> list:
     """The requirement lines of a requirements.txt (no comments, no pip options)."""
-    lines = (line.split("#")[0].strip() for line in pathlib.Path(path).read_text().splitlines())
-    return [line for line in lines if line and not line.startswith("-")]
+    return sharedRequiredPackages(path)
 
 
 def offerOnnxRuntime(requirementsPath=REQUIREMENTS):
-    """``(ready, message)``: ONNX Runtime importable, after installing ``requirementsPath`` if the user agrees.
-
-    Asks first (nothing is installed without a yes, and nothing in testing mode); installs with
-    ``slicer.packaging.pip_ensure`` on Slicer 5.12 and later, ``slicer.util.pip_install`` on 5.10 and 5.11.
-    Only the packages of ``requirementsPath`` (ONNX Runtime), never slicer-core or imagio."""
-    if onnxRuntimeAvailable():
-        return True, ""
-    packages = requiredPackages(requirementsPath)
-    if slicer.app.testingEnabled():
-        return False, "ONNX Runtime is not installed, and nothing is installed in testing mode; the model cannot run."
-    question = ("The model runs on ONNX Runtime, which this Slicer does not include yet.\n\n"
-                f"Install {', '.join(packages)} from the Python Package Index (pypi.org) into Slicer's Python now? "
-                "Nothing else is installed. Seeded segmentation works without it.")
-    if not slicer.util.confirmOkCancelDisplay(question, windowTitle="IMAGIO Planning: install ONNX Runtime"):
-        return False, ("ONNX Runtime is not installed, so the model cannot run; nothing was installed. "
-                       "Click Apply again to install it, or use the Seed method.")
-    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
-    try:
-        if (slicer.app.majorVersion, slicer.app.minorVersion) >= (5, 12):
-            packaging = importlib.import_module("slicer.packaging")  # 5.12+
-            packaging.pip_ensure(packages, prompt_install=False, requester="IMAGIO Planning")
-        else:
-            slicer.util.pip_install(["-r", str(requirementsPath)])
-    finally:
-        slicer.app.restoreOverrideCursor()
-    if not onnxRuntimeAvailable():
-        return False, "ONNX Runtime was installed but cannot be imported; see the Python console, or restart Slicer."
-    return True, "ONNX Runtime installed."
+    """``(ready, message)``: ONNX Runtime importable, after installing ``requirementsPath`` if the user agrees
+    (:func:`imagio.slicer_widget.offerPackages`: asks first, nothing in testing mode; ``pip_ensure`` on 5.12+,
+    ``pip_install`` on 5.10 and 5.11; only ONNX Runtime, never slicer-core or imagio). Seeded segmentation
+    works without it."""
+    return offerPackages("onnxruntime", requirementsPath, "ONNX Runtime", "the model cannot run",
+                         "Click Apply again to install it, or use the Seed method.",
+                         "The model runs on ONNX Runtime", "IMAGIO Planning")
 
 
 def _defaultCardPath() -> pathlib.Path:
@@ -120,7 +96,7 @@ class IMAGIOPlanningParameterNode:
     radiusMm: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
 
 
-class IMAGIOPlanningWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class IMAGIOPlanningWidget(DicomExportWidgetMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -135,6 +111,7 @@ class IMAGIOPlanningWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = IMAGIOPlanningLogic()
         self.setupJobs(self.ui.progressBar, self.ui.resultLabel)  # model and seed both run in the background
+        self.setupDicomExport(moduleButtons=(self.ui.applyButton,))  # the SR: each segment's volume
         self.observeSceneClose()
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
@@ -215,7 +192,7 @@ class IMAGIOPlanningWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObse
         result.node.CreateClosedSurfaceRepresentation()
 
 
-class IMAGIOPlanningLogic(ScriptedLoadableModuleLogic):
+class IMAGIOPlanningLogic(DicomExportLogicMixin, ScriptedLoadableModuleLogic):
     """Thin adapter: Slicer's scene and parameter node over IMAGIOPlanningLib.logic.ModuleSession."""
 
     def __init__(self) -> None:

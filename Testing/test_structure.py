@@ -45,7 +45,9 @@ def test_module_file_has_slicer_classes(module):
     for suffix in ("", "Widget", "Logic", "Test"):
         assert f"{module}{suffix}" in classes, f"{module}.py lacks class {module}{suffix}"
     logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}Logic")
-    assert [ast.unparse(b) for b in logic.bases] == ["ScriptedLoadableModuleLogic"], f"{module}Logic's bases"
+    # a ScriptedLoadableModuleLogic; the only mixin allowed is the shared DICOM export (imagio.dicom_export)
+    assert [ast.unparse(b) for b in logic.bases] in (["ScriptedLoadableModuleLogic"], [
+        "DicomExportLogicMixin", "ScriptedLoadableModuleLogic"]), f"{module}Logic's bases"
     # the Slicer Logic is an adapter: the computation lives in <Module>Lib.logic, which it imports
     lib_imports = {n.module for n in ast.walk(logic) if isinstance(n, ast.ImportFrom)}
     assert f"{module}Lib.logic" in lib_imports | _top_level_imports(tree), f"{module}Logic does not use {module}Lib.logic"
@@ -83,6 +85,25 @@ def test_widget_names_exist_in_ui(module):
     assert used, f"{module}.py uses no widget from its .ui"
     missing = sorted(used - declared)
     assert not missing, f"{module}.py uses widgets that {ui_file.name} does not declare: {missing}"
+    # the shared widget mixins (imagio.slicer_widget) the module's Widget derives from use widgets of its .ui too
+    widget = next(n for n in ast.parse(src).body if isinstance(n, ast.ClassDef) and n.name == f"{module}Widget")
+    bases = {ast.unparse(b) for b in widget.bases}
+    for mixin, names in _mixin_widget_names().items():
+        if mixin in bases:
+            missing = sorted(names - declared)
+            assert not missing, f"{module}Widget derives from {mixin}, which uses widgets {ui_file.name} lacks: {missing}"
+
+
+def _mixin_widget_names() -> dict[str, set[str]]:
+    """The ``ui.X`` names each class of imagio/slicer_widget.py uses."""
+    path = ROOT / "IMAGIOCommon" / "imagio" / "slicer_widget.py"
+    src = path.read_text()
+    out = {}
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.ClassDef):
+            out[node.name] = set(re.findall(r"\bui\.([A-Za-z_]\w*)", ast.get_source_segment(src, node)))
+    assert out["DicomExportWidgetMixin"] >= {"exportCTSelector", "exportDicomButton"}  # the scan sees them
+    return out
 
 
 @pytest.mark.parametrize("module", MODULES)

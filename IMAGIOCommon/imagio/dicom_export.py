@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, naming
-from .cli_utils import staged_output
+from .cli_utils import check_out_dir, staged_output
 from .errors import ImagioError
 
 if TYPE_CHECKING:  # the heavy imports wait until an export runs (`imagio --help` stays quick)
@@ -459,25 +460,188 @@ def export_dicom(ct_dir, segments: list[Segment], out_dir, margin: dict | None =
 def export_dicom_nodes(segmentation_node, ct_volume_node, ct_files, out_dir, segment_ids=None,
                        margin: dict | None = None, plan: dict | None = None, route: dict | None = None,
                        validate: bool = True) -> DicomExport:
-    """The same export from MRML nodes (what the Slicer modules call).
+    """The same export from MRML nodes, in this process (scripts; the Slicer panels use :func:`start_export_nodes`).
 
-    ``ct_files``: the CT's DICOM files (inside Slicer: ``slicer.dicomDatabase.fileForInstance(uid)`` for each
-    UID of ``ct_volume_node.GetAttribute("DICOM.instanceUIDs")``); ``segment_ids``: segment IDs or names
-    (default all). Segment terminology tags travel with the segments.
+    ``segmentation_node``: a segmentation node, or a list of them (their segments, resampled onto the CT,
+    go into one SEG); ``ct_files``: the CT's DICOM files (inside Slicer :func:`ct_files_for_volume_node`);
+    ``segment_ids``: segment IDs or names of a single node (default all). Segment terminology tags travel
+    with the segments. ``out_dir`` is an existing folder, as for :func:`export_dicom`.
+    """
+    args = export_arguments_nodes(segmentation_node, ct_volume_node, ct_files, segment_ids)
+    return export_images(**args, out_dir=out_dir, margin=margin, plan=plan, route=route, validate=validate,
+                         staged=False)
+
+
+def export_arguments_nodes(segmentation_nodes, ct_volume_node, ct_files, segment_ids=None) -> dict:
+    """The image-level arguments of :func:`export_images` read from MRML nodes (checked here, before any job)."""
+    from .mrml import image_from_volume_node, segments_from_segmentation_node
+
+    if ct_volume_node is None:
+        raise ImagioError("No CT chosen for the DICOM export", "Choose the CT the segments were drawn on")
+    nodes = list(segmentation_nodes) if isinstance(segmentation_nodes, (list, tuple)) else [segmentation_nodes]
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        raise ImagioError("No segmentation chosen for the DICOM export", "Check at least one segmentation")
+    if segment_ids is not None and len(nodes) > 1:
+        raise ValueError("segment_ids needs a single segmentation node")
+    files = [str(f) for f in ct_files]
+    if not files:
+        raise ImagioError("No DICOM files for the CT", "Load the CT from DICOM (Slicer's DICOM module) and export again")
+    segments = []
+    for node in nodes:
+        if node.GetSegmentation().GetNumberOfSegments() == 0:
+            raise ImagioError(f"Segmentation '{node.GetName()}' has no segments", "Uncheck it, or add its segments")
+        segments += segments_from_segmentation_node(node, ct_volume_node, segment_ids)  # with their tags
+    return {"ct_image": image_from_volume_node(ct_volume_node), "ct_files": files, "segments": segments}
+
+
+def export_images(ct_image, ct_files, segments, out_dir, margin: dict | None = None, plan: dict | None = None,
+                  route: dict | None = None, validate: bool = True, staged: bool = True,
+                  progress=None) -> DicomExport:
+    """:func:`export_dicom` on a CT image (as loaded, LPS) and its DICOM files; the background job's function.
+
+    With ``staged`` the files are written in a hidden staging folder and ``out_dir`` (new, or empty) appears
+    with all of them at once, or not at all (an error or a cancel leaves no half export).
     """
     import pydicom
 
-    from .mrml import image_from_volume_node, segments_from_segmentation_node
-
+    if progress is not None:
+        progress.update(0.05, "Reading the CT's DICOM headers")
     files = [Path(f) for f in ct_files]
-    if not files:
-        raise ImagioError("No DICOM files for the CT", "Load the CT from DICOM (Slicer's DICOM module) and export again")
-    image = image_from_volume_node(ct_volume_node)
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise ImagioError(f"{len(missing)} of the CT's {len(files)} DICOM files are missing (e.g. {missing[0]})",
+                          "Import the CT into Slicer's DICOM database again, or export with imagio export-dicom")
     datasets = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
-    ks, notes = _slice_indices(image, datasets)
-    ct = CTSeries(image, datasets, ks, files, notes)
-    segments = segments_from_segmentation_node(segmentation_node, ct_volume_node, segment_ids)  # with their tags
-    return export_dicom(None, segments, out_dir, margin, plan, route, ct=ct, validate=validate)
+    ks, notes = _slice_indices(ct_image, datasets)
+    ct = CTSeries(ct_image, datasets, ks, files, notes)
+    if progress is not None:
+        progress.update(0.2, "Writing the DICOM SEG and SR")
+    if not staged:
+        return export_dicom(None, segments, out_dir, margin, plan, route, ct=ct, validate=validate)
+    with staged_output(out_dir) as stage:
+        res = export_dicom(None, segments, stage, margin, plan, route, ct=ct, validate=validate)
+    out = Path(out_dir).resolve()
+    return DicomExport(out, out / res.seg_path.name, out / res.sr_path.name, out / res.json_path.name, res.info)
+
+
+EXPORT_JOB = "imagio.dicom_export.export_images"
+
+
+def start_export_nodes(segmentation_nodes, ct_volume_node, ct_files, out_dir, segment_ids=None,
+                       margin: dict | None = None, plan: dict | None = None, route: dict | None = None,
+                       validate: bool = True, python: str | None = None):
+    """:func:`export_dicom_nodes` as a background job (:class:`imagio.jobs.Job`): the nodes are read now, SEG,
+    SR and dciodvfy run in the child; its result is the :class:`DicomExport` (``out_dir`` new or empty)."""
+    from .jobs import Job
+
+    check_out_dir(out_dir)  # refused before anything starts
+    args = export_arguments_nodes(segmentation_nodes, ct_volume_node, ct_files, segment_ids)
+    return Job(EXPORT_JOB, {**args, "out_dir": str(out_dir), "margin": margin, "plan": plan, "route": route,
+                            "validate": validate}, python=python, prefix="imagio-dicom-export-")
+
+
+def ct_files_for_volume_node(volume_node, database) -> list[Path]:
+    """The DICOM files of a CT loaded through Slicer's DICOM module, in its slice order.
+
+    Slicer's DICOM scalar-volume plugin records the SOP Instance UIDs of a loaded series in the volume's
+    ``DICOM.instanceUIDs`` attribute (space-separated); ``database`` is Slicer's DICOM database
+    (``slicer.dicomDatabase``, a ``ctkDICOMDatabase``), which knows each instance's file.
+    """
+    if volume_node is None:
+        raise ImagioError("No CT chosen for the DICOM export", "Choose the CT the segments were drawn on")
+    uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if not uids:
+        raise ImagioError(f"The CT '{volume_node.GetName()}' was not loaded from DICOM, so a DICOM SEG cannot refer to "
+                          "its slices", "Load the CT with the DICOM module (import its folder, then Load), or run "
+                          "imagio export-dicom --ct DICOM_FOLDER")
+    if database is None or not getattr(database, "isOpen", True):
+        raise ImagioError("Slicer's DICOM database is not open", "Open the DICOM module once, then export again")
+    files, lost = [], []
+    for uid in uids:
+        f = database.fileForInstance(uid)
+        (files if f and Path(f).is_file() else lost).append(Path(f) if f else uid)
+    if lost:
+        raise ImagioError(f"{len(lost)} of the {len(uids)} slices of '{volume_node.GetName()}' are not in Slicer's DICOM "
+                          "database or their files are gone", "Import the CT's DICOM folder again (DICOM module)")
+    return files
+
+
+def new_export_folder(parent, name: str, now=None) -> Path:
+    """A new folder name under ``parent`` for one export: ``<name>-DICOM-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... if
+    taken), so an export never writes over an earlier one. ``parent`` must be an existing folder."""
+    import datetime
+
+    if parent is None or str(parent).strip() == "":
+        raise ImagioError("No output folder chosen for the DICOM export", "Choose the folder to write into")
+    base = Path(parent).expanduser()
+    if not base.is_dir():
+        raise ImagioError(f"The output folder {base} does not exist", "Choose an existing folder")
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:60] or "IMAGIO"
+    out = base / f"{clean}-DICOM-{stamp}"
+    n = 2
+    while os.path.lexists(out):
+        out = base / f"{clean}-DICOM-{stamp}-{n}"
+        n += 1
+    return out
+
+
+def export_summary(res: DicomExport) -> str:
+    """What an export wrote, for a panel or a log: files, segments with volumes (ml), measurements, dciodvfy."""
+    info = res.info
+    segs = ", ".join(f"{s['label']} {s['volume_ml']:.2f} ml" for s in info["segments"])
+    n_seg, n_num = len(info["segments"]), len(info["measurements"])
+    text = (f"Wrote seg.dcm ({n_seg} segment{'s' * (n_seg != 1)}: {segs}) and sr.dcm ({n_num} "
+            f"measurement{'s' * (n_num != 1)}) to {res.out_dir}.")
+    v = info.get("validation")
+    if v and "seg" in v:
+        n = len(v["seg"]["errors"]) + len(v["sr"]["errors"])
+        text += (f" dciodvfy: {n} error{'s' * (n != 1)} of their own"
+                 + (f" ({len(v['ct_errors'])} in the source CT)" if v["ct_errors"] else "") + ".")
+    elif v:
+        text += f" Not validated: dciodvfy {v.get('dciodvfy', 'not run')}."
+    return text
+
+
+class DicomExportLogicMixin:
+    """The DICOM export of a module's Logic (no Qt, no global scene: nodes in, a background job out).
+
+    A module's Logic records its last result as the JSON the matching command writes (``margin.json``,
+    ``plan.json`` or ``route.json``) with :meth:`setExportResults`; :meth:`startDicomExport` exports the
+    chosen segmentations on the chosen CT with those numbers in the SR, into a new folder.
+    """
+
+    _exportResults: dict | None = None
+    _exportResultsText: str = ""
+
+    def setExportResults(self, kind: str | None, data: dict | None = None, text: str = "") -> None:
+        """``kind`` "margin", "plan" or "route" (``data``: that command's JSON), or None: segment volumes only."""
+        if kind is not None and kind not in ("margin", "plan", "route"):
+            raise ValueError(f"unknown result kind {kind!r}")
+        self._exportResults = {kind: data} if kind is not None and data is not None else None
+        self._exportResultsText = text if self._exportResults else ""
+
+    @property
+    def exportResults(self) -> dict:
+        """The keyword arguments (``margin=``, ``plan=`` or ``route=``) the SR gets; empty: volumes only."""
+        return dict(self._exportResults or {})
+
+    def describeExportResults(self) -> str:
+        """One line for the panel: which numbers the SR will carry besides each segment's volume."""
+        if not self._exportResults:
+            return "The SR will hold each segment's volume (ml); this module has no result to add yet."
+        return f"The SR will hold each segment's volume (ml) and {self._exportResultsText}."
+
+    def startDicomExport(self, segmentationNodes, ctVolumeNode, ctFiles, outParent, python: str | None = None):
+        """``(job, folder)``: SEG + SR of ``segmentationNodes`` on ``ctVolumeNode`` (its DICOM ``ctFiles``) into a
+        new folder under ``outParent`` (:func:`new_export_folder`), as a background job whose result is a
+        :class:`DicomExport`."""
+        name = ctVolumeNode.GetName() if ctVolumeNode is not None else "IMAGIO"
+        folder = new_export_folder(outParent, name)
+        job = start_export_nodes(segmentationNodes, ctVolumeNode, ctFiles, folder, python=python,
+                                 **self.exportResults)
+        return job, folder
 
 
 # ============================================================================================ validation
@@ -680,6 +844,7 @@ def _cmd_export(args) -> int:
     return 0
 
 
-__all__ = ["register_cli", "export_dicom", "export_dicom_nodes", "read_ct_series", "build_seg", "build_sr", "collect_quantities",
-           "read_back", "read_sr_measurements", "validate_files", "run_dciodvfy", "dciodvfy_path", "DicomExport",
-           "PRIVATE_SCHEME"]
+__all__ = ["register_cli", "export_dicom", "export_dicom_nodes", "start_export_nodes", "export_images",
+           "ct_files_for_volume_node", "new_export_folder", "export_summary", "DicomExportLogicMixin", "read_ct_series", "build_seg",
+           "build_sr", "collect_quantities", "read_back", "read_sr_measurements", "validate_files", "run_dciodvfy",
+           "dciodvfy_path", "DicomExport", "PRIVATE_SCHEME"]

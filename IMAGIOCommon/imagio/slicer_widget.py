@@ -34,13 +34,71 @@ never by name) derives from ``SegmentSelectorsMixin`` too, lists them in ``segme
     class IMAGIOXWidget(SegmentSelectorsMixin, JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
         def segmentSelectors(self):
             return (SegmentSelector(self.ui.tumorSegmentSelector, "tumorSegmentation", "tumorSegmentID"),)
+
+Every panel has a "DICOM export" section (the same widget names in each .ui: ``exportCTSelector``,
+``exportSegmentationsSelector``, ``exportDirectoryButton``, ``exportResultsLabel``, ``exportDicomButton``,
+``exportStatusLabel``): the widget derives from ``DicomExportWidgetMixin`` first, its Logic from
+:class:`imagio.dicom_export.DicomExportLogicMixin`, and ``setup()`` calls
+``setupDicomExport(moduleButtons=(...))`` with the panel's own job buttons (disabled while an export runs).
 """
 
+import importlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import qt
 import slicer
 import vtk
+
+#: what the DICOM export needs inside Slicer and Slicer does not bundle (installed only with the user's consent)
+DICOM_REQUIREMENTS = Path(__file__).resolve().parents[1] / "Resources" / "dicom-requirements.txt"
+
+
+def packageAvailable(importName: str) -> bool:
+    importlib.invalidate_caches()
+    return importlib.util.find_spec(importName) is not None
+
+
+def requiredPackages(path) -> list:
+    """The requirement lines of a requirements.txt (no comments, no pip options)."""
+    lines = (line.split("#")[0].strip() for line in Path(path).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def offerPackages(importName: str, requirementsPath, what: str, consequence: str, retry: str, purpose: str,
+                  requester: str) -> tuple:
+    """``(ready, message)``: ``importName`` importable, after installing ``requirementsPath`` if the user agrees.
+
+    Asks first (nothing is installed without a yes, and nothing in testing mode); installs with
+    ``slicer.packaging.pip_ensure`` on Slicer 5.12 and later, ``slicer.util.pip_install`` on 5.10 and 5.11;
+    only the packages of ``requirementsPath``, never slicer-core or imagio. ``what`` names the package for the
+    user, ``consequence`` says what cannot run without it, ``retry`` how to get it later, ``purpose`` what it is for.
+    """
+    if packageAvailable(importName):
+        return True, ""
+    packages = requiredPackages(requirementsPath)
+    if slicer.app.testingEnabled():
+        return False, f"{what} is not installed, and nothing is installed in testing mode; {consequence}."
+    question = (f"{purpose}, which this Slicer does not include yet.\n\n"
+                f"Install {', '.join(packages)} from the Python Package Index (pypi.org) into Slicer's Python now? "
+                "Nothing else is installed.")
+    if not slicer.util.confirmOkCancelDisplay(question, windowTitle=f"{requester}: install {what}"):
+        return False, f"{what} is not installed, so {consequence}; nothing was installed. {retry}"
+    slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+    try:
+        if (slicer.app.majorVersion, slicer.app.minorVersion) >= (5, 12):
+            packaging = importlib.import_module("slicer.packaging")  # 5.12+
+            packaging.pip_ensure(packages, prompt_install=False, requester=requester)
+        else:
+            slicer.util.pip_install(["-r", str(requirementsPath)])
+    finally:
+        slicer.app.restoreOverrideCursor()
+    if not packageAvailable(importName):
+        return False, f"{what} was installed but cannot be imported; see the Python console, or restart Slicer."
+    return True, f"{what} installed."
 
 
 class ParameterNodeWidgetMixin:
@@ -275,3 +333,97 @@ class SegmentSelectorsMixin:
             with slicer.util.NodeModify(p.parameterNode):
                 for field, value in changes.items():
                     setattr(p, field, value)
+
+
+class DicomExportWidgetMixin:
+    """The panel's "DICOM export" section: the chosen segmentations on the chosen CT as DICOM SEG + TID 1500 SR.
+
+    The CT must come from Slicer's DICOM database (the SEG refers to its slices); the SR holds each
+    segment's volume and the module's last result (``self.logic.exportResults``: margin, plan or route,
+    the same numbers ``imagio export-dicom`` takes from margin.json, plan.json or route.json). Each export
+    goes into a new folder under the chosen one (nothing is overwritten) and runs as a background job.
+    """
+
+    EXPORT_DIRECTORY_SETTING = "IMAGIO/DicomExportDirectory"
+    _exportModuleButtons = ()
+
+    def setupDicomExport(self, moduleButtons=()) -> None:
+        """Call in ``setup()`` after ``setupJobs``: ``moduleButtons`` are the panel's other job buttons."""
+        self._exportModuleButtons = tuple(moduleButtons)
+        ui = self.ui
+        saved = qt.QSettings().value(self.EXPORT_DIRECTORY_SETTING, "")
+        ui.exportDirectoryButton.directory = saved if saved and os.path.isdir(saved) else str(Path.home())
+        ui.exportDirectoryButton.connect("directoryChanged(QString)", self.onExportDirectoryChanged)
+        ui.exportCTSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateDicomExportState)
+        ui.exportSegmentationsSelector.connect("checkedNodesChanged()", self.updateDicomExportState)
+        ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
+        self.updateDicomExportState()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic is not None:
+            self.logic.setExportResults(None)  # the last result's numbers belong to the scene being closed
+        super().onSceneStartClose(caller, event)
+
+    def onExportDirectoryChanged(self, directory) -> None:
+        qt.QSettings().setValue(self.EXPORT_DIRECTORY_SETTING, str(directory))
+        self.updateDicomExportState()
+
+    def updateDicomExportState(self, *args) -> None:
+        """The export button: enabled when a CT, a checked segmentation and a folder are chosen and no job runs
+        (while the export runs it is its Cancel); the line on what the SR will hold."""
+        ui = self.ui
+        if self.logic is not None:
+            ui.exportResultsLabel.text = self.logic.describeExportResults()
+        if self.jobRunning:
+            exporting = self._jobButton is ui.exportDicomButton
+            ui.exportDicomButton.enabled = exporting
+            if not exporting:
+                ui.exportDicomButton.toolTip = "Another step of this module is running"
+            return
+        missing = [what for what, ok in (("a CT loaded from DICOM", ui.exportCTSelector.currentNode() is not None),
+                                         ("at least one segmentation", bool(ui.exportSegmentationsSelector.checkedNodes())),
+                                         ("an output folder", bool(str(ui.exportDirectoryButton.directory).strip())))
+                   if not ok]
+        ui.exportDicomButton.enabled = not missing
+        ui.exportDicomButton.toolTip = ("Write a DICOM SEG and a TID 1500 SR into a new folder under the chosen one"
+                                        if not missing else "Choose " + ", ".join(missing))
+
+    def onJobStateChanged(self) -> None:
+        super().onJobStateChanged()
+        if self.jobRunning:  # one job at a time: only the running job's button (its Cancel) stays active
+            for b in (*self._exportModuleButtons, self.ui.exportDicomButton):
+                if b is not self._jobButton:
+                    b.enabled = False
+        self.updateDicomExportState()
+
+    def onExportDicomButton(self) -> None:
+        if self.jobRunning:
+            if self._jobButton is self.ui.exportDicomButton:  # the button is "Cancel"
+                self.cancelJob()
+            return
+        from imagio.dicom_export import ct_files_for_volume_node
+
+        ui = self.ui
+        ready, message = offerPackages(
+            "highdicom", DICOM_REQUIREMENTS, "highdicom", "the DICOM SEG and SR cannot be written",
+            "Click Export again to install it.", "The DICOM export writes its SEG and SR with highdicom",
+            "IMAGIO DICOM export")
+        ui.exportStatusLabel.text = message
+        if not ready:
+            return
+        with slicer.util.tryWithErrorDisplay("DICOM export failed.", waitCursor=True):
+            ct = ui.exportCTSelector.currentNode()
+            files = ct_files_for_volume_node(ct, getattr(slicer, "dicomDatabase", None))
+            job, folder = self.logic.startDicomExport(list(ui.exportSegmentationsSelector.checkedNodes()), ct, files,
+                                                      ui.exportDirectoryButton.directory)
+            self.startJob(job, self.onDicomExportDone, button=ui.exportDicomButton, what="DICOM export failed",
+                          runningText=f"Writing the DICOM SEG and SR into {folder} in a background process; "
+                                      "Slicer stays usable.")
+
+    def onDicomExportDone(self, export) -> None:
+        from imagio.dicom_export import export_summary
+
+        text = export_summary(export)
+        self.ui.exportStatusLabel.text = text
+        self._jobStatusLabel.text = text
+        logging.info(text)

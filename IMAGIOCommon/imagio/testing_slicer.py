@@ -869,6 +869,40 @@ class ctkDirectoryButton(QWidget):
     PROPS = {"directory": "", "caption": ""}
     SIGNALS = ("directoryChanged", "directorySelected")
 
+    def _set_prop(self, name, value) -> None:
+        if name == "directory":
+            value = str(value)
+            if value != self._props["directory"]:
+                self._props["directory"] = value
+                self._emit("directoryChanged", value)
+            return
+        super()._set_prop(name, value)
+
+
+class ctkDICOMDatabase(QObject):
+    """Slicer's DICOM database (``slicer.dicomDatabase``) for what the IMAGIO modules ask of it: whether it is
+    open and the file of an instance (``fileForInstance``, "" when unknown). ``insert(path)`` indexes a DICOM file
+    by its SOP Instance UID, as importing a folder in the DICOM module does (the real one also copies the file
+    into the database folder and indexes far more)."""
+
+    PROPS = {"isOpen": True}
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        object.__setattr__(self, "_files", {})
+
+    def insert(self, path, *args) -> None:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        self._files[str(ds.SOPInstanceUID)] = str(Path(path).resolve())
+
+    def fileForInstance(self, sop_instance_uid: str) -> str:
+        return self._files.get(str(sop_instance_uid), "")
+
+    def closeDatabase(self) -> None:
+        self._set_prop("isOpen", False)
+
 
 class ctkRangeWidget(QWidget):
     PROPS = {"minimum": 0.0, "maximum": 99.0, "minimumValue": 0.0, "maximumValue": 99.0, "decimals": 2,
@@ -1186,7 +1220,7 @@ QT_CLASSES["QPlainTextEdit"] = QPlainTextEdit
 CTK_CLASSES = {c.__name__: c for c in (
     ctkCollapsibleButton, ctkCollapsibleGroupBox, ctkCheckBox, ctkComboBox, ctkCheckablePushButton,
     ctkDoubleSpinBox, ctkSliderWidget, ctkDoubleSlider, ctkPathLineEdit, ctkDirectoryButton, ctkMessageBox,
-    ctkRangeWidget, ctkDoubleRangeSlider, ctkColorPickerButton)}
+    ctkRangeWidget, ctkDoubleRangeSlider, ctkColorPickerButton, ctkDICOMDatabase)}
 SLICER_CLASSES = {c.__name__: c for c in (
     qMRMLWidget, qSlicerWidget, qSlicerScriptedLoadableModuleWidget, qMRMLNodeComboBox, qMRMLCheckableNodeComboBox,
     qMRMLSegmentSelectorWidget, qSlicerMarkupsPlaceWidget, qMRMLTableView, qMRMLSliderWidget, qMRMLSpinBox,
@@ -1485,7 +1519,7 @@ class SlicerHarness:
         self._saved = {
             "modules": {k: sys.modules.get(k) for k in ("qt", "ctk", "slicer.util")},
             "attrs": {k: getattr(slicer, k, _MISSING) for k in
-                      ("app", "mrmlScene", "modules", "moduleNames", "selfTests", "util", *SLICER_CLASSES,
+                      ("app", "mrmlScene", "modules", "moduleNames", "selfTests", "util", "dicomDatabase", *SLICER_CLASSES,
                        "qSlicerScriptedLoadableModule")},
             "path": list(slicer.__path__),
             "env_path": os.environ.get("PATH", ""),
@@ -1499,6 +1533,7 @@ class SlicerHarness:
         slicer.util = util
         slicer.app = self.app
         slicer.mrmlScene = scene
+        slicer.dicomDatabase = ctkDICOMDatabase()  # what the DICOM module opens at start-up (empty here)
         slicer.modules = types.ModuleType("slicer.modules")
         slicer.moduleNames = types.ModuleType("slicer.moduleNames")
         for name, cls in SLICER_CLASSES.items():

@@ -126,6 +126,13 @@ def test_plan_probes_runs_in_a_child_process_and_gives_the_in_process_plan(modul
     assert np.allclose(tip, expected.probes[0].tip_ras, atol=1e-6)  # the child's plan is the in-process plan
     assert "Warning" not in ui.statusLabel.text and "margin" in widget.logic.lastSummary.lower()
     assert not job.work.exists()
+    # the panel's DICOM export: the SR would carry this plan's numbers (plan.json's keys), under the tumour's name
+    plan = widget.logic.exportResults["plan"]
+    assert plan["probe_count"] == len(expected.probes) and plan["feasible"] is True
+    assert plan["minimal_margin_mm"] == pytest.approx(round(expected.margin.minimal_margin_mm, 2))
+    tumor = p.segmentation.GetSegmentation().GetSegment(p.tumorSegmentID).GetName()
+    assert plan["inputs"]["tumor_segment"] == tumor
+    assert f"{plan['probe_count']} probes" in ui.exportResultsLabel.text and " mm" in ui.exportResultsLabel.text
 
 
 def test_cancelling_the_bioheat_zone_adds_nothing_and_ends_the_process(module):

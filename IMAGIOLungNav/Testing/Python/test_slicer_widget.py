@@ -67,6 +67,12 @@ def test_apply_runs_the_route_in_a_child_process_and_adds_its_nodes(module):
     assert np.linalg.norm(end - tip) < 5.0
     assert "Route" in ui.resultLabel.text and " mm" in ui.resultLabel.text
     assert not job.work.exists()  # the job's folder is gone
+    # the panel's DICOM export: the SR would carry route.json's numbers of this route
+    route = widget.logic.exportResults["route"]
+    pts = np.array([curve.GetNthControlPointPositionWorld(i) for i in range(curve.GetNumberOfControlPoints())])
+    length = float(np.linalg.norm(np.diff(pts, axis=0), axis=1).sum())  # the route's polyline, as the curve holds it
+    assert route["path_length_mm"] == pytest.approx(length, abs=0.05) and route["generation"] >= 1
+    assert f"length {route['path_length_mm']:.1f} mm" in ui.exportResultsLabel.text
 
 
 def test_cancel_ends_the_process_group_and_adds_nothing(module):
