@@ -228,6 +228,15 @@ def _algorithm_type(seg: Segment, role: str | None) -> str:
     return "AUTOMATIC" if role == "ablation_zone" else "MANUAL"
 
 
+def _check_unique_names(segments) -> None:
+    names = [s.name for s in segments]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ImagioError(f"Several segments are called {', '.join(dup)}",
+                          "Rename them (in Slicer's Segmentations module, or imagio convert --rename OLD=NEW) so the "
+                          "SEG's labels are unambiguous")
+
+
 def build_seg(ct: CTSeries, segments: list[Segment]):
     """A highdicom Segmentation of ``segments`` (masks on ``ct.image``'s grid) -> (dataset, ExportedSegment list)."""
     import numpy as np
@@ -241,11 +250,7 @@ def build_seg(ct: CTSeries, segments: list[Segment]):
 
     if not segments:
         raise ImagioError("No segments to export", "Give one or more --seg files with segments")
-    names = [s.name for s in segments]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ImagioError(f"Several segments are called {', '.join(dup)}",
-                          "Rename them (imagio convert --rename OLD=NEW) so the SEG's labels are unambiguous")
+    _check_unique_names(segments)
     frames = np.zeros((len(ct.datasets), ct.image.GetSize()[1], ct.image.GetSize()[0], len(segments)), np.uint8)
     described, descriptions = [], []
     for n, s in enumerate(segments, start=1):
@@ -492,6 +497,7 @@ def export_arguments_nodes(segmentation_nodes, ct_volume_node, ct_files, segment
         if node.GetSegmentation().GetNumberOfSegments() == 0:
             raise ImagioError(f"Segmentation '{node.GetName()}' has no segments", "Uncheck it, or add its segments")
         segments += segments_from_segmentation_node(node, ct_volume_node, segment_ids)  # with their tags
+    _check_unique_names(segments)  # before any job starts
     return {"ct_image": image_from_volume_node(ct_volume_node), "ct_files": files, "segments": segments}
 
 

@@ -184,6 +184,11 @@ def test_export_refuses_a_ct_not_loaded_from_dicom_and_can_be_cancelled(tmp_path
         assert "1 of the 48 slices of 'STS-002 CT' are not in Slicer's DICOM database" in refused()
         for f in ct_dir.iterdir():
             slicer.dicomDatabase.insert(f)
+        other = mrml.segmentation_node_from_segments(scene, [Segment("GTV", gtv.mask)], "GTV, reader 2", ct_node)
+        ui.exportSegmentationsSelector.setCheckState(other, 2)  # two segments named GTV: the SEG's labels clash
+        text = refused()
+        assert "Several segments are called GTV" in text and "Segmentations module" in text
+        ui.exportSegmentationsSelector.setCheckState(other, 0)
 
         ui.exportDicomButton.click()  # Cancel while it runs: nothing appears in the chosen folder
         assert widget.jobRunning and ui.exportDicomButton.text == "Cancel"
