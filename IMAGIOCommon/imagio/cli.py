@@ -53,10 +53,22 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+def _below_error_dropped(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def _quiet_native(debug: bool) -> None:
-    """VTK's and ITK's warnings off the terminal (readers capture and translate what matters)."""
+    """VTK's, ITK's and pydicom's warnings off the terminal (readers capture and translate what matters).
+
+    pydicom logs each value of an input that breaks the standard's length limits ("The value length (18)
+    exceeds the maximum length of 16 allowed for VR SH": STS-002's StudyID) as a WARNING on the "pydicom"
+    logger, which printed as bare "imagio: ..." lines, three of them before any result or error line. A filter,
+    not a level: importing pydicom sets its logger's level.
+    """
     if debug:
+        logging.getLogger("pydicom").removeFilter(_below_error_dropped)
         return
+    logging.getLogger("pydicom").addFilter(_below_error_dropped)
     try:  # vtkCommonCore alone: ~30 ms, unlike `import vtk` (~300 ms)
         from vtkmodules.vtkCommonCore import vtkLogger, vtkObject
 

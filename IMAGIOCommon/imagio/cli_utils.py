@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
+import errno
 import json
 import math
 import os
@@ -25,10 +26,11 @@ import shutil
 import signal
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from . import __version__
-from .errors import ImagioError
+from .errors import Cancelled, ImagioError
 
 # ---------------------------------------------------------------------------------------------- the parser
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|infinity|nan)"
@@ -409,6 +411,69 @@ def _remove_stale(folder: Path) -> None:
             shutil.rmtree(folder / e, ignore_errors=True)
 
 
+#: A file system with less than this free (for unprivileged users) after a failed write is taken as full.
+FULL_BELOW_BYTES = 1 << 20
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _free_bytes(path) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except (OSError, ValueError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _newest_file(folder: Path) -> str | None:
+    """The name (relative to ``folder``) of the file written last in it: the one a failed writer was writing."""
+    best, name = -1, None
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            try:
+                t = os.lstat(os.path.join(root, f)).st_mtime_ns
+            except OSError:
+                continue
+            if t > best:
+                best, name = t, os.path.relpath(os.path.join(root, f), folder)
+    return name
+
+
+def _disk_full_error(e: BaseException, out: Path, staging: Path) -> ImagioError | None:
+    """The one-line error for a write that failed because a disk is full, else None.
+
+    Writers report a full disk in different ways: Python raises OSError(ENOSPC) (without a file name from
+    ``write``), pydicom re-raises it as an OSError without errno, ITK's writers raise RuntimeError with their
+    own text, VTK's return failure. So besides the errno, the free space of the staging folder's file
+    system (and of the temporary folder, where scenes are assembled) is checked after the failure.
+    """
+    if isinstance(e, Cancelled) or getattr(e, "disk_full", False):
+        return None  # a cancel stays a cancel; an inner staged_output's message stays as it is
+    quota = isinstance(e, OSError) and e.errno == getattr(errno, "EDQUOT", None)
+    by_errno = isinstance(e, OSError) and e.errno in _FULL_ERRNOS
+    disk = staging if os.path.isdir(staging) else _existing_ancestor(staging)
+    free = _free_bytes(disk)
+    if by_errno or (free is not None and free < FULL_BELOW_BYTES):
+        name = None
+        for f in (getattr(e, "filename2", None), getattr(e, "filename", None)):
+            if f and _is_inside(_resolved(f), _resolved(staging)):
+                name = os.path.relpath(_resolved(f), _resolved(staging))
+                break
+        if name is None and os.path.isdir(staging):
+            name = _newest_file(staging)
+        where = f" while writing {name}" if name else ""
+        err = ImagioError(f"{'Disk quota exceeded on' if quota else 'No space left on'} the disk holding {out}{where}",
+                          "Free disk space or choose an --out folder on another disk, and run again")
+    else:
+        tmp = tempfile.gettempdir()
+        tmp_free = _free_bytes(tmp)
+        if tmp_free is None or tmp_free >= FULL_BELOW_BYTES:
+            return None
+        err = ImagioError(f"No space left in the temporary folder {tmp} while writing the results for {out}",
+                          "Free disk space there, or set TMPDIR to a folder on a disk with space, and run again")
+    err.disk_full = True
+    return err
+
+
 @contextlib.contextmanager
 def _signals_blocked():
     sigs = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
@@ -456,7 +521,8 @@ def staged_output(out_dir, inputs=(), overwrite: bool | None = None):
     the new one renamed in, the old one removed. An error, Ctrl-C or SIGTERM (handlers installed by
     ``imagio.cli.main``) removes the staging folder. ``out_dir`` is checked by :func:`check_out_dir`
     first; a folder holding one of ``inputs`` is refused. An ``OSError`` on the output folder becomes a
-    one-line ImagioError.
+    one-line ImagioError; so does any failure while the disk is full (:func:`_disk_full_error`: ITK's and
+    VTK's writers do not raise OSError), naming the disk, the file being written and what to do.
     """
     if overwrite is None:
         overwrite = OVERWRITE.get()
@@ -467,13 +533,19 @@ def staged_output(out_dir, inputs=(), overwrite: bool | None = None):
     try:
         os.mkdir(staging)
     except OSError as e:
+        full = _disk_full_error(e, out, staging) if e.errno in _FULL_ERRNOS else None
+        if full is not None:
+            raise full from e
         raise ImagioError(f"Cannot write in {anchor} for --out {out_dir} ({e.strerror or e})",
                           "Choose an output folder you can write to") from None
     try:
         try:
             yield staging
-        except OSError as e:
-            if e.filename and _is_inside(_resolved(e.filename), staging):
+        except Exception as e:  # a full disk first: whatever way the writer reported it
+            full = _disk_full_error(e, out, staging)
+            if full is not None:
+                raise full from e
+            if isinstance(e, OSError) and e.filename and _is_inside(_resolved(e.filename), staging):
                 raise ImagioError(f"Could not write the results for {out} ({e.strerror or e})",
                                   "Check free disk space and permissions") from None
             raise
@@ -486,6 +558,9 @@ def staged_output(out_dir, inputs=(), overwrite: bool | None = None):
             _write_marker(staging)
             _publish(staging, out, overwrite)
         except OSError as e:
+            full = _disk_full_error(e, out, staging)
+            if full is not None:
+                raise full from e
             raise ImagioError(f"Could not move the results into {out} ({e.strerror or e})",
                               "Check permissions and free space, or choose another --out folder") from None
     finally:

@@ -142,3 +142,114 @@ def test_published_folder_is_whole(tmp_path, attack, case):
     marker = json.loads((out / ".imagio-output.json").read_text())
     assert marker["written_by"].startswith("imagio ")
     assert os.stat(out).st_dev == os.stat(tmp_path).st_dev
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+# Each row runs a real step with --out on a small tmpfs that fills while the step writes. The tmpfs is mounted in
+# a private mount namespace (unshare --mount as root, else a user namespace), so nothing stays mounted afterwards;
+# the shell lists what is left on it before the namespace ends. The size (and a filler file) puts the end of the
+# space inside the named file: pages of 4 KiB, sizes of today's outputs (ablation.json 3.3 KB, zone.seg.nrrd 4.3 KB,
+# ablation.mrb 70 KB, report.html 95 KB, report.pdf 124 KB; STS-002's seg.dcm 68 KB).
+IN_TMPFS = r"""
+mnt=$1; size=$2; fill=$3; shift 3
+mount -t tmpfs -o size="$size" imagio-full "$mnt" || exit 97
+if [ "$fill" -gt 0 ]; then head -c "$fill" /dev/zero > "$mnt/filler" || exit 98; fi
+"$@"; rc=$?
+find "$mnt" -mindepth 1 -printf '%P\n' | sort > "$mnt.left"
+exit $rc
+"""
+NAMESPACES = (["unshare", "--mount", "--propagation", "private"],
+              ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"])
+
+
+@pytest.fixture(scope="module")
+def in_tmpfs(tmp_path_factory):
+    """A function running a command with a fresh tmpfs of ``size`` bytes mounted on ``mnt``; skips where no mount
+    namespace can be made (no unshare, or user namespaces disabled), with the reason."""
+    probe = tmp_path_factory.mktemp("probe")
+    reasons = []
+    for prefix in NAMESPACES:
+        try:
+            r = subprocess.run([*prefix, "sh", "-c", IN_TMPFS, "sh", str(probe), "4k", "0", "true"],
+                               capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            reasons.append(f"{' '.join(prefix)}: {e}")
+            continue
+        if r.returncode == 0:
+            break
+        reasons.append(f"{' '.join(prefix)}: exit {r.returncode} {r.stderr.strip()[-200:]}")
+    else:
+        pytest.skip("no tmpfs can be mounted here (" + "; ".join(reasons) + ")")
+
+    def run(mnt, size, fill, *args, env=None, timeout=300):
+        mnt.mkdir()
+        cmd = [*prefix, "sh", "-c", IN_TMPFS, "sh", str(mnt), str(size), str(fill), sys.executable, "-m", "imagio.cli",
+               *map(str, args)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+        assert r.returncode not in (97, 98), r.stderr  # the tmpfs itself could not be made
+        left = (mnt.parent / f"{mnt.name}.left").read_text().split()
+        return r, left
+
+    return run
+
+
+def _noise_ct(d):
+    """A CT whose compressed NRRD stays large (0.64 MB): uniform noise, 100 x 100 x 40 int16."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    d.mkdir()
+    img = sitk.GetImageFromArray(np.random.default_rng(13).integers(-1000, 1000, (40, 100, 100)).astype(np.int16))
+    sitk.WriteImage(img, str(d / "ct.nrrd"), True)
+    return [d / "ct.nrrd"]
+
+
+def _sts002(d):
+    from imagio.testing import data_path
+
+    return [data_path("sarcoma-sts002/dicom/image"), data_path("sarcoma-sts002/dicom/mask/RS.dcm")]
+
+
+ZONE_ARGS = ["ablation", "zone", "--device", "emprint", "--power", "75", "--time", "300", "--tip", "1,2,3",
+             "--entry", "1,2,90"]
+FULL_ROWS = [
+    # id, inputs, argv (from the inputs), tmpfs size, filler bytes, the file being written when the space ends
+    ("convert: ct.nrrd by ITK's NRRD writer", _noise_ct, lambda i: ["convert", "--ct", i[0]], "64k", 0, "ct.nrrd"),
+    ("ablation zone: ablation.json by Python, disk already full", lambda d: [], lambda i: ZONE_ARGS, "4k", 4096,
+     "ablation.json"),
+    ("ablation zone: zone.seg.nrrd by VTK's writer", lambda d: [], lambda i: ZONE_ARGS, "4k", 0, "zone.seg.nrrd"),
+    ("ablation zone: ablation.mrb copied in from the temporary folder", lambda d: [], lambda i: ZONE_ARGS, "16k", 0,
+     "ablation.mrb"),
+    ("ablation zone: report.pdf by matplotlib", lambda d: [], lambda i: ZONE_ARGS, "256k", 0, "report.pdf"),
+    ("export-dicom: seg.dcm by pydicom", _sts002, lambda i: ["export-dicom", "--ct", i[0], "--seg", i[1]], "32k", 0,
+     "seg.dcm"),
+]
+
+
+@pytest.mark.parametrize("name, inputs, argv, size, fill, writing", FULL_ROWS, ids=[r[0] for r in FULL_ROWS])
+def test_disk_full_while_writing_is_refused(tmp_path, attack, in_tmpfs, name, inputs, argv, size, fill, writing):
+    """Issue 13: a full disk (ENOSPC) while a step writes --out. ITK's writer raised a RuntimeError with its own
+    multi-line text (exit 1, 'internal error'); Python's and shutil's OSErrors without a file name inside the staging
+    folder were internal errors too; VTK's writer said "Check that the folder exists and is writable". Now every
+    one is the same refusal naming the disk, the file and what to do, and the tmpfs holds only what was there."""
+    if "export-dicom" in name:
+        pytest.importorskip("highdicom", reason="highdicom (test extra) writes the DICOM SEG")
+    files = inputs(tmp_path / "in")
+    before = attack.digest(*files)
+    mnt = tmp_path / "disk"
+    r, left = in_tmpfs(mnt, size, fill, *argv(files), "--out", mnt / "out")
+    line = attack.refused(r, mnt / "out", "no space left on the disk holding", before, *files)
+    assert writing in line and "free disk space" in line.lower(), line
+    assert left == (["filler"] if fill else []), left  # nothing published, no staging left, the filler kept
+
+
+def test_full_temporary_folder_is_named(tmp_path, attack, in_tmpfs):
+    """The scene (ablation.mrb) is assembled in the temporary folder and then copied into --out: with TMPDIR on a full
+    disk and --out on a disk with space, the refusal names the temporary folder and TMPDIR (before: "Could not write the
+    scene bundle <the hidden staging folder>/ablation.mrb. Check free disk space and permissions", about the wrong disk)."""
+    mnt, out = tmp_path / "tmp", tmp_path / "out"
+    r, left = in_tmpfs(mnt, "16k", 0, *ZONE_ARGS, "--out", out, env={"TMPDIR": str(mnt)})
+    line = attack.refused(r, out, "no space left in the temporary folder", {})
+    assert str(mnt) in line and "TMPDIR" in line, line
+    assert left == [], left
