@@ -573,3 +573,62 @@ def test_ctrl_c_during_a_batch_then_resume(more_steps, tmp_path):
     page = (out / "cohort.html").read_text()
     route = json.loads((more_steps["direct"]["lung-route"] / "route.json").read_text())
     assert "Route reachability" in page and f"{int(route['reachable'])} of 1 target(s) reachable" in page
+
+
+def _worker_sigint():
+    """On a worker: its pid, whether SIGINT is ignored, and whether it is a process of its own (a nanny's child)."""
+    import multiprocessing
+
+    return os.getpid(), signal.getsignal(signal.SIGINT) == signal.SIG_IGN, multiprocessing.parent_process() is not None
+
+
+def _workers_now(client, n: int, gone=(), timeout=90) -> dict:
+    """{address: _worker_sigint()} once ``n`` workers answer and none of them has a pid in ``gone``."""
+    t = time.time()
+    while True:
+        try:
+            r = client.run(_worker_sigint)
+            if len(r) == n and not {v[0] for v in r.values()} & set(gone):
+                return r
+        except Exception:  # noqa: BLE001 - a worker between its death and its restart
+            if time.time() - t > timeout:
+                raise
+        assert time.time() - t < timeout, "the workers did not come back"
+        time.sleep(0.2)
+
+
+def test_restarted_workers_ignore_sigint_and_the_batch_keeps_its_handler(capfd):
+    """Issue 15: a worker that its nanny restarts (after a memory kill) was spawned while the batch had its own SIGINT
+    handler again, so it had asyncio's (a later Ctrl-C from the terminal stopped it, printing from inside Dask). Now
+    the LocalCluster's preload (imagio.batch_case.dask_setup) ignores SIGINT in every worker process whenever it
+    starts: after a nanny restart (restart_workers) and after a SIGKILL like the memory kill, and a SIGINT sent to
+    the restarted worker leaves it running (same pid; before, it printed a KeyboardInterrupt traceback and ended).
+    The batch process keeps its handler throughout."""
+    from imagio import batch
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    client, cluster = batch._local_cluster(2, MEMORY_LIMIT_GB)
+    try:
+        first = _workers_now(client, 2)
+        assert all(ign and child for _, ign, child in first.values()), first
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        one = sorted(first)[0]
+        client.restart_workers([one])  # the nanny starts a new process
+        after = _workers_now(client, 2, gone=[first[one][0]])
+        pids = {v[0] for v in after.values()}
+        assert all(ign for _, ign, _ in after.values()), after
+        victim = next(v[0] for v in after.values() if v[0] not in {p for p, _, _ in first.values()})
+        os.kill(victim, signal.SIGKILL)  # as the memory limit's kill: the nanny restarts it
+        again = _workers_now(client, 2, gone=[victim])
+        assert all(ign for _, ign, _ in again.values()), again
+        assert len({v[0] for v in again.values()} - pids) == 1
+        newest = next(v[0] for v in again.values() if v[0] not in pids)
+        os.kill(newest, signal.SIGINT)  # a terminal's Ctrl-C, as the restarted worker receives it
+        time.sleep(1.0)
+        assert newest in {v[0] for v in _workers_now(client, 2).values()}, "the restarted worker stopped on SIGINT"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        err = capfd.readouterr().err  # the workers write to this process's file descriptor 2
+        assert "KeyboardInterrupt" not in err and "Traceback" not in err, err
+    finally:
+        client.close()
+        cluster.close()

@@ -63,6 +63,8 @@ LOCAL_DASK_CONFIG = {
     "distributed.worker.memory.pause": False,
     "distributed.worker.memory.terminate": 0.95,
 }
+#: The module every LocalCluster worker process preloads (its dask_setup ignores SIGINT there).
+WORKER_PRELOAD = "imagio.batch_case"
 #: How often a case that was only waiting on (or had finished on) a worker that died is run again.
 BYSTANDER_RETRIES = 3
 VERSIONED = ("dask", "distributed", "numpy", "SimpleITK", "vtk", "slicer-core", "onnxruntime", "pydicom", "scipy")
@@ -217,7 +219,8 @@ def _children_ignore_sigint():
     """SIGINT ignored while the LocalCluster's worker processes start, so that they inherit "ignored" (kept across
     exec; Python then installs no KeyboardInterrupt handler). A terminal's Ctrl-C reaches the whole process group:
     only the batch must act on it (it closes its cluster, which ends the workers); a worker that took it printed a
-    KeyboardInterrupt traceback from inside Dask. A Ctrl-C during the cluster's start (a few seconds) is ignored."""
+    KeyboardInterrupt traceback from inside Dask. A Ctrl-C during the cluster's start (a few seconds) is ignored.
+    Workers that a nanny starts later (restarts) ignore it through the preload (imagio.batch_case.dask_setup)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -241,9 +244,11 @@ def _local_cluster(workers: int | None, memory_limit_gb: float | None, threads_p
     with dask.config.set(LOCAL_DASK_CONFIG), _children_ignore_sigint():
         # no dashboard; the scheduler's HTTP server (always started) on a free loopback port, not on 8787, which a
         # running dashboard or another cluster may hold ("Port 8787 is already in use" on the terminal)
+        # preload: every worker process ignores SIGINT whenever it starts, also one its nanny restarts after a
+        # memory kill (spawned while this process has its own handler again): imagio.batch_case.dask_setup
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=limit,
                                dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                               silence_logs=logging.CRITICAL, env=env)
+                               silence_logs=logging.CRITICAL, env=env, preload=[WORKER_PRELOAD])
         client = Client(cluster)
     return client, cluster
 

@@ -15,6 +15,8 @@ rename: a staging folder that the batch cleaned away while the case still ran
 
 Nothing here imports dask: on a Dask worker the start of a case is announced
 as a worker event (topic ``imagio-batch``), elsewhere the function runs as is.
+The module is also the ``preload`` of the LocalCluster's workers
+(:func:`dask_setup`: SIGINT ignored in every worker process, restarted ones too).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -32,6 +35,22 @@ import uuid
 from pathlib import Path
 
 from . import __version__
+
+
+def dask_setup(worker) -> None:
+    """distributed's preload hook, run in each worker process of the LocalCluster that `imagio batch` starts,
+    before the worker takes tasks: SIGINT ignored there. A terminal's Ctrl-C reaches the whole process group,
+    and only the batch acts on it (it closes its cluster, which ends the workers); a worker that took it printed
+    a KeyboardInterrupt traceback from inside Dask. The first workers inherit "ignored" from the batch
+    (imagio.batch._children_ignore_sigint); a worker that its nanny restarts later (after a memory kill) is
+    spawned while the batch has its own handler again, so it needs this. A nanny's worker process (a
+    multiprocessing child) runs its event loop, and so this hook, in its main thread; a worker inside the batch's
+    own process (not a multiprocessing child) leaves the batch's handler alone."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 
 STAGING = ".staging"
 RECORD = "batch_case.json"
