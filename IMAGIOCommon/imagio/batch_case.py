@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -46,8 +47,6 @@ def dask_setup(worker) -> None:
     spawned while the batch has its own handler again, so it needs this. A nanny's worker process (a
     multiprocessing child) runs its event loop, and so this hook, in its main thread; a worker inside the batch's
     own process (not a multiprocessing child) leaves the batch's handler alone."""
-    import multiprocessing
-
     if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 

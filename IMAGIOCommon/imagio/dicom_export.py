@@ -32,6 +32,7 @@ and the CT's DICOM files.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING
 from . import __version__, naming
 from .cli_utils import check_out_dir, staged_output
 from .errors import ImagioError
+from .jobs import Job
 
 if TYPE_CHECKING:  # the heavy imports wait until an export runs (`imagio --help` stays quick)
     import SimpleITK as sitk
@@ -539,8 +541,6 @@ def start_export_nodes(segmentation_nodes, ct_volume_node, ct_files, out_dir, se
                        validate: bool = True, python: str | None = None):
     """:func:`export_dicom_nodes` as a background job (:class:`imagio.jobs.Job`): the nodes are read now, SEG,
     SR and dciodvfy run in the child; its result is the :class:`DicomExport` (``out_dir`` new or empty)."""
-    from .jobs import Job
-
     check_out_dir(out_dir)  # refused before anything starts
     args = export_arguments_nodes(segmentation_nodes, ct_volume_node, ct_files, segment_ids)
     return Job(EXPORT_JOB, {**args, "out_dir": str(out_dir), "margin": margin, "plan": plan, "route": route,
@@ -576,8 +576,6 @@ def ct_files_for_volume_node(volume_node, database) -> list[Path]:
 def new_export_folder(parent, name: str, now=None) -> Path:
     """A new folder name under ``parent`` for one export: ``<name>-DICOM-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3`` ... if
     taken), so an export never writes over an earlier one. ``parent`` must be an existing folder."""
-    import datetime
-
     if parent is None or str(parent).strip() == "":
         raise ImagioError("No output folder chosen for the DICOM export", "Choose the folder to write into")
     base = Path(parent).expanduser()
