@@ -606,7 +606,9 @@ def test_restarted_workers_ignore_sigint_and_the_batch_keeps_its_handler(capfd):
     The batch process keeps its handler throughout."""
     from imagio import batch
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the batch's own handler, as `imagio` installs it (imagio.cli.main): a process started in the background by a
+    # non-interactive shell (CI runners, `cmd &`) begins with SIGINT ignored, and its children would inherit that
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     client, cluster = batch._local_cluster(2, MEMORY_LIMIT_GB)
     try:
         first = _workers_now(client, 2)
@@ -632,3 +634,4 @@ def test_restarted_workers_ignore_sigint_and_the_batch_keeps_its_handler(capfd):
     finally:
         client.close()
         cluster.close()
+        signal.signal(signal.SIGINT, outer)
