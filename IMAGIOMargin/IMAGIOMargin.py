@@ -39,7 +39,7 @@ class IMAGIOMargin(ScriptedLoadableModule):
             "outside the zone, with the residual tumour volume in ml), tumour coverage and 0/3/5/10 mm shell "
             "coverage (%), the thinnest point (a markup), a 95% interval of the margin and the probability that it "
             "reaches the threshold under the registration (default: the published mean TRE 1.62 mm, 1.02 mm per axis), "
-            "rotation and segmentation-boundary uncertainties (default 0.39 mm, measured between four readers), and a "
+            "rotation and segmentation-boundary uncertainties (default 0.35 mm, measured between four readers), and a "
             "verdict. With a planned zone (IMAGIOAblationZone) it adds the volume planned but not ablated (ml) and a "
             "per-sector table of where the achieved zone falls short of the plan. The "
             "tumour surface is coloured by its margin (mm); the histogram is shown as a plot. Research tool, not a "
@@ -63,7 +63,7 @@ class IMAGIOMarginParameterNode:
     thresholdMm: Annotated[float, WithinRange(0.0, 30.0)] = 5.0
     sigmaMm: Annotated[float, WithinRange(0.0, 10.0)] = 1.02  # IMAGIOMarginLib.uncertainty.DEFAULT_SIGMA_MM
     rotationSigmaDeg: Annotated[float, WithinRange(0.0, 20.0)] = 0.0
-    boundarySigmaMm: Annotated[float, WithinRange(0.0, 5.0)] = 0.39  # uncertainty.SEGMENTATION_SIGMA_MM
+    boundarySigmaMm: Annotated[float, WithinRange(0.0, 5.0)] = 0.35  # uncertainty.SEGMENTATION_SIGMA_MM
     acceptRegistration: bool = False
     plannedZoneSegmentation: vtkMRMLSegmentationNode
     plannedZoneSegmentID: str = ""

@@ -36,6 +36,8 @@ HELD_OUT = {  # name: mask path in IMAGIO_DATA, none of them in test_margin_exac
     "lungs-p1-nodule": "medmpd-lungs-p1/nodule.nii.gz",
     "lungs-p3-nodule": "medmpd-lungs-p3/nodule.nii.gz",
     "lungs-p4-nodule": "medmpd-lungs-p4/nodule.nii.gz",
+    "liver-p2-nodule2": "medmpd-liver-p2/nodule2.nii.gz",  # the other nodule of a test patient
+    "lidc0314-reader1": "chest-lidc0314/nodule_reader1.seg.nrrd",  # one reader of the test's consensus nodule
 }
 
 

@@ -149,9 +149,9 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rotation-sigma-deg", type=float, default=None,
                    help="registration rotation uncertainty per axis (degrees; default 0: see the README)")
     p.add_argument("--tumor-boundary-sigma-mm", type=float, default=None,
-                   help="tumour segmentation boundary uncertainty (mm; default 0.39, measured on 4 LIDC readers)")
+                   help="tumour segmentation boundary uncertainty (mm; default 0.35, measured on 4 LIDC readers)")
     p.add_argument("--zone-boundary-sigma-mm", type=float, default=None,
-                   help="zone segmentation boundary uncertainty (mm; default 0.39)")
+                   help="zone segmentation boundary uncertainty (mm; default 0.35)")
     p.add_argument("--planned-zone", help="planned ablation zone (IMAGIOAblationZone, on the pre-treatment CT): "
                    "adds plan_vs_achieved to margin.json")
     p.add_argument("--planned-zone-segment", help="segment name in the planned-zone file (needed when it holds several)")

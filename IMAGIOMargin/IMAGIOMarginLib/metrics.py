@@ -20,7 +20,10 @@ a minimum over quantisation noise picks its worst case (-0.5 to -0.9 mm on
    for a sphere of radius R); the field ``G`` starts as the smoothed mask ``f``
    and is refined ``FIT_ITERATIONS`` times, ``G <- G + (f - smooth(pv(G)))``
    (``pv``: the partial-volume image of ``G >= 0.5``), so that the smoothed
-   surface matches the smoothed mask;
+   surface matches the smoothed mask; inside voxel centres that this surface
+   leaves more than ``HOLD_VOXELS`` (half a voxel) outside it, detail one or two
+   voxels wide that the smoothing dropped, are held inside through a second
+   refinement (:func:`lost_centres`, :func:`_hold`);
 3. the surface is the 0.5 level set of ``G`` (flying edges, a closed triangle
    mesh; inside where G >= 0.5).
 
@@ -54,9 +57,9 @@ sub-voxel noise that is left.
 * histogram: area-weighted distribution of the signed margin over the tumour
   surface mesh, in percent of the tumour surface area.
 
-Limits: features smaller than about two voxels (a spike one voxel wide)
-are not in a binary mask at all and are smoothed away; a mask of only a few
-voxels has no surface (refused with the reason).
+Limits: features thinner than a voxel are not in a binary mask at all;
+one or two voxels wide, they are held at the staircase's midpoint (step 2);
+a mask of only a few voxels has no surface (refused with the reason).
 
 Everything is computed on the tumour bounding box grown by a cap (by
 default threshold + 10 mm) and the smoothing's reach. Signed margins whose
@@ -190,6 +193,7 @@ def trilinear(volume: np.ndarray, kji: np.ndarray) -> np.ndarray:
 SMOOTHING_VOXELS = 2.0  # Gaussian sigma in voxels of the finest axis, the same in mm along every axis ...
 MIN_SMOOTHING_VOXELS = 1.0  # ... but at least this many voxels of each axis (thick slices)
 FIT_ITERATIONS = 3
+HOLD_VOXELS = 0.5  # inside voxel centres the fit leaves farther outside (voxels of the largest spacing) are held in
 MAP_VOXELS = 1.25  # the margin map is read as the area-weighted mean within this many voxels
 SUPERSAMPLE = 2  # volume integration: samples per voxel and axis
 # grid-phase bias of the minimum (step 5b): replicates of the fitted surfaces rasterised on shifted grids
@@ -310,6 +314,96 @@ def _partial_volume(g: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
     return pv.astype(np.float32)
 
 
+def _refine(f: np.ndarray, spacing_kji: np.ndarray, sigma: np.ndarray, mask: np.ndarray | None = None,
+            held: np.ndarray | None = None) -> np.ndarray:
+    """``G <- G + (f - smooth(pv(G)))`` FIT_ITERATIONS times from ``G = f``; with ``held``, those inside voxel centres
+    are kept inside after every step (:func:`_hold`)."""
+    g = f.copy()
+    if held is not None:
+        _hold(g, mask, held)
+    for _ in range(FIT_ITERATIONS):
+        g += f - _gaussian(_partial_volume(g, spacing_kji), spacing_kji, sigma)
+        if held is not None:
+            _hold(g, mask, held)
+    return g
+
+
+def _refine_held(f: np.ndarray, g: np.ndarray, spacing_kji: np.ndarray, sigma: np.ndarray, mask: np.ndarray,
+                 held: np.ndarray) -> np.ndarray:
+    """The refinement with ``held`` centres (:func:`_refine`), computed where it differs from the plain one ``g``:
+    on the box of the held centres grown by the reach of FIT_ITERATIONS + 1 smoothings (3 sigma sqrt(n)), as the
+    difference of the held and the plain refinement on that box (their edge effects cancel) added to ``g``; on
+    the whole region when that box would be more than half of it."""
+    sp = np.asarray(spacing_kji, float)
+    reach = np.ceil(3.0 * np.asarray(sigma, float) / sp * np.sqrt(FIT_ITERATIONS + 1)).astype(int) + 2
+    idx = np.argwhere(held)
+    lo = np.maximum(idx.min(0) - reach, 0)
+    hi = np.minimum(idx.max(0) + reach + 1, np.array(g.shape))
+    if np.prod(hi - lo) > 0.5 * g.size:
+        return _refine(f, spacing_kji, sigma, mask, held)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    fb = np.ascontiguousarray(f[box])
+    out = g.copy()
+    out[box] += _refine(fb, spacing_kji, sigma, mask[box], held[box]) - _refine(fb, spacing_kji, sigma)
+    return out
+
+
+def _hold(g: np.ndarray, mask: np.ndarray, held: np.ndarray) -> None:
+    """Keep the ``held`` voxel centres inside the level set, in place: G there is raised to 1 - (the lowest G of its
+    outside face neighbours), so that the surface crosses half-way to that neighbour (the staircase's own midpoint),
+    and at least just above 0.5."""
+    big = np.float32(np.inf)
+    pad = np.pad(np.where(mask, big, g), 1, constant_values=big)
+    n0, n1, n2 = g.shape
+    low = np.full(g.shape, big, np.float32)
+    for dk, dj, di in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+        np.minimum(low, pad[1 + dk:1 + dk + n0, 1 + dj:1 + dj + n1, 1 + di:1 + di + n2], out=low)
+    target = np.where(np.isfinite(low[held]), 1.0 - low[held], 1.0)
+    g[held] = np.maximum(g[held], np.maximum(target, 0.5 + 1e-3))
+
+
+def lost_centres(g: np.ndarray, mask: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
+    """Inside voxel centres that the level set ``g >= 0.5`` leaves more than HOLD_VOXELS of the largest spacing outside
+    it (distance to its mesh, as :func:`signed_margin`): the mask's detail thinner than the smoothing (bool [k, j, i]).
+    Centres within the smoothing's reach (3 sigma) of the region's edge are not held: the fit there sees the crop."""
+    sp = np.asarray(spacing_kji, float)
+    tol = HOLD_VOXELS * float(sp.max())
+    out = np.zeros(mask.shape, bool)
+    cand = mask & (g < 0.5)
+    edge = np.ceil(3.0 * smoothing_sigma_mm(sp) / sp).astype(int)
+    core = np.zeros(mask.shape, bool)
+    core[edge[0]:mask.shape[0] - edge[0], edge[1]:mask.shape[1] - edge[1], edge[2]:mask.shape[2] - edge[2]] = True
+    cand &= core
+    if not cand.any():
+        return out
+    # first order (|0.5 - G| / |grad G|, central differences at the candidates) pre-selects at half the tolerance
+    idx = np.argwhere(cand)
+    gp = np.pad(g, 1, mode="edge")
+    k, j, i = (idx + 1).T
+    grad2 = np.zeros(len(idx), np.float32)
+    for a in range(3):
+        hi = [k, j, i]
+        lo = [k, j, i]
+        hi[a] = hi[a] + 1
+        lo[a] = lo[a] - 1
+        grad2 += ((gp[tuple(hi)] - gp[tuple(lo)]) / np.float32(2.0 * sp[a])) ** 2
+    idx = idx[(0.5 - g[tuple(idx.T)]) > 0.5 * tol * np.sqrt(grad2)]
+    if len(idx) == 0:
+        return out
+    # the mesh of the level set near them only (a box grown by the tolerance and the smoothing's reach)
+    reach = np.ceil(tol / sp).astype(int) + int(np.ceil(3 * SMOOTHING_VOXELS)) + 2
+    lo_b = np.maximum(idx.min(0) - reach, 0)
+    hi_b = np.minimum(idx.max(0) + reach + 1, np.array(g.shape))
+    surface = FittedSurface(np.ascontiguousarray(g[lo_b[0]:hi_b[0], lo_b[1]:hi_b[1], lo_b[2]:hi_b[2]]), np.zeros(3), sp)
+    poly = surface_mesh(surface)
+    if poly.GetNumberOfPoints() == 0:
+        out[tuple(idx.T)] = True
+        return out
+    d = -signed_margin(surface, poly, (idx - lo_b)[:, ::-1] * sp[::-1])
+    out[tuple(idx[d > tol].T)] = True
+    return out
+
+
 def fit_surface(mask_roi: np.ndarray, spacing_kji: np.ndarray, start_ijk: np.ndarray) -> FittedSurface:
     """Step 3: a smooth surface whose Gaussian smoothing matches the smoothed mask (sigma: smoothing_sigma_mm).
 
@@ -318,12 +412,21 @@ def fit_surface(mask_roi: np.ndarray, spacing_kji: np.ndarray, start_ijk: np.nda
     0.5 level set of ``G``, refined so that the smoothed partial-volume image of ``G >= 0.5`` equals ``f``:
     ``G <- G + (f - smooth(pv(G)))``, ``FIT_ITERATIONS`` times from ``G = f`` (a deconvolution restricted to
     the surface).
+
+    Step 3b, detail thinner than the smoothing: a protrusion one or two voxels wide smooths to well below 0.5 and
+    the refinement cannot bring it back, so the fit drops voxels the mask has. Inside voxel centres that the fitted surface leaves more than HOLD_VOXELS (half a voxel) outside it
+    (:func:`lost_centres`; on smooth tumours none or a few single ones) are then held inside through a second
+    refinement from ``G = f`` (a deconvolution constrained by the mask there, :func:`_hold`). A mask whose fit has
+    no inside at all is left so (too small to have a surface at this resolution: refused by the caller).
     """
     sigma = smoothing_sigma_mm(spacing_kji)
-    f = _gaussian(mask_roi, spacing_kji, sigma)
-    g = f.copy()
-    for _ in range(FIT_ITERATIONS):
-        g += f - _gaussian(_partial_volume(g, spacing_kji), spacing_kji, sigma)
+    mask = np.asarray(mask_roi, bool)
+    f = _gaussian(mask, spacing_kji, sigma)
+    g = _refine(f, spacing_kji, sigma)
+    if np.any(g >= 0.5):  # detail of a surface; a mask the smoothing drops entirely has none (refused as too small)
+        held = lost_centres(g, mask, spacing_kji)
+        if held.any():
+            g = _refine_held(f, g, spacing_kji, sigma, mask, held)
     return FittedSurface(g, np.asarray(start_ijk, float), np.asarray(spacing_kji, float))
 
 

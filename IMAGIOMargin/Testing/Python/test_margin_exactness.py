@@ -190,15 +190,14 @@ def table():
 
 
 def test_isotropic_oblique_grids(table):
-    """Issue 10 on the isotropic 1 mm grids: mean signed error (all zones) and the grown zones' mean within +-0.15 mm;
-    every case within 0.6 mm (the issue's 0.3 mm on every case: the strict xfail below)."""
+    """Issue 10 on the isotropic 1 mm grids: mean signed error (all zones) and the grown zones' mean within +-0.15 mm
+    (every case within 0.3 mm: the next test)."""
     iso = [r for r in table if r["grid_mm"] == "1x1x1"]
     errors = np.array([r["error_mm"] for r in iso])
     assert len({r["case"] for r in iso}) >= 6
     assert abs(errors.mean()) <= 0.15
     grown = np.array([r["error_mm"] for r in iso if r["shift_mm"] == 0])
     assert abs(grown.mean()) <= 0.15, grown
-    assert np.abs(errors).max() <= 0.6, [r for r in iso if abs(r["error_mm"]) > 0.6]
 
 
 def test_grid_phase_correction_removes_the_minimum_bias(table):
@@ -212,13 +211,11 @@ def test_grid_phase_correction_removes_the_minimum_bias(table):
     assert all(2 <= r["replicates"] <= 8 for r in table)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 target |MAM - truth| <= 0.3 mm on every case is not met: the 0.82 "
-                   "ml LUNG nodule (radius ~6 mm) with shifted zones is +0.54 and +0.42 mm (its thin bumps, a voxel "
-                   "or two wide, are flattened by the fit; the grid-phase replicates cannot see what the mask lost)")
 def test_isotropic_every_case_within_issue_target(table):
-    """Issue 10: |MAM - k| <= 0.3 mm on every case (not met: see the reason)."""
+    """Issue 10: |MAM - k| <= 0.3 mm on every isotropic case. The 0.8 ml lung P2 nodule with shifted zones was +0.54 and
+    +0.42 mm before its thin protrusion (1-2 voxels wide, at the thinnest point) was held in the fit (step 3b)."""
     iso = [r for r in table if r["grid_mm"] == "1x1x1"]
-    assert max(abs(r["error_mm"]) for r in iso) <= 0.3
+    assert max(abs(r["error_mm"]) for r in iso) <= 0.3, [r for r in iso if abs(r["error_mm"]) > 0.3]
 
 
 def test_anisotropic_oblique_grids(table):
