@@ -36,7 +36,9 @@ from .uncertainty import (
 
 CONVENTION = ("Surfaces are sub-voxel surfaces fitted to the binary masks: each mask smoothed by a Gaussian of the same "
               "width in mm along every axis (2 voxels of the finest axis, at least 1 voxel of each), the surface refined "
-              "until its own smoothed partial-volume image matches the smoothed mask, its 0.5 level set as a triangle mesh. "
+              "until its own smoothed partial-volume image matches the smoothed mask (inside voxel centres it would leave "
+              "more than half a voxel outside, detail one or two voxels wide, held inside), its 0.5 level set as a "
+              "triangle mesh. "
               "Margins are distances (mm) from the tumour surface to the zone surface, positive inside the zone, read at "
               "the smoothing's scale (area-weighted mean within 1.25 voxels). Coverage and residual tumour: volumes of the "
               "same solids. Shell r mm: voxel centres within r mm of the tumour solid (tumour included). The minimal margin "
