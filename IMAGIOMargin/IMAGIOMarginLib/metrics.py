@@ -271,14 +271,30 @@ def check_pair(tumor: sitk.Image, zone: sitk.Image, threshold_mm: float) -> tupl
     return t_full, z_full
 
 
-def smoothing_sigma_mm(spacing_kji: np.ndarray) -> np.ndarray:
+def smoothing_sigma_mm(spacing_kji: np.ndarray, radius_mm: float | None = None) -> np.ndarray:
     """Gaussian sigma (mm) per axis: SMOOTHING_VOXELS of the finest spacing, at least MIN_SMOOTHING_VOXELS of each.
 
     Isotropic grids: 2 voxels along every axis. On 0.8 x 0.9 x 2.5 mm: 1.6, 1.6, 2.5 mm (was 1.6, 1.8, 5.0 mm).
     At most SMOOTHING_VOXELS voxels of any axis, which the regions' padding (3 SMOOTHING_VOXELS voxels) relies on.
+
+    ``radius_mm`` (the mask's equivalent-sphere radius): a Gaussian moves a surface of radius R inwards by about
+    sigma^2 / R, which the refinement must undo; on a tiny mask that is more than it undoes in FIT_ITERATIONS
+    steps (the tips of nodules 2-3 mm in radius fell 0.3 mm short). So the width is capped where that shift would
+    exceed one voxel of the finest axis h: sigma <= sqrt(R h), never below MIN_SMOOTHING_VOXELS of each axis. It
+    changes nothing from R = SMOOTHING_VOXELS^2 h (4 mm on a 1 mm grid, about 0.27 ml) up.
     """
     sp = np.asarray(spacing_kji, float)
-    return np.maximum(SMOOTHING_VOXELS * float(sp.min()), MIN_SMOOTHING_VOXELS * sp)
+    h = float(sp.min())
+    c = SMOOTHING_VOXELS
+    if radius_mm is not None and np.isfinite(radius_mm):
+        c = min(SMOOTHING_VOXELS, max(MIN_SMOOTHING_VOXELS, float(np.sqrt(max(radius_mm, 0.0) / h))))
+    return np.maximum(c * h, MIN_SMOOTHING_VOXELS * sp)
+
+
+def equivalent_radius_mm(mask: np.ndarray, spacing_kji: np.ndarray) -> float:
+    """Radius (mm) of the sphere with the mask's volume."""
+    volume = float(np.count_nonzero(mask)) * float(np.prod(np.asarray(spacing_kji, float)))
+    return (3.0 * volume / (4.0 * np.pi)) ** (1.0 / 3.0)
 
 
 def map_radius_mm(spacing_kji: np.ndarray) -> float:
@@ -362,7 +378,8 @@ def _hold(g: np.ndarray, mask: np.ndarray, held: np.ndarray) -> None:
     g[held] = np.maximum(g[held], np.maximum(target, 0.5 + 1e-3))
 
 
-def lost_centres(g: np.ndarray, mask: np.ndarray, spacing_kji: np.ndarray) -> np.ndarray:
+def lost_centres(g: np.ndarray, mask: np.ndarray, spacing_kji: np.ndarray,
+                 sigma: np.ndarray | None = None) -> np.ndarray:
     """Inside voxel centres that the level set ``g >= 0.5`` leaves more than HOLD_VOXELS of the largest spacing outside
     it (distance to its mesh, as :func:`signed_margin`): the mask's detail thinner than the smoothing (bool [k, j, i]).
     Centres within the smoothing's reach (3 sigma) of the region's edge are not held: the fit there sees the crop."""
@@ -370,7 +387,7 @@ def lost_centres(g: np.ndarray, mask: np.ndarray, spacing_kji: np.ndarray) -> np
     tol = HOLD_VOXELS * float(sp.max())
     out = np.zeros(mask.shape, bool)
     cand = mask & (g < 0.5)
-    edge = np.ceil(3.0 * smoothing_sigma_mm(sp) / sp).astype(int)
+    edge = np.ceil(3.0 * (smoothing_sigma_mm(sp) if sigma is None else np.asarray(sigma, float)) / sp).astype(int)
     core = np.zeros(mask.shape, bool)
     core[edge[0]:mask.shape[0] - edge[0], edge[1]:mask.shape[1] - edge[1], edge[2]:mask.shape[2] - edge[2]] = True
     cand &= core
@@ -417,14 +434,22 @@ def fit_surface(mask_roi: np.ndarray, spacing_kji: np.ndarray, start_ijk: np.nda
     the refinement cannot bring it back, so the fit drops voxels the mask has. Inside voxel centres that the fitted surface leaves more than HOLD_VOXELS (half a voxel) outside it
     (:func:`lost_centres`; on smooth tumours none or a few single ones) are then held inside through a second
     refinement from ``G = f`` (a deconvolution constrained by the mask there, :func:`_hold`). A mask whose fit has
-    no inside at all is left so (too small to have a surface at this resolution: refused by the caller).
+    no inside at all is left so (too small to have a surface at this resolution: refused by the caller); whether
+    a mask has a surface is decided at the full width, then a tiny one is fitted with the capped width
+    (:func:`smoothing_sigma_mm` with its equivalent radius), so the narrower fit never accepts a mask the method
+    refused before.
     """
-    sigma = smoothing_sigma_mm(spacing_kji)
     mask = np.asarray(mask_roi, bool)
+    sigma = smoothing_sigma_mm(spacing_kji)
     f = _gaussian(mask, spacing_kji, sigma)
     g = _refine(f, spacing_kji, sigma)
+    narrow = smoothing_sigma_mm(spacing_kji, equivalent_radius_mm(mask, spacing_kji))  # capped on tiny masks
+    if np.any(g >= 0.5) and np.any(narrow < sigma):  # a tiny mask that has a surface at the full width: fit narrower
+        sigma = narrow
+        f = _gaussian(mask, spacing_kji, sigma)
+        g = _refine(f, spacing_kji, sigma)
     if np.any(g >= 0.5):  # detail of a surface; a mask the smoothing drops entirely has none (refused as too small)
-        held = lost_centres(g, mask, spacing_kji)
+        held = lost_centres(g, mask, spacing_kji, sigma)
         if held.any():
             g = _refine_held(f, g, spacing_kji, sigma, mask, held)
     return FittedSurface(g, np.asarray(start_ijk, float), np.asarray(spacing_kji, float))

@@ -353,3 +353,25 @@ def test_the_verdict_policy_is_one_frozen_parameter_set_read_by_the_logic_and_th
     assert lg._verdict(-0.2, 5.0, 0.01, ci, VerdictPolicy(incomplete_below_mm=-0.5))[0] == "insufficient"
     assert lg._verdict(5.0, 5.0, 0.0, (4.0, 6.0))[0] == "sufficient"  # at the threshold: sufficient
     assert lg._verdict(4.9, 5.0, 0.0, (4.0, 6.0))[1].endswith("contains 5 mm")  # the interval straddles it
+
+
+def test_smoothing_width_is_capped_on_tiny_masks_only():
+    """sigma <= sqrt(R h) (the inward shift sigma^2 / R of a radius-R surface at most one finest voxel h), never below
+    one voxel of each axis, unchanged from R = 4 h up; a mask too small for a surface at the full width (7 voxels) is
+    still refused: the narrower width never accepts it."""
+    from IMAGIOMarginLib.metrics import compute_margin, smoothing_sigma_mm
+
+    iso, aniso = np.array([1.0, 1.0, 1.0]), np.array([2.5, 0.9, 0.8])  # k, j, i
+    assert np.allclose(smoothing_sigma_mm(iso), 2.0) and np.allclose(smoothing_sigma_mm(iso, 4.0), 2.0)
+    assert np.allclose(smoothing_sigma_mm(iso, 100.0), 2.0)
+    assert np.allclose(smoothing_sigma_mm(iso, 2.25), 1.5) and np.allclose(smoothing_sigma_mm(iso, 0.3), 1.0)
+    assert np.allclose(smoothing_sigma_mm(aniso, 1.6), [2.5, 0.8 * np.sqrt(2.0), 0.8 * np.sqrt(2.0)])
+    assert np.allclose(smoothing_sigma_mm(aniso, 50.0), smoothing_sigma_mm(aniso))
+    arr = np.zeros((30, 30, 30), np.uint8)
+    arr[15, 15, 14:17] = 1
+    arr[15, 14:17, 15] = 1
+    arr[14:17, 15, 15] = 1  # a 7-voxel cross
+    tumor = sitk.GetImageFromArray(arr)
+    zone = sitk.GetImageFromArray(np.ones_like(arr))
+    with pytest.raises(ImagioError, match="too small to have a surface"):
+        compute_margin(tumor, zone, 5.0)
