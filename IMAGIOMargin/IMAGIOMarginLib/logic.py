@@ -35,7 +35,8 @@ from .uncertainty import (
 )
 
 CONVENTION = ("Surfaces are sub-voxel surfaces fitted to the binary masks: each mask smoothed by a Gaussian of the same "
-              "width in mm along every axis (2 voxels of the finest axis, at least 1 voxel of each), the surface refined "
+              "width in mm along every axis (2 voxels of the finest axis, at most sqrt(R h) on a mask of equivalent radius R "
+              "only a few voxels h, at least 1 voxel of each), the surface refined "
               "until its own smoothed partial-volume image matches the smoothed mask (inside voxel centres it would leave "
               "more than half a voxel outside, detail one or two voxels wide, held inside), its 0.5 level set as a "
               "triangle mesh. "
