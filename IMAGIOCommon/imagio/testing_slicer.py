@@ -165,8 +165,18 @@ class QObject:
         else:
             object.__setattr__(self, name, value)
 
+    #: string properties that emit a change signal (property -> signal) only when their value changes, as Qt's do
+    TEXT_PROPS: dict = {}
+
     def _set_prop(self, name, value) -> None:
         """Store a property value; subclasses coerce values and emit change signals here."""
+        signal = self.TEXT_PROPS.get(name)
+        if signal is not None:
+            value = str(value)
+            if value != self._props[name]:
+                self._props[name] = value
+                self._emit(signal, value)
+            return
         self._props[name] = value
 
     def setObjectName(self, name: str) -> None:
@@ -466,15 +476,7 @@ class QComboBox(QWidget):
 class QLineEdit(QWidget):
     PROPS = {"text": "", "placeholderText": "", "readOnly": False}
     SIGNALS = ("textChanged", "textEdited", "editingFinished", "returnPressed")
-
-    def _set_prop(self, name, value) -> None:
-        if name == "text":
-            value = str(value)
-            if value != self._props["text"]:
-                self._props["text"] = value
-                self._emit("textChanged", value)
-            return
-        super()._set_prop(name, value)
+    TEXT_PROPS = {"text": "textChanged"}
 
 
 class QTextEdit(QWidget):
@@ -854,29 +856,13 @@ class ctkPathLineEdit(QWidget):
     PROPS = {"currentPath": "", "filters": 0, "nameFilters": [], "settingKey": "", "showBrowseButton": True,
              "showHistoryButton": True, "label": ""}
     SIGNALS = ("currentPathChanged", "validInputChanged")
-
-    def _set_prop(self, name, value) -> None:
-        if name == "currentPath":
-            value = str(value)
-            if value != self._props["currentPath"]:
-                self._props["currentPath"] = value
-                self._emit("currentPathChanged", value)
-            return
-        super()._set_prop(name, value)
+    TEXT_PROPS = {"currentPath": "currentPathChanged"}
 
 
 class ctkDirectoryButton(QWidget):
     PROPS = {"directory": "", "caption": ""}
     SIGNALS = ("directoryChanged", "directorySelected")
-
-    def _set_prop(self, name, value) -> None:
-        if name == "directory":
-            value = str(value)
-            if value != self._props["directory"]:
-                self._props["directory"] = value
-                self._emit("directoryChanged", value)
-            return
-        super()._set_prop(name, value)
+    TEXT_PROPS = {"directory": "directoryChanged"}
 
 
 class ctkDICOMDatabase(QObject):
